@@ -1,0 +1,28 @@
+# labelfleet: the two commands of the README are `make run` and `make test`.
+SHELL := /bin/bash
+export LABELFLEET_HOME ?= $(HOME)/.cache/labelfleet
+VENV := $(LABELFLEET_HOME)/venv
+# tch builds against the libtorch inside the venv's PyPI torch==2.11.0.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+CARGO ?= cargo
+BIN := target/release/labelfleet
+
+.PHONY: setup build run test bench fmt clippy
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --bin labelfleet
+
+run: build
+	$(BIN) run
+
+test: setup
+	$(CARGO) test --release --workspace -- --test-threads=1
+
+bench: build
+	bash scripts/bench_engine.sh
+
+clippy: setup
+	$(CARGO) clippy --release --workspace --all-targets

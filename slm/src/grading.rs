@@ -1,0 +1,660 @@
+//! Relevance grading: (query, document) pairs in, a distribution over grades out.
+//!
+//! Two graders share one interface: a decoder LM read out on the grade tokens at the answer
+//! position of a chat prompt (as in Kang et al.), and a BERT cross-encoder with a grade head.
+//! Both encode a pair into token ids first (truncating the document, never the query), so
+//! batching, training and scoring work on the same `EncodedPair`s.
+
+use crate::decoder::{Attention, DecoderLm};
+use crate::device::Placement;
+use crate::encoder::CrossEncoder;
+use crate::error::{Result, SlmError};
+use crate::tokenizer::{ChatMessage, TextTokenizer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// One (query, document) pair to grade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pair {
+    /// Names the record in errors and outputs.
+    pub id: String,
+    pub query: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    /// Document metadata shown to the grader (author, path, ...), rendered as `key: value` lines.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A pair as token ids. `type_ids` is empty for decoders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedPair {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+    /// Whether the document was cut to fit `max_len`.
+    pub truncated: bool,
+}
+
+/// The grade a model gave one pair.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grading {
+    /// Probability of each grade, summing to 1.
+    pub distribution: Vec<f32>,
+    /// The most likely grade.
+    pub grade: usize,
+    /// Sum of grade * probability.
+    pub expected: f32,
+}
+
+impl Grading {
+    pub fn from_distribution(distribution: Vec<f32>) -> Self {
+        let grade = distribution
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let expected = distribution.iter().enumerate().map(|(i, p)| i as f32 * p).sum();
+        Grading { distribution, grade, expected }
+    }
+}
+
+/// Limits on input text, so a pathological record gets an error instead of eating memory.
+#[derive(Debug, Clone, Copy)]
+pub struct InputLimits {
+    /// Longest accepted field, in bytes (default 512 KiB).
+    pub max_field_bytes: usize,
+    /// Longest accepted query, in tokens.
+    pub max_query_tokens: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits { max_field_bytes: 512 * 1024, max_query_tokens: 128 }
+    }
+}
+
+/// What every grader offers to scoring and training.
+pub trait Grader: Send {
+    /// Short description (model, kind, prompt version) for provenance and logs.
+    fn describe(&self) -> String;
+    fn num_grades(&self) -> usize;
+    fn max_len(&self) -> usize;
+    fn placement(&self) -> Placement;
+    /// Encodes a pair, truncating the document to fit. Errors name the record and field.
+    fn encode_pair(&self, pair: &Pair) -> Result<EncodedPair>;
+    /// Grade logits `[B, num_grades]` for a batch (dropout on when `train`).
+    fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor>;
+    fn var_store(&self) -> &tch::nn::VarStore;
+    /// Forward FLOPs to grade one pair of `len` tokens.
+    fn flops(&self, len: usize) -> f64;
+    /// Writes a checkpoint folder that loads in Python `transformers`, plus `labelfleet.json`
+    /// with the grade scale, prompt version and the given provenance.
+    fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()>;
+}
+
+fn check_text(record: &str, field: &str, text: &str, limits: &InputLimits) -> Result<()> {
+    if text.len() > limits.max_field_bytes {
+        return Err(SlmError::input(
+            record,
+            field,
+            format!("{} bytes, over the limit of {} bytes", text.len(), limits.max_field_bytes),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_pair(pair: &Pair, limits: &InputLimits) -> Result<()> {
+    if pair.id.trim().is_empty() {
+        return Err(SlmError::input("<no id>", "id", "empty"));
+    }
+    if pair.query.trim().is_empty() {
+        return Err(SlmError::input(&pair.id, "query", "empty"));
+    }
+    if pair.body.trim().is_empty() && pair.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(SlmError::input(&pair.id, "body", "empty document (no body and no title)"));
+    }
+    check_text(&pair.id, "query", &pair.query, limits)?;
+    check_text(&pair.id, "body", &pair.body, limits)?;
+    if let Some(t) = &pair.title {
+        check_text(&pair.id, "title", t, limits)?;
+    }
+    for (k, v) in &pair.metadata {
+        check_text(&pair.id, &format!("metadata.{k}"), v, limits)?;
+    }
+    Ok(())
+}
+
+/// Cuts text to at most `max_bytes` on a char boundary: a document is never tokenized past
+/// what can fit (no token is shorter than one byte).
+fn clip(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Splits `ids` into batches whose padded size (rows x longest row) stays within
+/// `token_budget` and whose row count stays within `max_batch`. Longest first, so each batch
+/// holds rows of similar length (length bucketing) and padding waste stays small.
+pub fn plan_batches(lens: &[usize], token_budget: usize, max_batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by(|&a, &b| lens[b].cmp(&lens[a]).then(a.cmp(&b)));
+    let mut batches = vec![];
+    let mut cur: Vec<usize> = vec![];
+    let mut cur_max = 0;
+    for i in order {
+        let max = cur_max.max(lens[i]);
+        if !cur.is_empty() && ((cur.len() + 1) * max > token_budget || cur.len() >= max_batch) {
+            batches.push(std::mem::take(&mut cur));
+            cur_max = 0;
+        }
+        cur_max = cur_max.max(lens[i]);
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+/// Batching options of a scoring run.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Padded tokens per forward pass.
+    pub token_budget: usize,
+    pub max_batch: usize,
+}
+
+impl BatchOptions {
+    pub fn for_placement(p: Placement) -> Self {
+        if p.device.is_cuda() {
+            BatchOptions { token_budget: 65_536, max_batch: 512 }
+        } else {
+            BatchOptions { token_budget: 8_192, max_batch: 64 }
+        }
+    }
+}
+
+/// Grades encoded pairs, in input order. `progress(n)` is called after each batch with the
+/// number of pairs it held.
+pub fn grade(
+    grader: &dyn Grader,
+    pairs: &[EncodedPair],
+    opts: BatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Grading>> {
+    let lens: Vec<usize> = pairs.iter().map(|p| p.ids.len()).collect();
+    let mut out: Vec<Option<Grading>> = vec![None; pairs.len()];
+    tch::no_grad(|| -> Result<()> {
+        for batch in plan_batches(&lens, opts.token_budget, opts.max_batch) {
+            let refs: Vec<&EncodedPair> = batch.iter().map(|&i| &pairs[i]).collect();
+            let probs = grader.grade_logits(&refs, false)?.to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let probs = probs.to_device(tch::Device::Cpu);
+            let flat: Vec<f32> = Vec::<f32>::try_from(probs.flatten(0, -1))?;
+            let g = grader.num_grades();
+            for (row, &i) in batch.iter().enumerate() {
+                out[i] = Some(Grading::from_distribution(flat[row * g..(row + 1) * g].to_vec()));
+            }
+            progress(batch.len());
+        }
+        Ok(())
+    })?;
+    Ok(out.into_iter().map(|g| g.expect("every pair is in one batch")).collect())
+}
+
+/// Right-pads rows to one `[B, T]` int64 tensor.
+fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64>) {
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut flat = Vec::with_capacity(rows.len() * t);
+    let mut lens = Vec::with_capacity(rows.len());
+    for r in rows {
+        flat.extend_from_slice(r);
+        flat.extend(std::iter::repeat_n(pad, t - r.len()));
+        lens.push(r.len() as i64);
+    }
+    let x = Tensor::from_slice(&flat).view([rows.len() as i64, t as i64]).to_device(device);
+    (x, lens)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder grader
+
+/// Prompt templates are versioned: a label records the version it was made with, and a cache
+/// keyed by it re-grades only when the prompt changes.
+pub const GRADE_PROMPT_VERSION: &str = "grade-v1";
+
+const GRADE_SYSTEM: &str = "You are a search quality rater for an enterprise search engine. \
+Given a search query and a document, rate how relevant the document is to the query:\n\
+3 = perfectly relevant: the document is exactly what the query looks for\n\
+2 = highly relevant: the document answers the query in large part\n\
+1 = related: on the topic of the query, but does not answer it\n\
+0 = not relevant\n\
+Answer with the grade only, a single digit.";
+
+const DOC_MARKER: &str = "\u{1}DOCUMENT\u{1}";
+
+/// Renders the document part of a prompt, minus the body: title and metadata lines.
+fn document_header(pair: &Pair) -> String {
+    let mut s = String::new();
+    if let Some(t) = pair.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        s.push_str(&format!("Title: {}\n", t.trim()));
+    }
+    for (k, v) in &pair.metadata {
+        if !v.trim().is_empty() {
+            s.push_str(&format!("{}: {}\n", k, v.trim()));
+        }
+    }
+    s
+}
+
+pub struct DecoderGrader {
+    pub lm: DecoderLm,
+    pub tokenizer: TextTokenizer,
+    grade_labels: Vec<String>,
+    grade_ids: Tensor,
+    limits: InputLimits,
+    name: String,
+}
+
+impl DecoderGrader {
+    /// Loads a decoder LM folder and checks that each grade label is one token.
+    pub fn load(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Self> {
+        let lm = DecoderLm::load(dir, placement, max_len)?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
+        Self::from_parts(lm, tokenizer, grade_labels, dir.display().to_string())
+    }
+
+    pub fn from_parts(lm: DecoderLm, tokenizer: TextTokenizer, grade_labels: &[String], name: String) -> Result<Self> {
+        if tokenizer.vocab_size() > lm.config.vocab_size {
+            return Err(SlmError::Tokenizer {
+                path: tokenizer.path().to_path_buf(),
+                message: format!(
+                    "does not match the model: {} tokens, the model's vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    lm.config.vocab_size
+                ),
+            });
+        }
+        let mut ids = vec![];
+        for label in grade_labels {
+            let enc = tokenizer.encode(label)?;
+            if enc.len() != 1 {
+                return Err(SlmError::Tokenizer {
+                    path: tokenizer.path().to_path_buf(),
+                    message: format!("grade label `{label}` is {} tokens; each grade must be one token", enc.len()),
+                });
+            }
+            ids.push(enc[0]);
+        }
+        let grade_ids = Tensor::from_slice(&ids).to_device(lm.placement.device);
+        Ok(DecoderGrader {
+            lm,
+            tokenizer,
+            grade_labels: grade_labels.to_vec(),
+            grade_ids,
+            limits: InputLimits::default(),
+            name,
+        })
+    }
+
+    pub fn grade_token_ids(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(&self.grade_ids.to_device(tch::Device::Cpu)).unwrap_or_default()
+    }
+
+    /// The chat prompt for a pair, as text, with the document body in place.
+    pub fn prompt_text(&self, pair: &Pair) -> String {
+        let (prefix, suffix) = self.prompt_parts(pair);
+        format!("{prefix}{}{suffix}", self.tokenizer.sanitize(pair.body.trim()))
+    }
+
+    fn prompt_parts(&self, pair: &Pair) -> (String, String) {
+        let t = &self.tokenizer;
+        let user = format!(
+            "Query: {}\n\nDocument:\n{}{}\n\nGrade (0-{}):",
+            t.sanitize(pair.query.trim()),
+            t.sanitize(&document_header(pair)),
+            DOC_MARKER,
+            self.grade_labels.len().saturating_sub(1)
+        );
+        let text = t.render_chat(&[ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)], true);
+        let (a, b) = text.split_once(DOC_MARKER).expect("marker is in the prompt");
+        (a.to_string(), b.to_string())
+    }
+}
+
+impl Grader for DecoderGrader {
+    fn describe(&self) -> String {
+        format!("decoder:{} prompt={GRADE_PROMPT_VERSION}", self.name)
+    }
+    fn num_grades(&self) -> usize {
+        self.grade_labels.len()
+    }
+    fn max_len(&self) -> usize {
+        self.lm.max_len
+    }
+    fn placement(&self) -> Placement {
+        self.lm.placement
+    }
+
+    fn encode_pair(&self, pair: &Pair) -> Result<EncodedPair> {
+        validate_pair(pair, &self.limits)?;
+        let q_tokens = self.tokenizer.encode(pair.query.trim())?.len();
+        if q_tokens > self.limits.max_query_tokens {
+            return Err(SlmError::input(
+                &pair.id,
+                "query",
+                format!("{q_tokens} tokens, over the limit of {}", self.limits.max_query_tokens),
+            ));
+        }
+        let (prefix, suffix) = self.prompt_parts(pair);
+        let mut ids = self.tokenizer.encode(&prefix)?;
+        let suffix_ids = self.tokenizer.encode(&suffix)?;
+        let room = self.lm.max_len.saturating_sub(ids.len() + suffix_ids.len());
+        if room < 16 {
+            return Err(SlmError::input(
+                &pair.id,
+                "title",
+                format!(
+                    "query, title and metadata take {} of the {} tokens, leaving no room for the document",
+                    ids.len() + suffix_ids.len(),
+                    self.lm.max_len
+                ),
+            ));
+        }
+        let body = self.tokenizer.sanitize(pair.body.trim());
+        let mut body_ids = self.tokenizer.encode(clip(&body, room * 16))?;
+        let truncated = body_ids.len() > room;
+        body_ids.truncate(room);
+        ids.extend(body_ids);
+        ids.extend(suffix_ids);
+        Ok(EncodedPair { ids, type_ids: vec![], truncated })
+    }
+
+    fn grade_logits(&self, batch: &[&EncodedPair], _train: bool) -> Result<Tensor> {
+        let rows: Vec<&[i64]> = batch.iter().map(|p| p.ids.as_slice()).collect();
+        let device = self.lm.placement.device;
+        let (ids, lens) = pad_right(&rows, self.tokenizer.pad_id, device);
+        let hidden = self.lm.forward(&ids, &Attention::Causal, None)?;
+        let (b, t, h) = hidden.size3()?;
+        let last: Vec<i64> = lens.iter().enumerate().map(|(i, &l)| i as i64 * t + l - 1).collect();
+        let last = Tensor::from_slice(&last).to_device(device);
+        let answer = hidden.reshape([b * t, h]).index_select(0, &last);
+        Ok(self.lm.token_logits(&answer, &self.grade_ids).to_kind(Kind::Float))
+    }
+
+    fn var_store(&self) -> &tch::nn::VarStore {
+        &self.lm.vs
+    }
+
+    fn flops(&self, len: usize) -> f64 {
+        self.lm.config.forward_flops(len)
+    }
+
+    fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| SlmError::io(dir, e))?;
+        crate::weights::save_var_store(&self.lm.vs, &dir.join("model.safetensors"), |n| n.to_string())?;
+        let mut config = self.lm.config.raw.clone();
+        config["torch_dtype"] = serde_json::json!(dtype_name(self.lm.placement.kind));
+        write_json(&dir.join("config.json"), &config)?;
+        copy_tokenizer_files(self.tokenizer.path().parent().unwrap_or(Path::new(".")), dir)?;
+        write_json(
+            &dir.join("labelfleet.json"),
+            &serde_json::json!({
+                "kind": "decoder",
+                "grade_labels": self.grade_labels,
+                "prompt_version": GRADE_PROMPT_VERSION,
+                "provenance": provenance,
+            }),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder grader
+
+pub struct EncoderGrader {
+    pub model: CrossEncoder,
+    pub tokenizer: TextTokenizer,
+    grade_labels: Vec<String>,
+    cls: i64,
+    sep: i64,
+    limits: InputLimits,
+    name: String,
+    pub max_len: usize,
+}
+
+impl EncoderGrader {
+    pub fn load(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Self> {
+        let model = CrossEncoder::load(dir, grade_labels.len(), placement)?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(SlmError::Tokenizer {
+                path: tokenizer.path().to_path_buf(),
+                message: format!(
+                    "does not match the model: {} tokens, the model's vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    model.config.vocab_size
+                ),
+            });
+        }
+        let special = |s: &str| {
+            tokenizer.token_id(s).ok_or_else(|| SlmError::Tokenizer {
+                path: tokenizer.path().to_path_buf(),
+                message: format!("no `{s}` token: not a BERT tokenizer"),
+            })
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let max_len = max_len.min(model.max_len);
+        Ok(EncoderGrader {
+            model,
+            tokenizer,
+            grade_labels: grade_labels.to_vec(),
+            cls,
+            sep,
+            limits: InputLimits::default(),
+            name: dir.display().to_string(),
+            max_len,
+        })
+    }
+}
+
+impl Grader for EncoderGrader {
+    fn describe(&self) -> String {
+        format!("cross-encoder:{}", self.name)
+    }
+    fn num_grades(&self) -> usize {
+        self.grade_labels.len()
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn placement(&self) -> Placement {
+        self.model.placement
+    }
+
+    fn encode_pair(&self, pair: &Pair) -> Result<EncodedPair> {
+        validate_pair(pair, &self.limits)?;
+        let q = self.tokenizer.encode(pair.query.trim())?;
+        if q.len() > self.limits.max_query_tokens {
+            return Err(SlmError::input(
+                &pair.id,
+                "query",
+                format!("{} tokens, over the limit of {}", q.len(), self.limits.max_query_tokens),
+            ));
+        }
+        let header = document_header(pair);
+        let doc_text = format!("{header}{}", pair.body.trim());
+        let room = self.max_len.saturating_sub(q.len() + 3);
+        let mut d = self.tokenizer.encode(clip(&doc_text, room * 16))?;
+        let truncated = d.len() > room;
+        d.truncate(room);
+        let mut ids = Vec::with_capacity(q.len() + d.len() + 3);
+        ids.push(self.cls);
+        ids.extend(&q);
+        ids.push(self.sep);
+        let first = ids.len();
+        ids.extend(&d);
+        ids.push(self.sep);
+        let mut type_ids = vec![0; first];
+        type_ids.resize(ids.len(), 1);
+        Ok(EncodedPair { ids, type_ids, truncated })
+    }
+
+    fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor> {
+        let device = self.model.placement.device;
+        let rows: Vec<&[i64]> = batch.iter().map(|p| p.ids.as_slice()).collect();
+        let (ids, lens) = pad_right(&rows, self.model.config.pad_token_id, device);
+        let types: Vec<&[i64]> = batch.iter().map(|p| p.type_ids.as_slice()).collect();
+        let (type_ids, _) = pad_right(&types, 0, device);
+        let t = ids.size()[1];
+        let lens_t = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
+        let mask = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&lens_t);
+        Ok(self.model.grade_logits(&ids, &type_ids, &mask, train)?.to_kind(Kind::Float))
+    }
+
+    fn var_store(&self) -> &tch::nn::VarStore {
+        &self.model.vs
+    }
+
+    fn flops(&self, len: usize) -> f64 {
+        self.model.config.forward_flops(len)
+    }
+
+    fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| SlmError::io(dir, e))?;
+        crate::weights::save_var_store(&self.model.vs, &dir.join("model.safetensors"), |n| n.to_string())?;
+        let mut config = self.model.config.raw.clone();
+        let n = self.grade_labels.len();
+        config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+        config["num_labels"] = serde_json::json!(n);
+        config["id2label"] = (0..n).map(|i| (i.to_string(), serde_json::json!(format!("grade_{i}")))).collect();
+        config["label2id"] = (0..n).map(|i| (format!("grade_{i}"), serde_json::json!(i))).collect();
+        config["torch_dtype"] = serde_json::json!(dtype_name(self.model.placement.kind));
+        write_json(&dir.join("config.json"), &config)?;
+        copy_tokenizer_files(self.tokenizer.path().parent().unwrap_or(Path::new(".")), dir)?;
+        write_json(
+            &dir.join("labelfleet.json"),
+            &serde_json::json!({
+                "kind": "cross-encoder",
+                "grade_labels": self.grade_labels,
+                "provenance": provenance,
+            }),
+        )
+    }
+}
+
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
+    std::fs::write(path, text).map_err(|e| SlmError::io(path, e))
+}
+
+fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "generation_config.json"] {
+        let src = from.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(f)).map_err(|e| SlmError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Default grade scale: "0".."3".
+pub fn default_grade_labels() -> Vec<String> {
+    (0..4).map(|g| g.to_string()).collect()
+}
+
+/// Which kind of grader a model folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraderKind {
+    Decoder,
+    CrossEncoder,
+}
+
+pub fn detect_kind(dir: &Path) -> Result<GraderKind> {
+    let path = dir.join("config.json");
+    let v = crate::config::read_json(&path)?;
+    match v.get("model_type").and_then(|m| m.as_str()) {
+        Some("bert") => Ok(GraderKind::CrossEncoder),
+        Some("llama" | "qwen2" | "mistral" | "phi3") => Ok(GraderKind::Decoder),
+        Some(other) => Err(SlmError::config(&path, format!("model_type `{other}` is not supported"))),
+        None => Err(SlmError::config(&path, "no `model_type`")),
+    }
+}
+
+/// Loads whichever grader a folder holds, with the grade labels of its `labelfleet.json` when
+/// it is a checkpoint we wrote, else `grade_labels`.
+pub fn load_grader(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Box<dyn Grader>> {
+    let meta = dir.join("labelfleet.json");
+    let labels: Vec<String> = if meta.is_file() {
+        let v = crate::config::read_json(&meta)?;
+        serde_json::from_value(v["grade_labels"].clone())
+            .map_err(|e| SlmError::config(&meta, format!("grade_labels: {e}")))?
+    } else {
+        grade_labels.to_vec()
+    };
+    Ok(match detect_kind(dir)? {
+        GraderKind::Decoder => Box::new(DecoderGrader::load(dir, &labels, placement, max_len)?),
+        GraderKind::CrossEncoder => Box::new(EncoderGrader::load(dir, &labels, placement, max_len)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_budget_and_bucket_by_length() {
+        let lens = vec![10, 200, 30, 190, 20, 5, 180];
+        let batches = plan_batches(&lens, 400, 64);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let max = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(b.len() * max <= 400 || b.len() == 1, "batch {b:?} over budget");
+        }
+        // longest rows are grouped together
+        assert_eq!(batches[0], vec![1, 3]);
+    }
+
+    #[test]
+    fn batches_respect_row_cap() {
+        let lens = vec![4; 10];
+        let batches = plan_batches(&lens, 1_000_000, 3);
+        assert_eq!(batches.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+    }
+
+    #[test]
+    fn grading_summary_follows_distribution() {
+        let g = Grading::from_distribution(vec![0.1, 0.2, 0.6, 0.1]);
+        assert_eq!(g.grade, 2);
+        assert!((g.expected - 1.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clip_stays_on_char_boundary() {
+        let s = "ééé";
+        assert_eq!(clip(s, 3), "é");
+        assert_eq!(clip(s, 100), s);
+    }
+}

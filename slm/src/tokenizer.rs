@@ -1,0 +1,235 @@
+//! Tokenizer (Hugging Face `tokenizer.json` through the `tokenizers` crate) and chat templates.
+
+use crate::error::{Result, SlmError};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(c: impl Into<String>) -> Self {
+        ChatMessage { role: "system".into(), content: c.into() }
+    }
+    pub fn user(c: impl Into<String>) -> Self {
+        ChatMessage { role: "user".into(), content: c.into() }
+    }
+    pub fn assistant(c: impl Into<String>) -> Self {
+        ChatMessage { role: "assistant".into(), content: c.into() }
+    }
+}
+
+/// The chat formats of the instruct models we run. Detected from the model's Jinja template, then
+/// rendered natively (no Jinja engine), which keeps the prompt bytes identical to
+/// `apply_chat_template` for the families below; a test checks that against Python.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTemplate {
+    /// `<|im_start|>role\n...<|im_end|>\n` (SmolLM2, Qwen2). Some templates insert a default
+    /// system message when the conversation has none.
+    ChatMl { default_system: Option<String> },
+    /// `<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
+    Llama3,
+    /// `<|role|>\n...<|end|>\n` (Phi-3).
+    Phi3,
+    /// No chat template: messages are joined as plain text.
+    Plain,
+}
+
+impl ChatTemplate {
+    pub fn detect(jinja: Option<&str>) -> Self {
+        let Some(t) = jinja else { return ChatTemplate::Plain };
+        if t.contains("<|im_start|>") {
+            let marker = "<|im_start|>system\n";
+            let default_system = t.find(marker).and_then(|i| {
+                let rest = &t[i + marker.len()..];
+                rest.find("<|im_end|>").map(|j| rest[..j].to_string())
+            });
+            // A template that only renders the caller's system message has `message['content']`
+            // there, not a literal default.
+            let default_system = default_system.filter(|s| !s.contains("{{") && !s.contains('\''));
+            ChatTemplate::ChatMl { default_system }
+        } else if t.contains("<|start_header_id|>") {
+            ChatTemplate::Llama3
+        } else if t.contains("<|user|>") && t.contains("<|end|>") {
+            ChatTemplate::Phi3
+        } else {
+            ChatTemplate::Plain
+        }
+    }
+
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        let mut s = String::new();
+        match self {
+            ChatTemplate::ChatMl { default_system } => {
+                if let (Some(d), Some(first)) = (default_system, messages.first()) {
+                    if first.role != "system" {
+                        s.push_str(&format!("<|im_start|>system\n{d}<|im_end|>\n"));
+                    }
+                }
+                for m in messages {
+                    s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|im_start|>assistant\n");
+                }
+            }
+            ChatTemplate::Llama3 => {
+                s.push_str("<|begin_of_text|>");
+                for m in messages {
+                    s.push_str(&format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        m.role,
+                        m.content.trim()
+                    ));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                }
+            }
+            ChatTemplate::Phi3 => {
+                for m in messages {
+                    s.push_str(&format!("<|{}|>\n{}<|end|>\n", m.role, m.content));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|assistant|>\n");
+                }
+            }
+            ChatTemplate::Plain => {
+                for m in messages {
+                    s.push_str(&m.content);
+                    s.push_str("\n\n");
+                }
+            }
+        }
+        s
+    }
+
+    /// The token that ends an assistant turn, if the format has one.
+    pub fn end_of_turn(&self) -> Option<&'static str> {
+        match self {
+            ChatTemplate::ChatMl { .. } => Some("<|im_end|>"),
+            ChatTemplate::Llama3 => Some("<|eot_id|>"),
+            ChatTemplate::Phi3 => Some("<|end|>"),
+            ChatTemplate::Plain => None,
+        }
+    }
+}
+
+/// A model's tokenizer with its chat template and special tokens.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    pub template: ChatTemplate,
+    /// Tokens that end generation (EOS and the end-of-turn token).
+    pub stop_ids: Vec<i64>,
+    pub pad_id: i64,
+    special_strings: Vec<String>,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` (and `tokenizer_config.json` when present) from a model folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(SlmError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found in the model folder"),
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| SlmError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = if cfg_path.is_file() { Some(crate::config::read_json(&cfg_path)?) } else { None };
+        let jinja_file = dir.join("chat_template.jinja");
+        let jinja = match cfg.as_ref().and_then(|c| c.get("chat_template")) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(String::from)),
+            _ => std::fs::read_to_string(&jinja_file).ok(),
+        };
+        let template = ChatTemplate::detect(jinja.as_deref());
+        let special = |key: &str| -> Option<String> {
+            match cfg.as_ref()?.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+                _ => None,
+            }
+        };
+        let mut stop_ids = vec![];
+        for tok in [special("eos_token"), template.end_of_turn().map(String::from)].into_iter().flatten() {
+            if let Some(id) = inner.token_to_id(&tok) {
+                if !stop_ids.contains(&(id as i64)) {
+                    stop_ids.push(id as i64);
+                }
+            }
+        }
+        let pad_id = special("pad_token")
+            .and_then(|p| inner.token_to_id(&p))
+            .or_else(|| stop_ids.first().map(|&i| i as u32))
+            .unwrap_or(0) as i64;
+        let special_strings = inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        Ok(TextTokenizer { inner, path, template, stop_ids, pad_id, special_strings })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(|i| i as i64)
+    }
+
+    /// Encodes text as it is, adding no special tokens (chat templates carry their own).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Encodes with the tokenizer's own post-processor (e.g. BERT's `[CLS] a [SEP]`).
+    pub fn encode_with_specials(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner
+            .decode(&ids, skip_special)
+            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })
+    }
+
+    /// Removes special-token strings from user text so a document cannot end a chat turn or
+    /// inject a role.
+    pub fn sanitize(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.special_strings {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "");
+            }
+        }
+        out
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        self.template.render(messages, add_generation_prompt)
+    }
+}

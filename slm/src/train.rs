@@ -1,0 +1,189 @@
+//! Distillation: fit a grader to a teacher's grade distributions (soft labels).
+//!
+//! Loss is the cross-entropy between the teacher distribution and the student's softmax over
+//! the grades (equal to KL up to the teacher's entropy). AdamW, global-norm gradient clipping,
+//! linear warm-up then linear decay.
+
+use crate::error::{Result, SlmError};
+use crate::grading::{plan_batches, EncodedPair, Grader};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use tch::{nn::OptimizerConfig, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Pairs per optimizer step.
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Fraction of steps spent warming up the learning rate.
+    pub warmup_fraction: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 3,
+            batch_size: 16,
+            learning_rate: 5e-5,
+            weight_decay: 0.01,
+            warmup_fraction: 0.1,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A training pair: its encoding and the teacher's distribution over grades.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub input: EncodedPair,
+    pub target: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub learning_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct EvalReport {
+    /// Mean soft cross-entropy against the targets.
+    pub loss: f64,
+    /// Share of pairs whose most likely grade equals the target's.
+    pub agreement: f64,
+    /// Mean |expected grade - target expected grade|.
+    pub expected_grade_mae: f64,
+    pub pairs: usize,
+}
+
+/// Learning rate at `step` (0-based) of `total`: linear warm-up, then linear decay to 0.
+pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
+    let warmup = ((total as f64) * cfg.warmup_fraction).ceil().max(1.0);
+    let s = step as f64 + 1.0;
+    if s <= warmup {
+        cfg.learning_rate * s / warmup
+    } else {
+        cfg.learning_rate * ((total as f64 - s) / (total as f64 - warmup).max(1.0)).max(0.0)
+    }
+}
+
+fn targets_tensor(batch: &[&Example], g: usize, device: tch::Device) -> Result<Tensor> {
+    let mut flat = Vec::with_capacity(batch.len() * g);
+    for ex in batch {
+        if ex.target.len() != g {
+            return Err(SlmError::Argument(format!(
+                "a target has {} grades, the grader has {g}",
+                ex.target.len()
+            )));
+        }
+        flat.extend_from_slice(&ex.target);
+    }
+    Ok(Tensor::from_slice(&flat).view([batch.len() as i64, g as i64]).to_device(device))
+}
+
+fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    -(targets * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float)
+}
+
+/// Trains `grader` in place. `on_step` sees every optimizer step.
+pub fn train(
+    grader: &dyn Grader,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Vec<StepReport>> {
+    if examples.is_empty() {
+        return Err(SlmError::Argument("no training examples".into()));
+    }
+    if cfg.batch_size == 0 || cfg.epochs == 0 {
+        return Err(SlmError::Argument("batch_size and epochs must be positive".into()));
+    }
+    let device = grader.placement().device;
+    let g = grader.num_grades();
+    let mut opt = tch::nn::AdamW { wd: cfg.weight_decay, ..Default::default() }
+        .build(grader.var_store(), cfg.learning_rate)?;
+    let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
+    let total = steps_per_epoch * cfg.epochs;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    tch::manual_seed(cfg.seed as i64);
+    let mut reports = Vec::with_capacity(total);
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(cfg.batch_size) {
+            let batch: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+            let inputs: Vec<&EncodedPair> = batch.iter().map(|e| &e.input).collect();
+            let lr = learning_rate(cfg, step, total);
+            opt.set_lr(lr);
+            let logits = grader.grade_logits(&inputs, true)?;
+            let loss = soft_cross_entropy(&logits, &targets_tensor(&batch, g, device)?);
+            opt.zero_grad();
+            loss.backward();
+            opt.clip_grad_norm(cfg.max_grad_norm);
+            opt.step();
+            let report = StepReport { step, total_steps: total, epoch, loss: loss.double_value(&[]), learning_rate: lr };
+            on_step(&report);
+            reports.push(report);
+            step += 1;
+        }
+    }
+    Ok(reports)
+}
+
+/// Scores `examples` without gradients and compares with their targets.
+pub fn evaluate(grader: &dyn Grader, examples: &[Example], token_budget: usize) -> Result<EvalReport> {
+    if examples.is_empty() {
+        return Err(SlmError::Argument("no evaluation examples".into()));
+    }
+    let device = grader.placement().device;
+    let g = grader.num_grades();
+    let lens: Vec<usize> = examples.iter().map(|e| e.input.ids.len()).collect();
+    let (mut loss_sum, mut agree, mut mae) = (0.0, 0usize, 0.0);
+    tch::no_grad(|| -> Result<()> {
+        for batch in plan_batches(&lens, token_budget, 64) {
+            let exs: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
+            let inputs: Vec<&EncodedPair> = exs.iter().map(|e| &e.input).collect();
+            let logits = grader.grade_logits(&inputs, false)?;
+            let targets = targets_tensor(&exs, g, device)?;
+            loss_sum += soft_cross_entropy(&logits, &targets).double_value(&[]) * exs.len() as f64;
+            let probs = Vec::<f32>::try_from(logits.softmax(-1, Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1))?;
+            for (row, ex) in exs.iter().enumerate() {
+                let p = &probs[row * g..(row + 1) * g];
+                let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0);
+                if argmax(p) == argmax(&ex.target) {
+                    agree += 1;
+                }
+                let e = |v: &[f32]| v.iter().enumerate().map(|(i, x)| i as f64 * *x as f64).sum::<f64>();
+                mae += (e(p) - e(&ex.target)).abs();
+            }
+        }
+        Ok(())
+    })?;
+    let n = examples.len() as f64;
+    Ok(EvalReport { loss: loss_sum / n, agreement: agree as f64 / n, expected_grade_mae: mae / n, pairs: examples.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let cfg = TrainConfig { learning_rate: 1.0, warmup_fraction: 0.1, ..Default::default() };
+        let lrs: Vec<f64> = (0..100).map(|s| learning_rate(&cfg, s, 100)).collect();
+        assert!((lrs[9] - 1.0).abs() < 1e-9, "peak at the end of warm-up");
+        assert!(lrs[0] < lrs[5] && lrs[5] < lrs[9]);
+        assert!(lrs[50] < lrs[20]);
+        assert!(lrs[99].abs() < 1e-9);
+    }
+}
