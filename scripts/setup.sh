@@ -58,7 +58,16 @@ if [ ! -f "$MODELS/all-minilm-l6-v2/.ok" ]; then
   touch "$MODELS/all-minilm-l6-v2/.ok"
 fi
 
-# 4. etcd for the cluster tests (Debian's etcd-server).
+# 4. Reference outputs of Python transformers for the parity tests (redone when the script changes).
+REF="$HOME_DIR/reference"
+REF_STAMP="$(sha256sum "$REPO/scripts/make_reference.py" | cut -c1-16)"
+if [ "$(cat "$REF/.stamp" 2>/dev/null)" != "$REF_STAMP" ]; then
+  log "computing reference outputs with Python transformers"
+  "$VENV/bin/python" "$REPO/scripts/make_reference.py" "$MODELS" "$REF"
+  echo "$REF_STAMP" > "$REF/.stamp"
+fi
+
+# 5. etcd for the cluster tests (Debian's etcd-server).
 if ! command -v etcd >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     log "installing etcd-server"

@@ -138,7 +138,13 @@ impl TextTokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found in the model folder"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| SlmError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        // Batching and truncation are the engine's job (it truncates the document, never the
+        // query); a tokenizer.json may carry its own (MiniLM's pads every text to 128).
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| SlmError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() { Some(crate::config::read_json(&cfg_path)?) } else { None };

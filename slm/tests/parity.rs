@@ -1,0 +1,131 @@
+//! Parity of the engine with Python `transformers` on the same weights and inputs (fp32).
+//! References come from `scripts/make_reference.py` (run by the set-up).
+
+mod common;
+
+use common::{max_abs_diff, model_dir, reference};
+use labelfleet_slm::decoder::Attention;
+use labelfleet_slm::generate::{generate, SamplingParams};
+use labelfleet_slm::{ChatMessage, CrossEncoder, DecoderLm, EncoderGrader, Grader, Pair, Placement, TextTokenizer};
+use tch::{Kind, Tensor};
+
+fn chats(meta: &serde_json::Value) -> Vec<Vec<ChatMessage>> {
+    meta["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn smollm2_chat_template_and_tokens_match_transformers() {
+    let (tensors, meta) = reference("smollm2");
+    let tok = TextTokenizer::from_dir(&model_dir("smollm2")).unwrap();
+    for (i, chat) in chats(&meta).iter().enumerate() {
+        let text = tok.render_chat(chat, true);
+        assert_eq!(text, meta["texts"][i].as_str().unwrap(), "chat {i}: rendered prompt differs");
+        let ids = tok.encode(&text).unwrap();
+        let want = Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap();
+        assert_eq!(ids, want, "chat {i}: token ids differ");
+    }
+}
+
+#[test]
+fn smollm2_logits_match_transformers_within_1e3() {
+    let (tensors, _) = reference("smollm2");
+    let lm = DecoderLm::load(&model_dir("smollm2"), Placement::cpu(), 2048).unwrap();
+    let mut worst = 0.0f64;
+    for i in 0..3 {
+        let ids = tensors[&format!("ids_{i}")].unsqueeze(0);
+        let want = &tensors[&format!("logits_{i}")];
+        let got = tch::no_grad(|| lm.logits(&lm.forward(&ids, &Attention::Causal, None).unwrap()).squeeze_dim(0));
+        assert_eq!(got.size(), want.size());
+        let d = max_abs_diff(&got, want);
+        worst = worst.max(d);
+        // and the next-token choice agrees everywhere
+        assert_eq!(
+            Vec::<i64>::try_from(got.argmax(-1, false)).unwrap(),
+            Vec::<i64>::try_from(want.argmax(-1, false)).unwrap()
+        );
+    }
+    println!("smollm2 max |logit diff| = {worst:.2e}");
+    assert!(worst <= 1e-3, "max abs logit difference {worst} > 1e-3");
+}
+
+#[test]
+fn smollm2_right_padded_batch_matches_single_rows() {
+    // Scoring pads on the right and reads each row at its own last token: padding must not
+    // change any real position.
+    let (tensors, _) = reference("smollm2");
+    let lm = DecoderLm::load(&model_dir("smollm2"), Placement::cpu(), 2048).unwrap();
+    let rows: Vec<Vec<i64>> = (0..3).map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap()).collect();
+    let t = rows.iter().map(|r| r.len()).max().unwrap();
+    let mut flat = vec![];
+    for r in &rows {
+        flat.extend(r);
+        flat.extend(std::iter::repeat_n(2i64, t - r.len()));
+    }
+    let batch = Tensor::from_slice(&flat).view([3, t as i64]);
+    let hidden = tch::no_grad(|| lm.forward(&batch, &Attention::Causal, None).unwrap());
+    for (i, r) in rows.iter().enumerate() {
+        let got = lm.logits(&hidden.get(i as i64).narrow(0, 0, r.len() as i64));
+        let d = max_abs_diff(&got, &tensors[&format!("logits_{i}")]);
+        assert!(d <= 1e-3, "row {i}: padded batch differs by {d}");
+    }
+}
+
+#[test]
+fn smollm2_batched_greedy_generation_matches_transformers() {
+    let (tensors, _) = reference("smollm2");
+    let dir = model_dir("smollm2");
+    let lm = DecoderLm::load(&dir, Placement::cpu(), 2048).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let prompts: Vec<Vec<i64>> =
+        (0..3).map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap()).collect();
+    let params = SamplingParams { max_new_tokens: 24, ..Default::default() };
+    // all three prompts in one left-padded batch
+    let got = generate(&lm, &prompts, &params, &tok.stop_ids, tok.pad_id).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        let want = Vec::<i64>::try_from(&tensors[&format!("gen_{i}")]).unwrap();
+        assert_eq!(g, &want, "prompt {i}: {:?} vs {:?}", tok.decode(g, false), tok.decode(&want, false));
+    }
+}
+
+#[test]
+fn minilm_hidden_states_match_transformers_within_1e3() {
+    let (tensors, meta) = reference("minilm");
+    let dir = model_dir("minilm");
+    let grader = EncoderGrader::load(&dir, &labelfleet_slm::grading::default_grade_labels(), Placement::cpu(), 512).unwrap();
+    let enc = CrossEncoder::load(&dir, 4, Placement::cpu()).unwrap();
+    assert!(enc.initialized.iter().all(|n| n.starts_with("classifier.") || n.starts_with("bert.pooler.")));
+    let mut worst = 0.0f64;
+    for (i, pair) in meta["pairs"].as_array().unwrap().iter().enumerate() {
+        let p = Pair {
+            id: format!("pair{i}"),
+            query: pair[0].as_str().unwrap().into(),
+            title: None,
+            body: pair[1].as_str().unwrap().into(),
+            metadata: Default::default(),
+        };
+        let e = grader.encode_pair(&p).unwrap();
+        assert_eq!(e.ids, Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap(), "pair {i}: ids");
+        assert_eq!(e.type_ids, Vec::<i64>::try_from(&tensors[&format!("type_ids_{i}")]).unwrap(), "pair {i}: types");
+        let ids = Tensor::from_slice(&e.ids).unsqueeze(0);
+        let types = Tensor::from_slice(&e.type_ids).unsqueeze(0);
+        let mask = ids.ones_like().to_kind(Kind::Int64);
+        let hidden = tch::no_grad(|| enc.encode(&ids, &types, &mask, false).unwrap()).squeeze_dim(0);
+        worst = worst.max(max_abs_diff(&hidden, &tensors[&format!("hidden_{i}")]));
+    }
+    println!("minilm max |hidden diff| = {worst:.2e}");
+    assert!(worst <= 1e-3, "max abs hidden-state difference {worst} > 1e-3");
+}
