@@ -1,1 +1,274 @@
-fn main(){}
+//! `labelfleet`: one binary for every role. This step ships the engine commands:
+//! `score` (pairs in, grades out), `generate` (documents in, queries out) and `bench`.
+
+mod bench;
+mod jsonl;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use labelfleet_slm::generate::SamplingParams;
+use labelfleet_slm::grading::{default_grade_labels, grade, load_grader, BatchOptions, GRADE_PROMPT_VERSION};
+use labelfleet_slm::querygen::{synthesize, SeedDocument};
+use labelfleet_slm::{DecoderLm, Pair, Placement, TextTokenizer};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "labelfleet", version, about = "Search-relevance labels at scale with distilled small language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Grade (query, document) pairs: JSONL of {id, query, title?, body, metadata?} in, grades out.
+    Score(ScoreArgs),
+    /// Write search queries for documents: JSONL of {id, title?, body, metadata?} in, queries out.
+    Generate(GenerateArgs),
+    /// Engine throughput against the FLOP limit of this machine.
+    Bench(bench::BenchArgs),
+}
+
+/// Where and how a model runs.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Model folder (Hugging Face layout) or a bundled name: smollm2, minilm.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// auto (fp32 on CPU, bf16 on CUDA), fp32, bf16, fp16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Longest prompt in tokens; longer documents are truncated (the query is kept).
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// Intra-op threads for libtorch (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Padded tokens per forward pass (default: 8192 on CPU, 65536 on GPU).
+    #[arg(long)]
+    token_budget: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn placement(&self) -> Result<Placement> {
+        if let Some(t) = self.threads {
+            tch::set_num_threads(t);
+        }
+        Ok(Placement::parse(&self.device, Some(&self.dtype))?)
+    }
+    pub fn batch_options(&self, p: Placement) -> BatchOptions {
+        let mut o = BatchOptions::for_placement(p);
+        if let Some(b) = self.token_budget {
+            o.token_budget = b;
+        }
+        o
+    }
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Pairs JSONL (`-` for stdin).
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Grades JSONL (`-` for stdout).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Where rejected records go, with the reason (default: only reported on stderr).
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, short)]
+    input: PathBuf,
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Queries to sample per document (duplicates are dropped).
+    #[arg(long, default_value_t = 3)]
+    per_doc: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Documents per generation batch.
+    #[arg(long, default_value_t = 8)]
+    batch_docs: usize,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labelfleet=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(a) => score(a),
+        Command::Generate(a) => generate(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(match e.downcast_ref::<Rejected>() {
+            Some(_) => 3,
+            None => 1,
+        });
+    }
+}
+
+/// Some records were rejected (the accepted ones were written).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} record(s) rejected; the accepted ones were written")]
+struct Rejected(usize);
+
+#[derive(serde::Serialize)]
+struct ScoredPair<'a> {
+    id: &'a str,
+    grade: usize,
+    expected: f32,
+    distribution: &'a [f32],
+    truncated: bool,
+    model: &'a str,
+    prompt_version: &'a str,
+}
+
+fn report_reject(rejects: &mut Option<jsonl::Writer>, count: &mut usize, message: String) -> Result<()> {
+    *count += 1;
+    if *count <= 20 {
+        eprintln!("rejected: {message}");
+    }
+    if let Some(w) = rejects {
+        w.write(&serde_json::json!({ "error": message }))?;
+    }
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let placement = a.engine.placement()?;
+    let dir = labelfleet_slm::resolve_model(&a.engine.model);
+    let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let records = jsonl::read::<Pair>(&a.input)?;
+    let mut rejects = a.rejects.as_deref().map(jsonl::Writer::create).transpose()?;
+    let mut rejected = 0;
+    let mut pairs = vec![];
+    let mut encoded = vec![];
+    for r in records {
+        match r {
+            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+            Ok(line) => match grader.encode_pair(&line.value) {
+                Ok(e) => {
+                    pairs.push(line.value);
+                    encoded.push(e);
+                }
+                Err(e) => report_reject(&mut rejects, &mut rejected, format!("line {}: {e}", line.line))?,
+            },
+        }
+    }
+    let pb = progress::bar(encoded.len() as u64, "grading");
+    let start = std::time::Instant::now();
+    let grades = grade(grader.as_ref(), &encoded, a.engine.batch_options(placement), &mut |n| pb.inc(n as u64))?;
+    pb.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = jsonl::Writer::create(&a.output)?;
+    let model = grader.describe();
+    for ((p, e), g) in pairs.iter().zip(&encoded).zip(&grades) {
+        out.write(&ScoredPair {
+            id: &p.id,
+            grade: g.grade,
+            expected: g.expected,
+            distribution: &g.distribution,
+            truncated: e.truncated,
+            model: &model,
+            prompt_version: GRADE_PROMPT_VERSION,
+        })?;
+    }
+    out.finish()?;
+    if let Some(w) = rejects {
+        w.finish()?;
+    }
+    let mut hist = vec![0usize; grader.num_grades()];
+    grades.iter().for_each(|g| hist[g.grade] += 1);
+    eprintln!(
+        "{}",
+        progress::table(
+            &["model", "device", "pairs", "rejected", "pairs/s", "grade histogram"],
+            vec![vec![
+                model.clone(),
+                placement.describe(),
+                grades.len().to_string(),
+                rejected.to_string(),
+                format!("{:.1}", grades.len() as f64 / secs.max(1e-9)),
+                format!("{hist:?}"),
+            ]],
+        )
+    );
+    if rejected > 0 {
+        return Err(Rejected(rejected).into());
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let placement = a.engine.placement()?;
+    let dir = labelfleet_slm::resolve_model(&a.engine.model);
+    let lm = DecoderLm::load(&dir, placement, a.engine.max_len.max(a.max_new_tokens + 64))
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let tok = TextTokenizer::from_dir(&dir)?;
+    let mut rejects = None;
+    let mut rejected = 0;
+    let mut docs = vec![];
+    for r in jsonl::read::<SeedDocument>(&a.input)? {
+        match r {
+            Ok(l) => docs.push(l.value),
+            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+        }
+    }
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let max_body = a.engine.max_len.saturating_sub(a.max_new_tokens + 96).max(32);
+    let pb = progress::bar(docs.len() as u64, "documents");
+    let mut out = jsonl::Writer::create(&a.output)?;
+    let mut written = 0;
+    for chunk in docs.chunks(a.batch_docs.max(1)) {
+        // one bad document must not sink its batch: validate first, then generate for the rest
+        let mut good = vec![];
+        for d in chunk {
+            match labelfleet_slm::querygen::prompt_ids(&tok, d, max_body) {
+                Ok(_) => good.push(d.clone()),
+                Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+            }
+        }
+        for q in synthesize(&lm, &tok, &good, a.per_doc, &params, max_body)? {
+            out.write(&q)?;
+            written += 1;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish();
+    out.finish()?;
+    eprintln!("{written} queries for {} documents ({rejected} rejected)", docs.len());
+    if rejected > 0 {
+        return Err(Rejected(rejected).into());
+    }
+    Ok(())
+}

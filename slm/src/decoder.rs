@@ -43,6 +43,10 @@ pub enum Attention<'a> {
     /// Explicit positions `[B, T]` and a boolean mask `[B, 1, T, S]` (true = may attend),
     /// where `S` counts cached plus new keys. Used by batched generation with left padding.
     Masked { positions: &'a Tensor, mask: &'a Tensor },
+    /// Every row continues one shared prefix whose keys/values are in the cache (computed once
+    /// from a batch of one): positions start after it, each token sees the whole prefix and,
+    /// causally, its own row. Right padding is harmless as with `Causal`.
+    Prefixed { prefix: &'a KvCache },
 }
 
 /// Per-layer key/value cache for incremental decoding.
@@ -217,8 +221,29 @@ impl DecoderLm {
                 }
                 let cos = self.rope_cos.index_select(0, &positions.flatten(0, 1)).view([b, 1, t, hd]);
                 let sin = self.rope_sin.index_select(0, &positions.flatten(0, 1)).view([b, 1, t, hd]);
-                (cos, sin, Some(*mask), false)
+                (cos, sin, Some(mask.shallow_clone()), false)
             }
+            Attention::Prefixed { prefix } => {
+                let p = prefix.len();
+                if (p + t) as usize > self.max_len {
+                    return Err(SlmError::Argument(format!(
+                        "prefix of {p} plus {t} tokens exceeds the engine's max_len {}",
+                        self.max_len
+                    )));
+                }
+                let cos = self.rope_cos.narrow(0, p, t).view([1, 1, t, hd]);
+                let sin = self.rope_sin.narrow(0, p, t).view([1, 1, t, hd]);
+                let dev = input_ids.device();
+                let mask = Tensor::cat(
+                    &[Tensor::ones([t, p], (Kind::Bool, dev)), Tensor::ones([t, t], (Kind::Bool, dev)).tril(0)],
+                    1,
+                );
+                (cos, sin, Some(mask), false)
+            }
+        };
+        let shared_prefix = match attention {
+            Attention::Prefixed { prefix } => Some(*prefix),
+            _ => None,
         };
         let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false);
         let eps = c.rms_norm_eps;
@@ -239,6 +264,11 @@ impl DecoderLm {
             let q = apply_rope(&q, &cos, &sin);
             let mut k = apply_rope(&k, &cos, &sin);
             let mut v = v;
+            if let Some(Some((pk, pv))) = shared_prefix.map(|p| &p.layers[i]) {
+                let (_, _, pl, _) = pk.size4()?;
+                k = Tensor::cat(&[pk.expand([b, nkv, pl, hd], false), k], 2);
+                v = Tensor::cat(&[pv.expand([b, nkv, pl, hd], false), v], 2);
+            }
             if let Some(cache) = cache.as_deref_mut() {
                 if cache.layers.len() != self.blocks.len() {
                     cache.layers = (0..self.blocks.len()).map(|_| None).collect();
@@ -250,7 +280,7 @@ impl DecoderLm {
                 cache.layers[i] = Some((k.shallow_clone(), v.shallow_clone()));
             }
             let (k, v) = if nkv != nh { (repeat_kv(&k, nh / nkv), repeat_kv(&v, nh / nkv)) } else { (k, v) };
-            let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, false)?;
+            let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, causal, None, false)?;
             let a = a.transpose(1, 2).reshape([b, t, nh * hd]);
             x = x + blk.o_proj.forward(&a);
             let h = x.rms_norm([hidden], Some(&blk.post_norm), eps);

@@ -5,7 +5,7 @@
 //! Both encode a pair into token ids first (truncating the document, never the query), so
 //! batching, training and scoring work on the same `EncodedPair`s.
 
-use crate::decoder::{Attention, DecoderLm};
+use crate::decoder::{Attention, DecoderLm, KvCache};
 use crate::device::Placement;
 use crate::encoder::CrossEncoder;
 use crate::error::{Result, SlmError};
@@ -263,6 +263,11 @@ pub struct DecoderGrader {
     grade_ids: Tensor,
     limits: InputLimits,
     name: String,
+    /// Tokens every prompt starts with (system turn and the opening of the user turn).
+    shared_prefix: Vec<i64>,
+    /// Keys/values of `shared_prefix` for inference, computed on first use and dropped by
+    /// any training step (the weights change).
+    prefix_cache: std::sync::Mutex<Option<KvCache>>,
 }
 
 impl DecoderGrader {
@@ -296,14 +301,61 @@ impl DecoderGrader {
             ids.push(enc[0]);
         }
         let grade_ids = Tensor::from_slice(&ids).to_device(lm.placement.device);
-        Ok(DecoderGrader {
+        let mut grader = DecoderGrader {
             lm,
             tokenizer,
             grade_labels: grade_labels.to_vec(),
             grade_ids,
             limits: InputLimits::default(),
             name,
-        })
+            shared_prefix: vec![],
+            prefix_cache: std::sync::Mutex::new(None),
+        };
+        grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text())?;
+        Ok(grader)
+    }
+
+    /// The part of every prompt before the query: it ends a special token and a newline, so
+    /// tokenizing it apart from the rest gives the same ids as tokenizing the whole prompt.
+    fn shared_prefix_text(&self) -> String {
+        let probe = Pair {
+            id: "probe".into(),
+            query: "probe".into(),
+            title: None,
+            body: "probe".into(),
+            metadata: Default::default(),
+        };
+        let (prefix, _) = self.prompt_parts(&probe);
+        let cut = prefix.find("Query: ").expect("the user turn starts with the query");
+        prefix[..cut].to_string()
+    }
+
+    /// Grade logits for a batch whose rows all start with the shared prefix, reusing its
+    /// cached keys/values: the prefix is computed once per model, not once per pair.
+    fn grade_logits_prefixed(&self, batch: &[&EncodedPair]) -> Result<Tensor> {
+        let p = self.shared_prefix.len();
+        let device = self.lm.placement.device;
+        let mut guard = self.prefix_cache.lock().expect("prefix cache lock");
+        if guard.is_none() {
+            let ids = Tensor::from_slice(&self.shared_prefix).unsqueeze(0).to_device(device);
+            let mut cache = KvCache::new(self.lm.num_layers());
+            let _hidden = tch::no_grad(|| self.lm.forward(&ids, &Attention::Causal, Some(&mut cache)))?;
+            *guard = Some(cache);
+        }
+        let prefix = guard.as_ref().expect("just filled");
+        let rows: Vec<&[i64]> = batch.iter().map(|e| &e.ids[p..]).collect();
+        let (ids, lens) = pad_right(&rows, self.tokenizer.pad_id, device);
+        let hidden = self.lm.forward(&ids, &Attention::Prefixed { prefix }, None)?;
+        Ok(self.read_answer(&hidden, &lens))
+    }
+
+    /// Grade logits at each row's last real token.
+    fn read_answer(&self, hidden: &Tensor, lens: &[i64]) -> Tensor {
+        let (b, t, h) = hidden.size3().expect("hidden is [B, T, H]");
+        let last: Vec<i64> = lens.iter().enumerate().map(|(i, &l)| i as i64 * t + l - 1).collect();
+        let last = Tensor::from_slice(&last).to_device(hidden.device());
+        let answer = hidden.reshape([b * t, h]).index_select(0, &last);
+        self.lm.token_logits(&answer, &self.grade_ids).to_kind(Kind::Float)
     }
 
     pub fn grade_token_ids(&self) -> Vec<i64> {
@@ -356,7 +408,9 @@ impl Grader for DecoderGrader {
             ));
         }
         let (prefix, suffix) = self.prompt_parts(pair);
-        let mut ids = self.tokenizer.encode(&prefix)?;
+        let own = prefix.strip_prefix(&self.shared_prefix_text()).expect("every prompt starts with the shared prefix");
+        let mut ids = self.shared_prefix.clone();
+        ids.extend(self.tokenizer.encode(own)?);
         let suffix_ids = self.tokenizer.encode(&suffix)?;
         let room = self.lm.max_len.saturating_sub(ids.len() + suffix_ids.len());
         if room < 16 {
@@ -379,16 +433,18 @@ impl Grader for DecoderGrader {
         Ok(EncodedPair { ids, type_ids: vec![], truncated })
     }
 
-    fn grade_logits(&self, batch: &[&EncodedPair], _train: bool) -> Result<Tensor> {
+    fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor> {
+        let p = self.shared_prefix.len();
+        let all_prefixed = batch.iter().all(|e| e.ids.len() > p && e.ids[..p] == self.shared_prefix[..]);
+        if train {
+            *self.prefix_cache.lock().expect("prefix cache lock") = None;
+        } else if all_prefixed && p > 0 {
+            return self.grade_logits_prefixed(batch);
+        }
         let rows: Vec<&[i64]> = batch.iter().map(|p| p.ids.as_slice()).collect();
-        let device = self.lm.placement.device;
-        let (ids, lens) = pad_right(&rows, self.tokenizer.pad_id, device);
+        let (ids, lens) = pad_right(&rows, self.tokenizer.pad_id, self.lm.placement.device);
         let hidden = self.lm.forward(&ids, &Attention::Causal, None)?;
-        let (b, t, h) = hidden.size3()?;
-        let last: Vec<i64> = lens.iter().enumerate().map(|(i, &l)| i as i64 * t + l - 1).collect();
-        let last = Tensor::from_slice(&last).to_device(device);
-        let answer = hidden.reshape([b * t, h]).index_select(0, &last);
-        Ok(self.lm.token_logits(&answer, &self.grade_ids).to_kind(Kind::Float))
+        Ok(self.read_answer(&hidden, &lens))
     }
 
     fn var_store(&self) -> &tch::nn::VarStore {
@@ -396,7 +452,12 @@ impl Grader for DecoderGrader {
     }
 
     fn flops(&self, len: usize) -> f64 {
-        self.lm.config.forward_flops(len)
+        // what the prefixed path executes: the pair's own tokens, attending to the prefix too
+        let c = &self.lm.config;
+        let p = self.shared_prefix.len().min(len);
+        let own = len - p;
+        let attn_prefix = 2.0 * 2.0 * (own * p) as f64 * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
+        c.forward_flops(own) + attn_prefix
     }
 
     fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
@@ -420,6 +481,11 @@ impl Grader for DecoderGrader {
 
 // ---------------------------------------------------------------------------------------------
 // Encoder grader
+
+/// The document side of a cross-encoder input: title and metadata lines, then the body.
+pub fn document_text(pair: &Pair) -> String {
+    format!("{}{}", document_header(pair), pair.body.trim())
+}
 
 pub struct EncoderGrader {
     pub model: CrossEncoder,
@@ -491,8 +557,7 @@ impl Grader for EncoderGrader {
                 format!("{} tokens, over the limit of {}", q.len(), self.limits.max_query_tokens),
             ));
         }
-        let header = document_header(pair);
-        let doc_text = format!("{header}{}", pair.body.trim());
+        let doc_text = document_text(pair);
         let room = self.max_len.saturating_sub(q.len() + 3);
         let mut d = self.tokenizer.encode(clip(&doc_text, room * 16))?;
         let truncated = d.len() > room;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod grading;
 pub mod layers;
+pub mod querygen;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

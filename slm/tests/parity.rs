@@ -129,3 +129,42 @@ fn minilm_hidden_states_match_transformers_within_1e3() {
     println!("minilm max |hidden diff| = {worst:.2e}");
     assert!(worst <= 1e-3, "max abs hidden-state difference {worst} > 1e-3");
 }
+
+#[test]
+fn smollm2_grader_prefix_cache_matches_full_forward() {
+    // Inference reuses the keys/values of the shared system prompt; the grades must equal a
+    // full forward over every token.
+    use labelfleet_slm::grading::{default_grade_labels, DecoderGrader};
+    let dir = model_dir("smollm2");
+    let grader = DecoderGrader::load(&dir, &default_grade_labels(), Placement::cpu(), 512).unwrap();
+    let pairs: Vec<Pair> = [
+        ("vacation policy", "HR handbook", "Employees accrue 25 days of paid leave per year."),
+        ("gpu quota request", "Cluster guide", "Ask the platform team for GPU quota via the portal form."),
+        ("q3 revenue emea", "Finance report", "Revenue in EMEA grew 12% in the third quarter, led by Germany and France."),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (q, t, b))| Pair {
+        id: format!("p{i}"),
+        query: q.to_string(),
+        title: Some(t.to_string()),
+        body: b.to_string(),
+        metadata: [("author".to_string(), "Jane Doe".to_string())].into(),
+    })
+    .collect();
+    let enc: Vec<_> = pairs.iter().map(|p| grader.encode_pair(p).unwrap()).collect();
+    // the encoding equals tokenizing the whole prompt at once
+    for (p, e) in pairs.iter().zip(&enc) {
+        assert_eq!(grader.tokenizer.encode(&grader.prompt_text(p)).unwrap(), e.ids);
+    }
+    let refs: Vec<_> = enc.iter().collect();
+    let cached = tch::no_grad(|| grader.grade_logits(&refs, false).unwrap());
+    let grade_ids = Tensor::from_slice(&grader.grade_token_ids());
+    for (i, e) in enc.iter().enumerate() {
+        let ids = Tensor::from_slice(&e.ids).unsqueeze(0);
+        let hidden = tch::no_grad(|| grader.lm.forward(&ids, &Attention::Causal, None).unwrap());
+        let full = grader.lm.token_logits(&hidden.get(0).get(e.ids.len() as i64 - 1), &grade_ids);
+        let d = max_abs_diff(&full, &cached.get(i as i64));
+        assert!(d <= 1e-4, "pair {i}: prefix-cached grade logits differ by {d}");
+    }
+}

@@ -1,0 +1,150 @@
+//! `labelfleet bench`: grading throughput of the engine on this machine, next to the FLOP limit
+//! (FLOPs per pair over the measured fp32 matmul rate). With `--dump`, writes the encoded inputs,
+//! the engine's grades and the exact model it ran, so `scripts/bench_python.py` runs Python
+//! `transformers` on the same model and inputs in the same run.
+
+use crate::{jsonl, progress, EngineArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use labelfleet_slm::grading::{default_grade_labels, document_text, grade, load_grader};
+use labelfleet_slm::{EncodedPair, Pair};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Pairs JSONL to grade.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Grade at most this many pairs.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Append one JSON line of results here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write inputs, grades and the model here for the Python baseline.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Label for this run in the results (e.g. the machine).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// fp32 (or the model dtype) matmul rate in GFLOP/s: the roofline the engine is held to.
+fn matmul_gflops(device: tch::Device, kind: Kind) -> f64 {
+    let n = if device.is_cuda() { 8192 } else { 1024 };
+    let a = Tensor::randn([n, n], (kind, device));
+    let b = Tensor::randn([n, n], (kind, device));
+    let run = |iters: usize| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let _c = a.matmul(&b);
+        }
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        start.elapsed().as_secs_f64()
+    };
+    run(3);
+    let mut iters = 4;
+    loop {
+        let t = run(iters);
+        if t > 1.0 || iters > 4096 {
+            return 2.0 * (n * n * n) as f64 * iters as f64 / t / 1e9;
+        }
+        iters *= 2;
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let placement = a.engine.placement()?;
+    let dir = labelfleet_slm::resolve_model(&a.engine.model);
+    let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let mut pairs: Vec<Pair> = vec![];
+    for r in jsonl::read::<Pair>(&a.input)? {
+        pairs.push(r?.value);
+        if pairs.len() >= a.limit {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    let encoded: Vec<EncodedPair> = pairs.iter().map(|p| grader.encode_pair(p)).collect::<Result<_, _>>()?;
+    let tokenize_s = t0.elapsed().as_secs_f64();
+    let tokens: usize = encoded.iter().map(|e| e.ids.len()).sum();
+    let flops: f64 = encoded.iter().map(|e| grader.flops(e.ids.len())).sum();
+    let peak = matmul_gflops(placement.device, placement.kind);
+    let opts = a.engine.batch_options(placement);
+    // warm-up on a slice, then the timed run over every pair
+    let warm = encoded.len().min(opts.max_batch);
+    grade(grader.as_ref(), &encoded[..warm], opts, &mut |_| {})?;
+    let pb = progress::bar(encoded.len() as u64, "grading");
+    let t1 = Instant::now();
+    let grades = grade(grader.as_ref(), &encoded, opts, &mut |n| pb.inc(n as u64))?;
+    if placement.device.is_cuda() {
+        tch::Cuda::synchronize(0);
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let pairs_per_s = grades.len() as f64 / secs;
+    let achieved = flops / secs / 1e9;
+    let threads = tch::get_num_threads();
+    let result = serde_json::json!({
+        "impl": "labelfleet (tch)",
+        "label": a.label,
+        "model": grader.describe(),
+        "device": placement.describe(),
+        "threads": threads,
+        "pairs": grades.len(),
+        "mean_tokens": tokens as f64 / grades.len() as f64,
+        "seconds": secs,
+        "pairs_per_s": pairs_per_s,
+        "tokenize_pairs_per_s": grades.len() as f64 / tokenize_s,
+        "gflop_per_pair": flops / grades.len() as f64 / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_gflops": peak,
+        "flop_limit_pairs_per_s": peak * 1e9 / (flops / grades.len() as f64),
+        "fraction_of_flop_limit": achieved / peak,
+        "token_budget": opts.token_budget,
+    });
+    println!(
+        "{}",
+        progress::table(
+            &["model", "device", "threads", "pairs", "tokens/pair", "pairs/s", "GFLOP/pair", "GFLOP/s", "matmul GFLOP/s", "of limit"],
+            vec![vec![
+                grader.describe(),
+                placement.describe(),
+                threads.to_string(),
+                grades.len().to_string(),
+                format!("{:.0}", tokens as f64 / grades.len() as f64),
+                format!("{pairs_per_s:.1}"),
+                format!("{:.2}", flops / grades.len() as f64 / 1e9),
+                format!("{achieved:.0}"),
+                format!("{peak:.0}"),
+                format!("{:.0}%", 100.0 * achieved / peak),
+            ]],
+        )
+    );
+    if let Some(out) = &a.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+        writeln!(f, "{result}")?;
+    }
+    if let Some(dump) = &a.dump {
+        std::fs::create_dir_all(dump)?;
+        grader.save(&dump.join("model"), serde_json::json!({"bench": true}))?;
+        let mut w = jsonl::Writer::create(&dump.join("inputs.jsonl"))?;
+        for ((p, e), g) in pairs.iter().zip(&encoded).zip(&grades) {
+            w.write(&serde_json::json!({
+                "ids": e.ids, "type_ids": e.type_ids,
+                "query": p.query, "document": document_text(p),
+                "distribution": g.distribution,
+            }))?;
+        }
+        w.finish()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Query synthesis from a document: a versioned prompt, batched sampling, and clean-up of what
+//! the model writes (one line, no quotes, no copy of the document, length limits).
+
+use crate::decoder::DecoderLm;
+use crate::error::{Result, SlmError};
+use crate::generate::{generate, SamplingParams};
+use crate::tokenizer::{ChatMessage, TextTokenizer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const QUERY_PROMPT_VERSION: &str = "query-v1";
+
+const QUERY_SYSTEM: &str =
+    "You write the search queries that employees type into their company's internal search engine.";
+
+/// A document to write queries for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedDocument {
+    pub id: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    /// Author, path, file name, ...: the model may write metadata queries from them.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GeneratedQuery {
+    pub doc_id: String,
+    pub query: String,
+    pub prompt_version: String,
+}
+
+/// Builds the chat prompt ids for a document; the body is cut to `max_body_tokens`.
+pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_body_tokens: usize) -> Result<Vec<i64>> {
+    if doc.body.trim().is_empty() && doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(SlmError::input(&doc.id, "body", "empty document (no body and no title)"));
+    }
+    let mut body_ids = tok.encode(&tok.sanitize(doc.body.trim()))?;
+    body_ids.truncate(max_body_tokens);
+    let body = tok.decode(&body_ids, true)?;
+    let mut header = String::new();
+    if let Some(t) = doc.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        header.push_str(&format!("Title: {}\n", tok.sanitize(t.trim())));
+    }
+    for (k, v) in &doc.metadata {
+        header.push_str(&format!("{k}: {}\n", tok.sanitize(v.trim())));
+    }
+    let user = format!(
+        "Here is a document from the company intranet.\n\n{header}{body}\n\n\
+         Write one short search query (2 to 10 words) that an employee looking for this document \
+         would type. Reply with the query only."
+    );
+    tok.encode(&tok.render_chat(&[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)], true))
+}
+
+/// Cleans a generation into a query, or `None` when it is unusable: empty, too short or long,
+/// or a verbatim copy of a long span of the document.
+pub fn clean_query(raw: &str, doc: &SeedDocument) -> Option<String> {
+    let line = raw.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let line = line
+        .trim_start_matches(|c: char| c == '-' || c == '*' || c.is_ascii_digit() || c == '.' || c == ')')
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'' || c == '`')
+        .trim();
+    let line = line.strip_prefix("Query:").or_else(|| line.strip_prefix("query:")).unwrap_or(line).trim();
+    let words = line.split_whitespace().count();
+    if !(2..=16).contains(&words) || line.len() > 160 {
+        return None;
+    }
+    let lower = line.to_lowercase();
+    if words >= 8 && doc.body.to_lowercase().contains(&lower) {
+        return None;
+    }
+    Some(line.to_string())
+}
+
+/// Writes up to `per_doc` distinct queries per document, sampling `per_doc` continuations each.
+pub fn synthesize(
+    lm: &DecoderLm,
+    tok: &TextTokenizer,
+    docs: &[SeedDocument],
+    per_doc: usize,
+    params: &SamplingParams,
+    max_body_tokens: usize,
+) -> Result<Vec<GeneratedQuery>> {
+    let mut prompts = Vec::with_capacity(docs.len() * per_doc);
+    for d in docs {
+        let ids = prompt_ids(tok, d, max_body_tokens)?;
+        for _ in 0..per_doc {
+            prompts.push(ids.clone());
+        }
+    }
+    let outs = generate(lm, &prompts, params, &tok.stop_ids, tok.pad_id)?;
+    let mut result = vec![];
+    for (i, d) in docs.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        for out in &outs[i * per_doc..(i + 1) * per_doc] {
+            if let Some(q) = clean_query(&tok.decode(out, true)?, d) {
+                if seen.insert(q.to_lowercase()) {
+                    result.push(GeneratedQuery {
+                        doc_id: d.id.clone(),
+                        query: q,
+                        prompt_version: QUERY_PROMPT_VERSION.into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(body: &str) -> SeedDocument {
+        SeedDocument { id: "d".into(), title: None, body: body.into(), metadata: Default::default() }
+    }
+
+    #[test]
+    fn cleans_quotes_bullets_and_prefixes() {
+        let d = doc("anything");
+        assert_eq!(clean_query("\"EMEA revenue report Q3\"\nmore", &d).as_deref(), Some("EMEA revenue report Q3"));
+        assert_eq!(clean_query("1. Query: vpn setup guide", &d).as_deref(), Some("vpn setup guide"));
+        assert_eq!(clean_query("   \n", &d), None);
+        assert_eq!(clean_query("word", &d), None);
+    }
+
+    #[test]
+    fn rejects_copies_of_the_document() {
+        let body = "the quick brown fox jumps over the lazy dog every single morning";
+        assert_eq!(clean_query("the quick brown fox jumps over the lazy dog", &doc(body)), None);
+        assert!(clean_query("fox jumping habits", &doc(body)).is_some());
+    }
+}
