@@ -16,7 +16,7 @@ build: setup
 	$(CARGO) build --release --bin labelfleet
 
 run: build
-	$(BIN) run
+	bash scripts/demo.sh
 
 test: setup
 	$(CARGO) test --release --workspace -- --test-threads=1

@@ -7,7 +7,7 @@ use crate::{jsonl, progress, EngineArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_slm::grading::{default_grade_labels, document_text, grade, load_grader};
-use labelfleet_slm::{EncodedPair, Pair};
+use labelfleet_slm::{DecoderConfig, DecoderGrader, DecoderLm, EncodedPair, Grader, Pair, TextTokenizer};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -31,11 +31,15 @@ pub struct BenchArgs {
     /// Label for this run in the results (e.g. the machine).
     #[arg(long, default_value = "")]
     label: String,
+    /// Decoder only: random weights of the folder's config.json (throughput of configs whose
+    /// weights are not here; honest for speed, meaningless for quality).
+    #[arg(long)]
+    random_weights: bool,
 }
 
 /// fp32 (or the model dtype) matmul rate in GFLOP/s: the roofline the engine is held to.
 fn matmul_gflops(device: tch::Device, kind: Kind) -> f64 {
-    let n = if device.is_cuda() { 8192 } else { 1024 };
+    let n = if device.is_cuda() { 8192 } else { 2048 };
     let a = Tensor::randn([n, n], (kind, device));
     let b = Tensor::randn([n, n], (kind, device));
     let run = |iters: usize| {
@@ -62,8 +66,15 @@ fn matmul_gflops(device: tch::Device, kind: Kind) -> f64 {
 pub fn run(a: BenchArgs) -> Result<()> {
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
-    let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
-        .with_context(|| format!("loading model {}", dir.display()))?;
+    let grader: Box<dyn Grader> = if a.random_weights {
+        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let lm = DecoderLm::new(config, placement, a.engine.max_len)?;
+        let tok = TextTokenizer::from_dir(&dir)?;
+        Box::new(DecoderGrader::from_parts(lm, tok, &default_grade_labels(), format!("{} (random weights)", dir.display()))?)
+    } else {
+        load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
+            .with_context(|| format!("loading model {}", dir.display()))?
+    };
     let mut pairs: Vec<Pair> = vec![];
     for r in jsonl::read::<Pair>(&a.input)? {
         pairs.push(r?.value);
@@ -133,7 +144,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
         writeln!(f, "{result}")?;
     }
-    if let Some(dump) = &a.dump {
+    if let (Some(dump), false) = (&a.dump, a.random_weights) {
         std::fs::create_dir_all(dump)?;
         grader.save(&dump.join("model"), serde_json::json!({"bench": true}))?;
         let mut w = jsonl::Writer::create(&dump.join("inputs.jsonl"))?;

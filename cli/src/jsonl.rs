@@ -51,11 +51,12 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<Result<Line<T>, Json
         if text.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str::<T>(text)
-                .map(|value| Line { line, value })
-                .map_err(|e| JsonlError::Record { file: file.clone(), line, message: e.to_string() }),
-        );
+        let text = text.trim_end_matches(['\n', '\r']);
+        out.push(serde_json::from_str::<T>(text).map(|value| Line { line, value }).map_err(|e| {
+            // serde counts lines inside this one record; the file line is ours, keep the column
+            let message = e.to_string().replace(" at line 1 column", " at column");
+            JsonlError::Record { file: file.clone(), line, message }
+        }));
     }
     Ok(out)
 }
@@ -103,6 +104,7 @@ mod tests {
         let errs: Vec<String> = rows.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 3);
         assert!(errs[0].contains(":2:"), "{}", errs[0]);
+        assert!(errs[0].contains("at column"), "{}", errs[0]);
         assert!(errs[1].contains(":4:") && errs[1].contains("missing field `id`"), "{}", errs[1]);
         assert!(errs[2].contains(":5: not valid UTF-8"), "{}", errs[2]);
     }

@@ -176,7 +176,9 @@ fn score(a: ScoreArgs) -> Result<()> {
                     pairs.push(line.value);
                     encoded.push(e);
                 }
-                Err(e) => report_reject(&mut rejects, &mut rejected, format!("line {}: {e}", line.line))?,
+                Err(e) => {
+                    report_reject(&mut rejects, &mut rejected, format!("{}:{}: {e}", a.input.display(), line.line))?
+                }
             },
         }
     }

@@ -211,6 +211,19 @@ pub fn grade(
     Ok(out.into_iter().map(|g| g.expect("every pair is in one batch")).collect())
 }
 
+/// A tokenizer belongs to a model when its vocabulary fills the embedding table: never larger,
+/// and at most ~10% smaller (tables are padded to a multiple of 64 or 128, not more).
+fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
+    let n = tokenizer.vocab_size();
+    if n > vocab_size || (n as f64) < 0.9 * vocab_size as f64 {
+        return Err(SlmError::Tokenizer {
+            path: tokenizer.path().to_path_buf(),
+            message: format!("does not match the model: {n} tokens, the model's vocab_size is {vocab_size}"),
+        });
+    }
+    Ok(())
+}
+
 /// Right-pads rows to one `[B, T]` int64 tensor.
 fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64>) {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -279,16 +292,7 @@ impl DecoderGrader {
     }
 
     pub fn from_parts(lm: DecoderLm, tokenizer: TextTokenizer, grade_labels: &[String], name: String) -> Result<Self> {
-        if tokenizer.vocab_size() > lm.config.vocab_size {
-            return Err(SlmError::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                message: format!(
-                    "does not match the model: {} tokens, the model's vocab_size is {}",
-                    tokenizer.vocab_size(),
-                    lm.config.vocab_size
-                ),
-            });
-        }
+        check_vocab(&tokenizer, lm.config.vocab_size)?;
         let mut ids = vec![];
         for label in grade_labels {
             let enc = tokenizer.encode(label)?;
@@ -502,16 +506,7 @@ impl EncoderGrader {
     pub fn load(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Self> {
         let model = CrossEncoder::load(dir, grade_labels.len(), placement)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
-        if tokenizer.vocab_size() > model.config.vocab_size {
-            return Err(SlmError::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                message: format!(
-                    "does not match the model: {} tokens, the model's vocab_size is {}",
-                    tokenizer.vocab_size(),
-                    model.config.vocab_size
-                ),
-            });
-        }
+        check_vocab(&tokenizer, model.config.vocab_size)?;
         let special = |s: &str| {
             tokenizer.token_id(s).ok_or_else(|| SlmError::Tokenizer {
                 path: tokenizer.path().to_path_buf(),
