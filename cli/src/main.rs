@@ -229,7 +229,10 @@ fn score(a: ScoreArgs) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
-    let lm = DecoderLm::load(&dir, placement, a.engine.max_len.max(a.max_new_tokens + 64))
+    if a.engine.max_len < a.max_new_tokens + 64 {
+        anyhow::bail!("--max-len {} leaves no room for a prompt and {} new tokens", a.engine.max_len, a.max_new_tokens);
+    }
+    let lm = DecoderLm::load(&dir, placement, a.engine.max_len)
         .with_context(|| format!("loading model {}", dir.display()))?;
     let tok = TextTokenizer::from_dir(&dir)?;
     let mut rejects = None;
@@ -247,7 +250,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
     };
-    let max_body = a.engine.max_len.saturating_sub(a.max_new_tokens + 96).max(32);
+    let max_prompt = a.engine.max_len - a.max_new_tokens;
     let pb = progress::bar(docs.len() as u64, "documents");
     let mut out = jsonl::Writer::create(&a.output)?;
     let mut written = 0;
@@ -255,12 +258,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
         // one bad document must not sink its batch: validate first, then generate for the rest
         let mut good = vec![];
         for d in chunk {
-            match labelfleet_slm::querygen::prompt_ids(&tok, d, max_body) {
+            match labelfleet_slm::querygen::prompt_ids(&tok, d, max_prompt) {
                 Ok(_) => good.push(d.clone()),
                 Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
             }
         }
-        for q in synthesize(&lm, &tok, &good, a.per_doc, &params, max_body)? {
+        for q in synthesize(&lm, &tok, &good, a.per_doc, &params, max_prompt)? {
             out.write(&q)?;
             written += 1;
         }

@@ -33,14 +33,14 @@ pub struct GeneratedQuery {
     pub prompt_version: String,
 }
 
-/// Builds the chat prompt ids for a document; the body is cut to `max_body_tokens`.
-pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_body_tokens: usize) -> Result<Vec<i64>> {
+const BODY_MARKER: &str = "\u{1}BODY\u{1}";
+
+/// Builds the chat prompt ids for a document within `max_prompt_tokens`: the body is cut to
+/// fit, the title, metadata and instructions never are.
+pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_prompt_tokens: usize) -> Result<Vec<i64>> {
     if doc.body.trim().is_empty() && doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
         return Err(SlmError::input(&doc.id, "body", "empty document (no body and no title)"));
     }
-    let mut body_ids = tok.encode(&tok.sanitize(doc.body.trim()))?;
-    body_ids.truncate(max_body_tokens);
-    let body = tok.decode(&body_ids, true)?;
     let mut header = String::new();
     if let Some(t) = doc.title.as_deref().filter(|t| !t.trim().is_empty()) {
         header.push_str(&format!("Title: {}\n", tok.sanitize(t.trim())));
@@ -49,11 +49,29 @@ pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_body_tokens: usiz
         header.push_str(&format!("{k}: {}\n", tok.sanitize(v.trim())));
     }
     let user = format!(
-        "Here is a document from the company intranet.\n\n{header}{body}\n\n\
+        "Here is a document from the company intranet.\n\n{header}{BODY_MARKER}\n\n\
          Write one short search query (2 to 10 words) that an employee looking for this document \
          would type. Reply with the query only."
     );
-    tok.encode(&tok.render_chat(&[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)], true))
+    let text = tok.render_chat(&[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)], true);
+    let (prefix, suffix) = text.split_once(BODY_MARKER).expect("marker is in the prompt");
+    let mut ids = tok.encode(prefix)?;
+    let suffix_ids = tok.encode(suffix)?;
+    let room = max_prompt_tokens.saturating_sub(ids.len() + suffix_ids.len());
+    if room < 16 {
+        return Err(SlmError::input(
+            &doc.id,
+            "metadata",
+            format!("title and metadata take {} of the {max_prompt_tokens} prompt tokens", ids.len() + suffix_ids.len()),
+        ));
+    }
+    let body = tok.sanitize(doc.body.trim());
+    let cut = body.char_indices().nth(room * 16).map(|(i, _)| i).unwrap_or(body.len());
+    let mut body_ids = tok.encode(&body[..cut])?;
+    body_ids.truncate(room);
+    ids.extend(body_ids);
+    ids.extend(suffix_ids);
+    Ok(ids)
 }
 
 /// Cleans a generation into a query, or `None` when it is unusable: empty, too short or long,
@@ -66,11 +84,20 @@ pub fn clean_query(raw: &str, doc: &SeedDocument) -> Option<String> {
         .trim_matches(|c| c == '"' || c == '\'' || c == '`')
         .trim();
     let line = line.strip_prefix("Query:").or_else(|| line.strip_prefix("query:")).unwrap_or(line).trim();
+    // small models preface the answer ("Here is a search query: ..."): keep what follows
+    let line = match (line.starts_with("Here"), line.split_once(':')) {
+        (true, Some((_, rest))) => rest.trim().trim_matches(|c| c == '"' || c == '\''),
+        (true, None) => return None,
+        _ => line,
+    };
+    let lower = line.to_lowercase();
+    if lower.contains("http://") || lower.contains("https://") || lower.contains("www.") {
+        return None;
+    }
     let words = line.split_whitespace().count();
     if !(2..=16).contains(&words) || line.len() > 160 {
         return None;
     }
-    let lower = line.to_lowercase();
     if words >= 8 && doc.body.to_lowercase().contains(&lower) {
         return None;
     }
@@ -84,11 +111,11 @@ pub fn synthesize(
     docs: &[SeedDocument],
     per_doc: usize,
     params: &SamplingParams,
-    max_body_tokens: usize,
+    max_prompt_tokens: usize,
 ) -> Result<Vec<GeneratedQuery>> {
     let mut prompts = Vec::with_capacity(docs.len() * per_doc);
     for d in docs {
-        let ids = prompt_ids(tok, d, max_body_tokens)?;
+        let ids = prompt_ids(tok, d, max_prompt_tokens)?;
         for _ in 0..per_doc {
             prompts.push(ids.clone());
         }
@@ -127,6 +154,9 @@ mod tests {
         assert_eq!(clean_query("1. Query: vpn setup guide", &d).as_deref(), Some("vpn setup guide"));
         assert_eq!(clean_query("   \n", &d), None);
         assert_eq!(clean_query("word", &d), None);
+        assert_eq!(clean_query("Here is a search query: \"stagnation heat transfer\"", &d).as_deref(), Some("stagnation heat transfer"));
+        assert_eq!(clean_query("Here's a rewritten search query to narrow down the text:", &d), None);
+        assert_eq!(clean_query("see https://example.com/report for details", &d), None);
     }
 
     #[test]
