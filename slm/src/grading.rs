@@ -276,7 +276,8 @@ pub struct DecoderGrader {
     grade_ids: Tensor,
     limits: InputLimits,
     name: String,
-    /// Tokens every prompt starts with (system turn and the opening of the user turn).
+    /// Text and tokens every prompt starts with (system turn and the opening of the user turn).
+    shared_prefix_text: String,
     shared_prefix: Vec<i64>,
     /// Keys/values of `shared_prefix` for inference, computed on first use and dropped by
     /// any training step (the weights change).
@@ -312,16 +313,18 @@ impl DecoderGrader {
             grade_ids,
             limits: InputLimits::default(),
             name,
+            shared_prefix_text: String::new(),
             shared_prefix: vec![],
             prefix_cache: std::sync::Mutex::new(None),
         };
-        grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text())?;
+        grader.shared_prefix_text = grader.probe_shared_prefix();
+        grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text)?;
         Ok(grader)
     }
 
     /// The part of every prompt before the query: it ends a special token and a newline, so
     /// tokenizing it apart from the rest gives the same ids as tokenizing the whole prompt.
-    fn shared_prefix_text(&self) -> String {
+    fn probe_shared_prefix(&self) -> String {
         let probe = Pair {
             id: "probe".into(),
             query: "probe".into(),
@@ -412,7 +415,7 @@ impl Grader for DecoderGrader {
             ));
         }
         let (prefix, suffix) = self.prompt_parts(pair);
-        let own = prefix.strip_prefix(&self.shared_prefix_text()).expect("every prompt starts with the shared prefix");
+        let own = prefix.strip_prefix(&self.shared_prefix_text).expect("every prompt starts with the shared prefix");
         let mut ids = self.shared_prefix.clone();
         ids.extend(self.tokenizer.encode(own)?);
         let suffix_ids = self.tokenizer.encode(&suffix)?;
