@@ -15,8 +15,10 @@ setup:
 build: setup
 	$(CARGO) build --release --bin labelfleet
 
+DATA ?= $(abspath ../shared/data)
 run: build
-	bash scripts/demo.sh
+	$(BIN) run --corpus $(DATA)/cranfield/corpus.jsonl --eval-queries $(DATA)/cranfield/queries.tsv \
+	  --eval-qrels $(DATA)/cranfield/qrels.txt --out out/run
 
 test: setup
 	$(CARGO) test --release --workspace -- --test-threads=1

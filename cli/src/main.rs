@@ -1,9 +1,10 @@
-//! `labelfleet`: one binary for every role. This step ships the engine commands:
-//! `score` (pairs in, grades out), `generate` (documents in, queries out) and `bench`.
+//! `labelfleet`: one binary for every role. Today: `run` (the pipeline in one process), and the
+//! engine commands `score` (pairs in, grades out), `generate` (documents in, queries out), `bench`.
 
 mod bench;
 mod jsonl;
 mod progress;
+mod run;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The method end to end in one process: corpus -> queries -> BM25 negatives -> teacher
+    /// grades -> distilled student -> agreement with human judgments.
+    Run(run::RunArgs),
     /// Grade (query, document) pairs: JSONL of {id, query, title?, body, metadata?} in, grades out.
     Score(ScoreArgs),
     /// Write search queries for documents: JSONL of {id, title?, body, metadata?} in, queries out.
@@ -118,6 +122,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Score(a) => score(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
