@@ -114,14 +114,14 @@ impl DecoderConfig {
             return Err(err("partial_rotary_factor != 1 is not supported".into()));
         }
         let num_kv_heads = r.num_key_value_heads.unwrap_or(r.num_attention_heads);
-        if r.num_attention_heads == 0 || num_kv_heads == 0 || r.num_attention_heads % num_kv_heads != 0 {
+        if r.num_attention_heads == 0 || num_kv_heads == 0 || !r.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(err(format!(
                 "num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
                 r.num_attention_heads, num_kv_heads
             )));
         }
         let head_dim = r.head_dim.unwrap_or(r.hidden_size / r.num_attention_heads);
-        if head_dim % 2 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 {
             return Err(err(format!("head_dim {head_dim} must be even and positive")));
         }
         let max_pos = r.max_position_embeddings.unwrap_or(2048);
@@ -267,7 +267,7 @@ impl EncoderConfig {
         if r.position_embedding_type.as_deref().is_some_and(|p| p != "absolute") {
             return Err(err("only absolute position embeddings are supported".into()));
         }
-        if r.num_attention_heads == 0 || r.hidden_size % r.num_attention_heads != 0 {
+        if r.num_attention_heads == 0 || !r.hidden_size.is_multiple_of(r.num_attention_heads) {
             return Err(err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 r.hidden_size, r.num_attention_heads

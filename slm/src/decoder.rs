@@ -195,6 +195,9 @@ impl DecoderLm {
 
     /// Runs the transformer over `input_ids` `[B, T]` and returns the final-normed hidden
     /// states `[B, T, hidden]`. With a cache, new keys/values are appended to it.
+    // `x = x + f(x)` stays out of place: `x += ..` on a tch Tensor is an in-place add, which would
+    // overwrite a tensor autograd saved for the backward pass of training.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, input_ids: &Tensor, attention: &Attention, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = input_ids.size2()?;
         let c = &self.config;
