@@ -4,6 +4,7 @@
 mod bench;
 mod jsonl;
 mod progress;
+mod cache;
 mod run;
 
 use anyhow::{Context, Result};

@@ -6,6 +6,7 @@
 //!
 //! Human judgments are read only by the evaluation stage: nothing trains on them.
 
+use crate::cache::{self, Cache};
 use crate::{jsonl, progress, EngineArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -14,7 +15,8 @@ use labelfleet_corpus::{ingest_dir, ingest_jsonl, Bm25Index, Document, IngestLim
 use labelfleet_eval::{agreement, Agreement, Judgment};
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{default_grade_labels, grade, BatchOptions, DecoderGrader, EncoderGrader};
-use labelfleet_slm::querygen::{synthesize, SeedDocument};
+use labelfleet_slm::grading::GRADE_PROMPT_VERSION;
+use labelfleet_slm::querygen::{synthesize, GeneratedQuery, SeedDocument, QUERY_PROMPT_VERSION};
 use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
 use labelfleet_slm::{DecoderLm, EncodedPair, Grader, Grading, Pair, TextTokenizer};
 use rand::seq::SliceRandom;
@@ -87,18 +89,39 @@ fn pair_for(id: String, query: &str, d: &Document) -> Pair {
     Pair { id, query: query.to_string(), title: d.title.clone(), body: d.body.clone(), metadata }
 }
 
-/// Grades pairs with a progress bar; returns the grades and the pairs/s.
-fn grade_all(grader: &dyn Grader, pairs: &[Pair], opts: BatchOptions, what: &str) -> Result<(Vec<EncodedPair>, Vec<Grading>, f64)> {
-    let encoded: Vec<EncodedPair> = pairs
-        .iter()
-        .map(|p| grader.encode_pair(p))
-        .collect::<Result<_, _>>()?;
-    let pb = progress::bar(encoded.len() as u64, what);
-    let start = Instant::now();
-    let grades = grade(grader, &encoded, opts, &mut |n| pb.inc(n as u64))?;
-    pb.finish();
-    let rate = grades.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    Ok((encoded, grades, rate))
+/// Model work done by one grading call: how many pairs were graded, how many came from the cache.
+struct Graded {
+    grades: Vec<Grading>,
+    computed: usize,
+    /// pairs/s over the computed pairs (None when all came from the cache).
+    rate: Option<f64>,
+}
+
+fn pair_key(model: &str, p: &Pair) -> String {
+    let meta = serde_json::to_string(&p.metadata).unwrap_or_default();
+    cache::key(&[model, &p.query, p.title.as_deref().unwrap_or(""), &p.body, &meta])
+}
+
+/// Grades pairs with a progress bar, taking what it can from the cache (keyed by `model`, the
+/// grader's fingerprint and prompt version, and the pair's content).
+fn grade_all(grader: &dyn Grader, model: &str, pairs: &[Pair], opts: BatchOptions, cache: &mut Cache<Grading>, what: &str) -> Result<Graded> {
+    let keys: Vec<String> = pairs.iter().map(|p| pair_key(model, p)).collect();
+    let todo: Vec<usize> = (0..pairs.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
+    let mut rate = None;
+    if !todo.is_empty() {
+        let encoded: Vec<EncodedPair> = todo.iter().map(|&i| grader.encode_pair(&pairs[i])).collect::<Result<_, _>>()?;
+        let pb = progress::bar(encoded.len() as u64, what);
+        let start = Instant::now();
+        let grades = grade(grader, &encoded, opts, &mut |n| pb.inc(n as u64))?;
+        pb.finish();
+        rate = Some(grades.len() as f64 / start.elapsed().as_secs_f64().max(1e-9));
+        for (&i, g) in todo.iter().zip(grades) {
+            cache.insert(keys[i].clone(), g)?;
+        }
+        cache.flush()?;
+    }
+    let grades = keys.iter().map(|k| cache.get(k).cloned().expect("graded or cached")).collect();
+    Ok(Graded { grades, computed: todo.len(), rate })
 }
 
 #[derive(serde::Serialize)]
@@ -127,6 +150,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let opts = a.engine.batch_options(placement);
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut work: Vec<String> = vec![];
+    let mut grade_cache: Cache<Grading> = Cache::open(&a.out.join("cache/grades.jsonl"))?;
 
     // 1. corpus
     let report = if a.corpus.is_dir() {
@@ -157,9 +182,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     seeds.truncate(a.seed_docs);
     let params = SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, seed: a.seed };
     let max_prompt = a.engine.max_len - params.max_new_tokens;
-    let pb = progress::bar(seeds.len() as u64, "queries");
-    let mut queries = vec![];
-    for chunk in seeds.chunks(8) {
+    let teacher_fp = cache::model_fingerprint(&teacher_dir)?;
+    let mut query_cache: Cache<Vec<GeneratedQuery>> = Cache::open(&a.out.join("cache/queries.jsonl"))?;
+    let sampling = format!("{}:{}:{}:{}:{}:{}", a.queries_per_doc, params.temperature, params.top_p, params.max_new_tokens, params.seed, max_prompt);
+    let qkey = |d: &Document| cache::key(&[&teacher_fp, QUERY_PROMPT_VERSION, &sampling, &d.content_hash()]);
+    let missing: Vec<&Document> = seeds.iter().copied().filter(|d| query_cache.get(&qkey(d)).is_none()).collect();
+    let pb = progress::bar(missing.len() as u64, "queries");
+    for chunk in missing.chunks(8) {
         let batch: Vec<SeedDocument> = chunk
             .iter()
             .map(|d| {
@@ -167,10 +196,18 @@ pub fn run(a: RunArgs) -> Result<()> {
                 SeedDocument { id: d.id.clone(), title: p.title, body: p.body, metadata: p.metadata }
             })
             .collect();
-        queries.extend(synthesize(&lm, &tok, &batch, a.queries_per_doc, &params, max_prompt)?);
+        let written = synthesize(&lm, &tok, &batch, a.queries_per_doc, &params, max_prompt)?;
+        for d in chunk {
+            let mine: Vec<GeneratedQuery> = written.iter().filter(|q| q.doc_id == d.id).cloned().collect();
+            query_cache.insert(qkey(d), mine)?;
+        }
+        query_cache.flush()?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish();
+    let queries: Vec<GeneratedQuery> =
+        seeds.iter().flat_map(|d| query_cache.get(&qkey(d)).cloned().unwrap_or_default()).collect();
+    work.push(format!("query synthesis: {} documents generated, {} from cache", missing.len(), seeds.len() - missing.len()));
     let mut w = jsonl::Writer::create(&a.out.join("queries.jsonl"))?;
     queries.iter().try_for_each(|q| w.write(q))?;
     w.finish()?;
@@ -198,11 +235,14 @@ pub fn run(a: RunArgs) -> Result<()> {
 
     // 4. teacher grades
     let teacher = DecoderGrader::from_parts(lm, tok, &default_grade_labels(), teacher_dir.display().to_string())?;
-    let (_, teacher_grades, teacher_rate) = grade_all(&teacher, &train_pairs, opts, "teacher")?;
+    let teacher_id = format!("{teacher_fp}:{GRADE_PROMPT_VERSION}");
+    let graded = grade_all(&teacher, &teacher_id, &train_pairs, opts, &mut grade_cache, "teacher")?;
+    work.push(format!("teacher grading (synthetic pairs): {} graded, {} from cache", graded.computed, train_pairs.len() - graded.computed));
+    let (teacher_grades, teacher_rate) = (graded.grades, graded.rate);
     write_labels(&a.out.join("teacher_labels.jsonl"), &cand, &train_pairs, &teacher_grades, &teacher.describe())?;
     let mut hist = [0usize; 4];
     teacher_grades.iter().for_each(|g| hist[g.grade] += 1);
-    eprintln!("[4/6] teacher graded {} pairs at {teacher_rate:.2} pairs/s; grades {hist:?}", teacher_grades.len());
+    eprintln!("[4/6] teacher grades for {} pairs: {hist:?}", teacher_grades.len());
 
     // 5. distillation, with a held-out split by query
     let student_dir = labelfleet_slm::resolve_model(&a.student);
@@ -218,14 +258,38 @@ pub fn run(a: RunArgs) -> Result<()> {
         if held.contains(&query_of_pair[i]) { held_set.push(ex) } else { train_set.push(ex) }
     }
     let cfg = TrainConfig { epochs: a.epochs, batch_size: 16, learning_rate: a.learning_rate, seed: a.seed, ..Default::default() };
-    let total = train_set.len().div_ceil(cfg.batch_size) * cfg.epochs;
-    let pb = progress::bar(total as u64, "distill");
-    train(&student, &train_set, &cfg, &mut |s| {
-        pb.set_message(format!("loss {:.3}", s.loss));
-        pb.inc(1);
-    })?;
-    pb.finish();
-    let held_eval = evaluate(&student, &held_set, opts.token_budget)?;
+    // the checkpoint is keyed by everything it is made from: base model, teacher labels, split, config
+    let labels_key = cache::key(
+        &train_pairs.iter().zip(&teacher_grades).map(|(p, g)| format!("{}|{:?}", pair_key("", p), g.distribution)).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut held_ids: Vec<usize> = held.iter().copied().collect();
+    held_ids.sort();
+    let student_key = cache::key(&[&cache::model_fingerprint(&student_dir)?, &labels_key, &format!("{held_ids:?}"), &serde_json::to_string(&cfg)?]);
+    let ckpt = a.out.join("student");
+    let previous = std::fs::read_to_string(ckpt.join("labelfleet.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let (student, held_agreement) = match previous.filter(|m| m["provenance"]["cache_key"] == student_key.as_str()) {
+        Some(meta) => {
+            work.push("distillation: reused the checkpoint (same base model, teacher labels and config)".into());
+            let agreement = meta["provenance"]["heldout_agreement_with_teacher"].as_f64().unwrap_or(f64::NAN);
+            (EncoderGrader::load(&ckpt, &default_grade_labels(), placement, 256)?, agreement)
+        }
+        None => {
+            let total = train_set.len().div_ceil(cfg.batch_size) * cfg.epochs;
+            let pb = progress::bar(total as u64, "distill");
+            train(&student, &train_set, &cfg, &mut |s| {
+                pb.set_message(format!("loss {:.3}", s.loss));
+                pb.inc(1);
+            })?;
+            pb.finish();
+            let held_eval = evaluate(&student, &held_set, opts.token_budget)?;
+            student.save(&ckpt, serde_json::json!({
+                "teacher": teacher.describe(), "train_pairs": train_set.len(), "heldout_pairs": held_set.len(),
+                "train_config": cfg, "heldout_agreement_with_teacher": held_eval.agreement, "cache_key": student_key,
+            }))?;
+            work.push(format!("distillation: trained on {} pairs", train_set.len()));
+            (student, held_eval.agreement)
+        }
+    };
     let majority = {
         let mut counts = [0usize; 4];
         for e in &held_set {
@@ -234,15 +298,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         *counts.iter().max().unwrap_or(&0) as f64 / held_set.len().max(1) as f64
     };
-    let ckpt = a.out.join("student");
-    student.save(&ckpt, serde_json::json!({
-        "teacher": teacher.describe(), "train_pairs": train_set.len(), "heldout_pairs": held_set.len(),
-        "train_config": cfg, "heldout_agreement_with_teacher": held_eval.agreement,
-    }))?;
     eprintln!(
         "[5/6] student: held-out agreement with the teacher {:.3} (majority class {:.3}) on {} pairs; checkpoint {}",
-        held_eval.agreement, majority, held_set.len(), ckpt.display()
+        held_agreement, majority, held_set.len(), ckpt.display()
     );
+    let student_id = format!("{}:student", cache::model_fingerprint(&ckpt)?);
 
     // 6. evaluation against human judgments
     let mut rows = vec![];
@@ -290,16 +350,18 @@ pub fn run(a: RunArgs) -> Result<()> {
                 .collect()
         };
         let bm25 = agreement(&judgments(&|i| (0, bm25_score[i])), 4)?;
-        let (_, tg, t_rate) = grade_all(&teacher, &pool_pairs, opts, "teacher")?;
-        let (_, sg, s_rate) = grade_all(&student, &pool_pairs, opts, "student")?;
+        let t = grade_all(&teacher, &teacher_id, &pool_pairs, opts, &mut grade_cache, "teacher")?;
+        let s = grade_all(&student, &student_id, &pool_pairs, opts, &mut grade_cache, "student")?;
+        work.push(format!("evaluation pool: teacher graded {}, student graded {}, the rest from cache", t.computed, s.computed));
+        let (tg, t_rate, sg, s_rate) = (t.grades, t.rate, s.grades, s.rate);
         let teacher_agr = agreement(&judgments(&|i| (tg[i].grade, tg[i].expected as f64)), 4)?;
         let student_agr = agreement(&judgments(&|i| (sg[i].grade, sg[i].expected as f64)), 4)?;
         let keyed: Vec<(String, String)> = pool.iter().map(|(q, d, _)| (q.clone(), d.clone())).collect();
         write_labels(&a.out.join("eval_student_labels.jsonl"), &keyed, &pool_pairs, &sg, &student.describe())?;
         write_qrels(&a.out.join("eval_student.qrels"), &keyed, &sg)?;
         rows.push(("BM25 score".to_string(), bm25, None));
-        rows.push((format!("teacher ({})", a.teacher), teacher_agr, Some(t_rate)));
-        rows.push((format!("student ({}, distilled)", a.student), student_agr, Some(s_rate)));
+        rows.push((format!("teacher ({})", a.teacher), teacher_agr, t_rate));
+        rows.push((format!("student ({}, distilled)", a.student), student_agr, s_rate));
     } else {
         eprintln!("[6/6] no --eval-queries/--eval-qrels: agreement with humans not measured");
     }
@@ -307,11 +369,15 @@ pub fn run(a: RunArgs) -> Result<()> {
     let json = serde_json::json!({
         "corpus_documents": docs.len(), "queries": queries.len(), "candidate_pairs": cand.len(),
         "teacher_pairs_per_s": teacher_rate,
-        "student_heldout_agreement_with_teacher": held_eval.agreement, "heldout_majority_baseline": majority,
+        "student_heldout_agreement_with_teacher": held_agreement, "heldout_majority_baseline": majority,
+        "model_work": work,
         "agreement_with_humans": rows.iter().map(|(n, a, r)| serde_json::json!({"labeler": n, "pairs_per_s": r, "agreement": a})).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(a.out.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    for w in &work {
+        eprintln!("model work: {w}");
+    }
     eprintln!("done in {:.0}s; outputs in {}", started.elapsed().as_secs_f64(), a.out.display());
     Ok(())
 }
@@ -344,7 +410,11 @@ fn print_report(rows: &[(String, Agreement, Option<f64>)]) {
                     if graded { f(a.krippendorff_alpha) } else { "-".into() },
                     f(a.pairwise_accuracy),
                     f(a.ndcg_at_10),
-                    rate.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+                    match (graded, rate) {
+                        (_, Some(r)) => format!("{r:.2}"),
+                        (true, None) => "cached".into(),
+                        (false, None) => "-".into(),
+                    },
                     match (rate, teacher_rate) {
                         (Some(r), Some(t)) => format!("{:.1}x", r / t),
                         _ => "-".into(),

@@ -25,15 +25,18 @@ fn run_writes_every_stage() {
     let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
     std::fs::write(&slice, corpus.lines().take(300).collect::<Vec<_>>().join("\n")).unwrap();
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_labelfleet"))
-        .args(["run", "--device", "cpu", "--seed-docs", "8", "--queries-per-doc", "2", "--epochs", "2",
-               "--eval-sample", "3", "--pool-k", "5", "--seed", "3"])
-        .arg("--corpus").arg(&slice)
-        .arg("--eval-queries").arg(data.join("queries.tsv"))
-        .arg("--eval-qrels").arg(data.join("qrels.txt"))
-        .arg("--out").arg(&out)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_labelfleet"))
+            .args(["run", "--device", "cpu", "--seed-docs", "8", "--queries-per-doc", "2", "--epochs", "2",
+                   "--eval-sample", "3", "--pool-k", "5", "--seed", "3"])
+            .arg("--corpus").arg(&slice)
+            .arg("--eval-queries").arg(data.join("queries.tsv"))
+            .arg("--eval-qrels").arg(data.join("qrels.txt"))
+            .arg("--out").arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = run();
     let stderr = String::from_utf8_lossy(&o.stderr);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stderr}");
@@ -69,4 +72,21 @@ fn run_writes_every_stage() {
     let rows = report["agreement_with_humans"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows[2]["pairs_per_s"].as_f64().unwrap() > rows[1]["pairs_per_s"].as_f64().unwrap(), "the student is faster than the teacher");
+
+    // A second run over the same inputs does no model work and writes the same labels.
+    let first_labels = std::fs::read_to_string(out.join("teacher_labels.jsonl")).unwrap();
+    let first_qrels = std::fs::read_to_string(out.join("eval_student.qrels")).unwrap();
+    let again = run();
+    let stderr2 = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr2}");
+    for line in [
+        "model work: query synthesis: 0 documents generated, 8 from cache",
+        "model work: teacher grading (synthetic pairs): 0 graded",
+        "model work: distillation: reused the checkpoint",
+        "model work: evaluation pool: teacher graded 0, student graded 0",
+    ] {
+        assert!(stderr2.contains(line), "missing `{line}` in:\n{stderr2}");
+    }
+    assert_eq!(std::fs::read_to_string(out.join("teacher_labels.jsonl")).unwrap(), first_labels);
+    assert_eq!(std::fs::read_to_string(out.join("eval_student.qrels")).unwrap(), first_qrels);
 }

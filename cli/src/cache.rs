@@ -1,0 +1,121 @@
+//! Content-keyed result cache of the pipeline: a re-run reuses every result whose inputs did not
+//! change (document text, prompt version, model fingerprint, sampling parameters), and redoes
+//! only what a change invalidates. One append-only JSONL file per kind of result, so a run cut
+//! short keeps everything it finished.
+
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// SHA-256 (first 128 bits, hex) over the parts, each followed by a separator byte.
+pub fn key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0x1f]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Identifies a model folder's weights without hashing gigabytes: its config, and the size and
+/// modification time of each weight file.
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    let mut parts = vec![std::fs::read_to_string(dir.join("config.json")).with_context(|| dir.display().to_string())?];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        let m = std::fs::metadata(&f)?;
+        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+        parts.push(format!("{}:{}:{:?}", f.file_name().unwrap_or_default().to_string_lossy(), m.len(), mtime));
+    }
+    Ok(key(&parts.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
+/// `key -> value` entries persisted as JSONL lines `{"key": .., "value": ..}`.
+pub struct Cache<V> {
+    path: PathBuf,
+    entries: HashMap<String, V>,
+    file: std::fs::File,
+}
+
+#[derive(serde::Deserialize)]
+struct Entry<V> {
+    key: String,
+    value: V,
+}
+
+impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
+    /// Opens (or creates) the cache at `path`. A torn last line from an interrupted run is
+    /// skipped, not an error.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        }
+        let mut entries = HashMap::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            for line in text.lines() {
+                if let Ok(e) = serde_json::from_str::<Entry<V>>(line) {
+                    entries.insert(e.key, e.value);
+                }
+            }
+        }
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| path.display().to_string())?;
+        // after a torn last line, start the next entry on a line of its own
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > 0 && std::fs::read(path).ok().and_then(|b| b.last().copied()) != Some(b'\n') {
+            writeln!(file).with_context(|| path.display().to_string())?;
+        }
+        Ok(Cache { path: path.to_path_buf(), entries, file })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    pub fn insert(&mut self, key: String, value: V) -> Result<()> {
+        let line = serde_json::json!({"key": key, "value": value});
+        writeln!(self.file, "{line}").with_context(|| self.path.display().to_string())?;
+        self.entries.insert(key, value);
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.file.flush().with_context(|| self.path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        {
+            let mut c: Cache<Vec<f32>> = Cache::open(&path).unwrap();
+            c.insert(key(&["a"]), vec![0.5, 0.5]).unwrap();
+            c.insert(key(&["b"]), vec![1.0]).unwrap();
+            c.flush().unwrap();
+        }
+        // an interrupted write leaves half a line behind
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"key\": \"x\", \"val").unwrap();
+        let mut c: Cache<Vec<f32>> = Cache::open(&path).unwrap();
+        c.insert(key(&["c"]), vec![2.0]).unwrap();
+        c.flush().unwrap();
+        let c: Cache<Vec<f32>> = Cache::open(&path).unwrap();
+        assert_eq!(c.get(&key(&["c"])), Some(&vec![2.0]), "an entry after a torn line is intact");
+        assert_eq!(c.get(&key(&["a"])), Some(&vec![0.5, 0.5]));
+        assert_eq!(c.get(&key(&["b"])), Some(&vec![1.0]));
+        assert_eq!(c.get(&key(&["x"])), None);
+        assert_ne!(key(&["ab", "c"]), key(&["a", "bc"]), "parts are delimited");
+    }
+}
