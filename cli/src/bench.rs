@@ -7,7 +7,9 @@ use crate::{jsonl, progress, EngineArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_slm::grading::{default_grade_labels, document_text, grade, load_grader};
-use labelfleet_slm::{DecoderConfig, DecoderGrader, DecoderLm, EncodedPair, Grader, Pair, TextTokenizer};
+use labelfleet_slm::{
+    DecoderConfig, DecoderGrader, DecoderLm, EncodedPair, Grader, Pair, TextTokenizer,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -70,7 +72,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
         let lm = DecoderLm::new(config, placement, a.engine.max_len)?;
         let tok = TextTokenizer::from_dir(&dir)?;
-        Box::new(DecoderGrader::from_parts(lm, tok, &default_grade_labels(), format!("{} (random weights)", dir.display()))?)
+        Box::new(DecoderGrader::from_parts(
+            lm,
+            tok,
+            &default_grade_labels(),
+            format!("{} (random weights)", dir.display()),
+        )?)
     } else {
         load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
             .with_context(|| format!("loading model {}", dir.display()))?
@@ -83,7 +90,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     let t0 = Instant::now();
-    let encoded: Vec<EncodedPair> = pairs.iter().map(|p| grader.encode_pair(p)).collect::<Result<_, _>>()?;
+    let encoded: Vec<EncodedPair> = pairs
+        .iter()
+        .map(|p| grader.encode_pair(p))
+        .collect::<Result<_, _>>()?;
     let tokenize_s = t0.elapsed().as_secs_f64();
     let tokens: usize = encoded.iter().map(|e| e.ids.len()).sum();
     let flops: f64 = encoded.iter().map(|e| grader.flops(e.ids.len())).sum();
@@ -124,7 +134,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!(
         "{}",
         progress::table(
-            &["model", "device", "threads", "pairs", "tokens/pair", "pairs/s", "GFLOP/pair", "GFLOP/s", "matmul GFLOP/s", "of limit"],
+            &[
+                "model",
+                "device",
+                "threads",
+                "pairs",
+                "tokens/pair",
+                "pairs/s",
+                "GFLOP/pair",
+                "GFLOP/s",
+                "matmul GFLOP/s",
+                "of limit"
+            ],
             vec![vec![
                 grader.describe(),
                 placement.describe(),
@@ -141,7 +162,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     if let Some(out) = &a.out {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)?;
         writeln!(f, "{result}")?;
     }
     if let (Some(dump), false) = (&a.dump, a.random_weights) {

@@ -23,7 +23,8 @@ pub fn key(parts: &[&str]) -> String {
 /// Identifies a model folder's weights without hashing gigabytes: its config, and the size and
 /// modification time of each weight file.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
-    let mut parts = vec![std::fs::read_to_string(dir.join("config.json")).with_context(|| dir.display().to_string())?];
+    let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))
+        .with_context(|| dir.display().to_string())?];
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -31,8 +32,17 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
     files.sort();
     for f in files {
         let m = std::fs::metadata(&f)?;
-        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
-        parts.push(format!("{}:{}:{:?}", f.file_name().unwrap_or_default().to_string_lossy(), m.len(), mtime));
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos());
+        parts.push(format!(
+            "{}:{}:{:?}",
+            f.file_name().unwrap_or_default().to_string_lossy(),
+            m.len(),
+            mtime
+        ));
     }
     Ok(key(&parts.iter().map(String::as_str).collect::<Vec<_>>()))
 }
@@ -66,14 +76,21 @@ impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
                 }
             }
         }
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| path.display().to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| path.display().to_string())?;
         // after a torn last line, start the next entry on a line of its own
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > 0 && std::fs::read(path).ok().and_then(|b| b.last().copied()) != Some(b'\n') {
             writeln!(file).with_context(|| path.display().to_string())?;
         }
-        Ok(Cache { path: path.to_path_buf(), entries, file })
+        Ok(Cache {
+            path: path.to_path_buf(),
+            entries,
+            file,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
@@ -88,7 +105,9 @@ impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.file.flush().with_context(|| self.path.display().to_string())
+        self.file
+            .flush()
+            .with_context(|| self.path.display().to_string())
     }
 }
 
@@ -107,12 +126,21 @@ mod tests {
             c.flush().unwrap();
         }
         // an interrupted write leaves half a line behind
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"key\": \"x\", \"val").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"key\": \"x\", \"val")
+            .unwrap();
         let mut c: Cache<Vec<f32>> = Cache::open(&path).unwrap();
         c.insert(key(&["c"]), vec![2.0]).unwrap();
         c.flush().unwrap();
         let c: Cache<Vec<f32>> = Cache::open(&path).unwrap();
-        assert_eq!(c.get(&key(&["c"])), Some(&vec![2.0]), "an entry after a torn line is intact");
+        assert_eq!(
+            c.get(&key(&["c"])),
+            Some(&vec![2.0]),
+            "an entry after a torn line is intact"
+        );
         assert_eq!(c.get(&key(&["a"])), Some(&vec![0.5, 0.5]));
         assert_eq!(c.get(&key(&["b"])), Some(&vec![1.0]));
         assert_eq!(c.get(&key(&["x"])), None);

@@ -10,7 +10,11 @@ pub enum JsonlError {
     #[error("{file}:{line}: not valid UTF-8")]
     Utf8 { file: String, line: usize },
     #[error("{file}:{line}: {message}")]
-    Record { file: String, line: usize, message: String },
+    Record {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}: {source}")]
     Io {
         file: String,
@@ -26,12 +30,17 @@ pub struct Line<T> {
 }
 
 /// Reads `path` (or stdin for `-`), yielding each non-blank line parsed as `T`.
-pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<Result<Line<T>, JsonlError>>, JsonlError> {
+pub fn read<T: DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<Result<Line<T>, JsonlError>>, JsonlError> {
     let file = path.display().to_string();
     let reader: Box<dyn Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(path).map_err(|source| JsonlError::Io { file: file.clone(), source })?)
+        Box::new(std::fs::File::open(path).map_err(|source| JsonlError::Io {
+            file: file.clone(),
+            source,
+        })?)
     };
     let mut out = vec![];
     let mut reader = BufReader::new(reader);
@@ -39,24 +48,40 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<Result<Line<T>, Json
     let mut line = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|source| JsonlError::Io { file: file.clone(), source })?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| JsonlError::Io {
+                file: file.clone(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
         line += 1;
         let Ok(text) = std::str::from_utf8(&buf) else {
-            out.push(Err(JsonlError::Utf8 { file: file.clone(), line }));
+            out.push(Err(JsonlError::Utf8 {
+                file: file.clone(),
+                line,
+            }));
             continue;
         };
         if text.trim().is_empty() {
             continue;
         }
         let text = text.trim_end_matches(['\n', '\r']);
-        out.push(serde_json::from_str::<T>(text).map(|value| Line { line, value }).map_err(|e| {
-            // serde counts lines inside this one record; the file line is ours, keep the column
-            let message = e.to_string().replace(" at line 1 column", " at column");
-            JsonlError::Record { file: file.clone(), line, message }
-        }));
+        out.push(
+            serde_json::from_str::<T>(text)
+                .map(|value| Line { line, value })
+                .map_err(|e| {
+                    // serde counts lines inside this one record; the file line is ours, keep the column
+                    let message = e.to_string().replace(" at line 1 column", " at column");
+                    JsonlError::Record {
+                        file: file.clone(),
+                        line,
+                        message,
+                    }
+                }),
+        );
     }
     Ok(out)
 }
@@ -68,9 +93,14 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let w: Box<dyn std::io::Write> =
-            if path == Path::new("-") { Box::new(std::io::stdout()) } else { Box::new(std::fs::File::create(path)?) };
-        Ok(Writer { inner: std::io::BufWriter::new(w) })
+        let w: Box<dyn std::io::Write> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::File::create(path)?)
+        };
+        Ok(Writer {
+            inner: std::io::BufWriter::new(w),
+        })
     }
     pub fn write<T: serde::Serialize>(&mut self, v: &T) -> std::io::Result<()> {
         use std::io::Write;
@@ -97,15 +127,28 @@ mod tests {
     #[test]
     fn bad_lines_are_named_and_good_lines_kept() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(b"{\"id\":\"a\"}\n{not json\n\n{\"x\":1}\n\xff\xfe\n{\"id\":\"b\"}\n").unwrap();
+        f.write_all(b"{\"id\":\"a\"}\n{not json\n\n{\"x\":1}\n\xff\xfe\n{\"id\":\"b\"}\n")
+            .unwrap();
         let rows = read::<R>(f.path()).unwrap();
-        let ok: Vec<String> = rows.iter().filter_map(|r| r.as_ref().ok()).map(|l| l.value.id.clone()).collect();
+        let ok: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|l| l.value.id.clone())
+            .collect();
         assert_eq!(ok, vec!["a", "b"]);
-        let errs: Vec<String> = rows.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+        let errs: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(errs.len(), 3);
         assert!(errs[0].contains(":2:"), "{}", errs[0]);
         assert!(errs[0].contains("at column"), "{}", errs[0]);
-        assert!(errs[1].contains(":4:") && errs[1].contains("missing field `id`"), "{}", errs[1]);
+        assert!(
+            errs[1].contains(":4:") && errs[1].contains("missing field `id`"),
+            "{}",
+            errs[1]
+        );
         assert!(errs[2].contains(":5: not valid UTF-8"), "{}", errs[2]);
     }
 }

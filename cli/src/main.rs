@@ -2,21 +2,27 @@
 //! engine commands `score` (pairs in, grades out), `generate` (documents in, queries out), `bench`.
 
 mod bench;
+mod cache;
 mod jsonl;
 mod progress;
-mod cache;
 mod run;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use labelfleet_slm::generate::SamplingParams;
-use labelfleet_slm::grading::{default_grade_labels, grade, load_grader, BatchOptions, GRADE_PROMPT_VERSION};
+use labelfleet_slm::grading::{
+    default_grade_labels, grade, load_grader, BatchOptions, GRADE_PROMPT_VERSION,
+};
 use labelfleet_slm::querygen::{synthesize, SeedDocument};
 use labelfleet_slm::{DecoderLm, Pair, Placement, TextTokenizer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "labelfleet", version, about = "Search-relevance labels at scale with distilled small language models")]
+#[command(
+    name = "labelfleet",
+    version,
+    about = "Search-relevance labels at scale with distilled small language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,7 +123,8 @@ struct GenerateArgs {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labelfleet=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "labelfleet=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -153,7 +160,11 @@ struct ScoredPair<'a> {
     prompt_version: &'a str,
 }
 
-fn report_reject(rejects: &mut Option<jsonl::Writer>, count: &mut usize, message: String) -> Result<()> {
+fn report_reject(
+    rejects: &mut Option<jsonl::Writer>,
+    count: &mut usize,
+    message: String,
+) -> Result<()> {
     *count += 1;
     if *count <= 20 {
         eprintln!("rejected: {message}");
@@ -170,7 +181,11 @@ fn score(a: ScoreArgs) -> Result<()> {
     let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
         .with_context(|| format!("loading model {}", dir.display()))?;
     let records = jsonl::read::<Pair>(&a.input)?;
-    let mut rejects = a.rejects.as_deref().map(jsonl::Writer::create).transpose()?;
+    let mut rejects = a
+        .rejects
+        .as_deref()
+        .map(jsonl::Writer::create)
+        .transpose()?;
     let mut rejected = 0;
     let mut pairs = vec![];
     let mut encoded = vec![];
@@ -182,15 +197,22 @@ fn score(a: ScoreArgs) -> Result<()> {
                     pairs.push(line.value);
                     encoded.push(e);
                 }
-                Err(e) => {
-                    report_reject(&mut rejects, &mut rejected, format!("{}:{}: {e}", a.input.display(), line.line))?
-                }
+                Err(e) => report_reject(
+                    &mut rejects,
+                    &mut rejected,
+                    format!("{}:{}: {e}", a.input.display(), line.line),
+                )?,
             },
         }
     }
     let pb = progress::bar(encoded.len() as u64, "grading");
     let start = std::time::Instant::now();
-    let grades = grade(grader.as_ref(), &encoded, a.engine.batch_options(placement), &mut |n| pb.inc(n as u64))?;
+    let grades = grade(
+        grader.as_ref(),
+        &encoded,
+        a.engine.batch_options(placement),
+        &mut |n| pb.inc(n as u64),
+    )?;
     pb.finish();
     let secs = start.elapsed().as_secs_f64();
     let mut out = jsonl::Writer::create(&a.output)?;
@@ -215,7 +237,14 @@ fn score(a: ScoreArgs) -> Result<()> {
     eprintln!(
         "{}",
         progress::table(
-            &["model", "device", "pairs", "rejected", "pairs/s", "grade histogram"],
+            &[
+                "model",
+                "device",
+                "pairs",
+                "rejected",
+                "pairs/s",
+                "grade histogram"
+            ],
             vec![vec![
                 model.clone(),
                 placement.describe(),
@@ -236,7 +265,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
     if a.engine.max_len < a.max_new_tokens + 64 {
-        anyhow::bail!("--max-len {} leaves no room for a prompt and {} new tokens", a.engine.max_len, a.max_new_tokens);
+        anyhow::bail!(
+            "--max-len {} leaves no room for a prompt and {} new tokens",
+            a.engine.max_len,
+            a.max_new_tokens
+        );
     }
     let lm = DecoderLm::load(&dir, placement, a.engine.max_len)
         .with_context(|| format!("loading model {}", dir.display()))?;
@@ -277,7 +310,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     pb.finish();
     out.finish()?;
-    eprintln!("{written} queries for {} documents ({rejected} rejected)", docs.len());
+    eprintln!(
+        "{written} queries for {} documents ({rejected} rejected)",
+        docs.len()
+    );
     if rejected > 0 {
         return Err(Rejected(rejected).into());
     }

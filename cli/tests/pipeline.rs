@@ -8,12 +8,20 @@ fn data_dir() -> PathBuf {
     let d = std::env::var_os("LABELFLEET_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    assert!(d.join("cranfield/corpus.jsonl").is_file(), "Cranfield not found under {}", d.display());
+    assert!(
+        d.join("cranfield/corpus.jsonl").is_file(),
+        "Cranfield not found under {}",
+        d.display()
+    );
     d
 }
 
 fn read_jsonl(p: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -23,16 +31,39 @@ fn run_writes_every_stage() {
     // a 300-document slice of the corpus keeps the test near two minutes on two cores
     let slice = dir.path().join("corpus.jsonl");
     let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
-    std::fs::write(&slice, corpus.lines().take(300).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(
+        &slice,
+        corpus.lines().take(300).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
     let out = dir.path().join("out");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_labelfleet"))
-            .args(["run", "--device", "cpu", "--seed-docs", "8", "--queries-per-doc", "2", "--epochs", "2",
-                   "--eval-sample", "3", "--pool-k", "5", "--seed", "3"])
-            .arg("--corpus").arg(&slice)
-            .arg("--eval-queries").arg(data.join("queries.tsv"))
-            .arg("--eval-qrels").arg(data.join("qrels.txt"))
-            .arg("--out").arg(&out)
+            .args([
+                "run",
+                "--device",
+                "cpu",
+                "--seed-docs",
+                "8",
+                "--queries-per-doc",
+                "2",
+                "--epochs",
+                "2",
+                "--eval-sample",
+                "3",
+                "--pool-k",
+                "5",
+                "--seed",
+                "3",
+            ])
+            .arg("--corpus")
+            .arg(&slice)
+            .arg("--eval-queries")
+            .arg(data.join("queries.tsv"))
+            .arg("--eval-qrels")
+            .arg(data.join("qrels.txt"))
+            .arg("--out")
+            .arg(&out)
             .output()
             .unwrap()
     };
@@ -40,7 +71,10 @@ fn run_writes_every_stage() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("Agreement with human judgments"), "{stdout}");
+    assert!(
+        stdout.contains("Agreement with human judgments"),
+        "{stdout}"
+    );
 
     let queries = read_jsonl(&out.join("queries.jsonl"));
     assert!(queries.len() >= 5, "{stderr}");
@@ -49,29 +83,51 @@ fn run_writes_every_stage() {
         assert_eq!(q["prompt_version"], "query-v1");
     }
     let labels = read_jsonl(&out.join("teacher_labels.jsonl"));
-    assert!(labels.len() > queries.len(), "each query has its positive and BM25 negatives");
+    assert!(
+        labels.len() > queries.len(),
+        "each query has its positive and BM25 negatives"
+    );
     for l in &labels {
-        let p: f64 = l["distribution"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
+        let p: f64 = l["distribution"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
         assert!((p - 1.0).abs() < 1e-4);
         assert!(l["grade"].as_u64().unwrap() < 4);
         assert!(l["model"].as_str().unwrap().contains("prompt=grade-v1"));
     }
     // the student checkpoint is a transformers cross-encoder folder with provenance
     let ckpt = out.join("student");
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "labelfleet.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "labelfleet.json",
+    ] {
         assert!(ckpt.join(f).is_file(), "student/{f} missing");
     }
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("labelfleet.json")).unwrap()).unwrap();
-    assert!(meta["provenance"]["teacher"].as_str().unwrap().starts_with("decoder:"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("labelfleet.json")).unwrap())
+            .unwrap();
+    assert!(meta["provenance"]["teacher"]
+        .as_str()
+        .unwrap()
+        .starts_with("decoder:"));
     // evaluation labels: JSONL and TREC qrels for the same pool
     let eval = read_jsonl(&out.join("eval_student_labels.jsonl"));
     let qrels = std::fs::read_to_string(out.join("eval_student.qrels")).unwrap();
     assert_eq!(eval.len(), qrels.lines().count());
     assert!(qrels.lines().all(|l| l.split_whitespace().count() == 4));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rows = report["agreement_with_humans"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    assert!(rows[2]["pairs_per_s"].as_f64().unwrap() > rows[1]["pairs_per_s"].as_f64().unwrap(), "the student is faster than the teacher");
+    assert!(
+        rows[2]["pairs_per_s"].as_f64().unwrap() > rows[1]["pairs_per_s"].as_f64().unwrap(),
+        "the student is faster than the teacher"
+    );
 
     // A second run over the same inputs does no model work and writes the same labels.
     let first_labels = std::fs::read_to_string(out.join("teacher_labels.jsonl")).unwrap();
@@ -87,6 +143,12 @@ fn run_writes_every_stage() {
     ] {
         assert!(stderr2.contains(line), "missing `{line}` in:\n{stderr2}");
     }
-    assert_eq!(std::fs::read_to_string(out.join("teacher_labels.jsonl")).unwrap(), first_labels);
-    assert_eq!(std::fs::read_to_string(out.join("eval_student.qrels")).unwrap(), first_qrels);
+    assert_eq!(
+        std::fs::read_to_string(out.join("teacher_labels.jsonl")).unwrap(),
+        first_labels
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("eval_student.qrels")).unwrap(),
+        first_qrels
+    );
 }

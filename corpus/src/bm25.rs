@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
-use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
 use tantivy::{Index, IndexReader, TantivyDocument};
 
 /// One retrieved document, with its 1-based BM25 rank.
@@ -42,7 +44,9 @@ pub struct Bm25Index {
 
 fn text_field(tokenizer: &str) -> TextOptions {
     TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(tokenizer).set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default()
+            .set_tokenizer(tokenizer)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     )
 }
 
@@ -59,14 +63,21 @@ impl Bm25Index {
         let index = match dir {
             Some(d) => {
                 if d.exists() {
-                    std::fs::remove_dir_all(d).map_err(|source| crate::CorpusError::Io { path: d.into(), source })?;
+                    std::fs::remove_dir_all(d).map_err(|source| crate::CorpusError::Io {
+                        path: d.into(),
+                        source,
+                    })?;
                 }
-                std::fs::create_dir_all(d).map_err(|source| crate::CorpusError::Io { path: d.into(), source })?;
+                std::fs::create_dir_all(d).map_err(|source| crate::CorpusError::Io {
+                    path: d.into(),
+                    source,
+                })?;
                 Index::create_in_dir(d, schema)?
             }
             None => Index::create_in_ram(schema),
         };
-        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 64 * 1024 * 1024)?;
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 64 * 1024 * 1024)?;
         for d in docs {
             let mut doc = TantivyDocument::default();
             doc.add_text(id, &d.id);
@@ -86,7 +97,12 @@ impl Bm25Index {
         let reader = index.reader()?;
         let mut parser = QueryParser::for_index(&index, vec![title, body, author, path]);
         parser.set_field_boost(title, 1.5);
-        Ok(Bm25Index { index, reader, parser, id })
+        Ok(Bm25Index {
+            index,
+            reader,
+            parser,
+            id,
+        })
     }
 
     pub fn num_docs(&self) -> u64 {
@@ -105,8 +121,15 @@ impl Bm25Index {
         let mut hits = Vec::with_capacity(top.len());
         for (rank, (score, addr)) in top.into_iter().enumerate() {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let id = doc.get_first(self.id).and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            hits.push(Hit { id, score, rank: rank + 1 });
+            let id = doc
+                .get_first(self.id)
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            hits.push(Hit {
+                id,
+                score,
+                rank: rank + 1,
+            });
         }
         Ok(hits)
     }
@@ -124,13 +147,19 @@ pub fn hard_negatives(
     sampling: RankSampling,
     rng: &mut impl Rng,
 ) -> Vec<Hit> {
-    let pool: Vec<&Hit> = hits.iter().filter(|h| !positives.contains(h.id.as_str())).collect();
+    let pool: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| !positives.contains(h.id.as_str()))
+        .collect();
     if pool.len() <= count {
         return pool.into_iter().cloned().collect();
     }
     let mut picked: Vec<&Hit> = match sampling {
         RankSampling::Top => pool[..count].to_vec(),
-        RankSampling::Uniform => sample(rng, pool.len(), count).into_iter().map(|i| pool[i]).collect(),
+        RankSampling::Uniform => sample(rng, pool.len(), count)
+            .into_iter()
+            .map(|i| pool[i])
+            .collect(),
         RankSampling::Stratified => (0..count)
             .map(|s| {
                 let lo = s * pool.len() / count;
@@ -149,7 +178,13 @@ mod tests {
     use rand::SeedableRng;
     use std::collections::BTreeMap;
 
-    fn doc(id: &str, title: &str, body: &str, author: Option<&str>, path: Option<&str>) -> Document {
+    fn doc(
+        id: &str,
+        title: &str,
+        body: &str,
+        author: Option<&str>,
+        path: Option<&str>,
+    ) -> Document {
         Document {
             id: id.into(),
             title: Some(title.into()),
@@ -163,10 +198,34 @@ mod tests {
 
     fn corpus() -> Vec<Document> {
         vec![
-            doc("exp", "Expense policy", "Meals are reimbursed up to 50 EUR per day.", Some("Jane Doe"), Some("finance/expenses.md")),
-            doc("vpn", "VPN setup", "Install the client and sign in with SSO.", Some("IT desk"), Some("it/vpn.md")),
-            doc("travel", "Travel booking", "Book flights through the portal; expenses follow the expense policy.", None, None),
-            doc("leave", "Parental leave", "Sixteen weeks of paid leave.", Some("People team"), Some("hr/leave.md")),
+            doc(
+                "exp",
+                "Expense policy",
+                "Meals are reimbursed up to 50 EUR per day.",
+                Some("Jane Doe"),
+                Some("finance/expenses.md"),
+            ),
+            doc(
+                "vpn",
+                "VPN setup",
+                "Install the client and sign in with SSO.",
+                Some("IT desk"),
+                Some("it/vpn.md"),
+            ),
+            doc(
+                "travel",
+                "Travel booking",
+                "Book flights through the portal; expenses follow the expense policy.",
+                None,
+                None,
+            ),
+            doc(
+                "leave",
+                "Parental leave",
+                "Sixteen weeks of paid leave.",
+                Some("People team"),
+                Some("hr/leave.md"),
+            ),
         ]
     }
 
@@ -178,7 +237,10 @@ mod tests {
         assert_eq!(hits[0].id, "exp");
         assert_eq!(hits[1].id, "travel");
         assert!(hits[0].score > hits[1].score);
-        assert_eq!(hits.iter().map(|h| h.rank).collect::<Vec<_>>(), (1..=hits.len()).collect::<Vec<_>>());
+        assert_eq!(
+            hits.iter().map(|h| h.rank).collect::<Vec<_>>(),
+            (1..=hits.len()).collect::<Vec<_>>()
+        );
         // stemming: "reimbursement" finds "reimbursed"
         assert_eq!(idx.search("meal reimbursement", 1).unwrap()[0].id, "exp");
         // metadata queries: author and path
@@ -197,19 +259,34 @@ mod tests {
 
     #[test]
     fn hard_negatives_skip_positives_and_follow_the_sampling() {
-        let hits: Vec<Hit> = (1..=20).map(|r| Hit { id: format!("d{r}"), score: 100.0 - r as f32, rank: r }).collect();
+        let hits: Vec<Hit> = (1..=20)
+            .map(|r| Hit {
+                id: format!("d{r}"),
+                score: 100.0 - r as f32,
+                rank: r,
+            })
+            .collect();
         let pos: HashSet<&str> = ["d1", "d3"].into();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let top = hard_negatives(&hits, &pos, 3, RankSampling::Top, &mut rng);
-        assert_eq!(top.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), vec!["d2", "d4", "d5"]);
+        assert_eq!(
+            top.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            vec!["d2", "d4", "d5"]
+        );
         let strat = hard_negatives(&hits, &pos, 3, RankSampling::Stratified, &mut rng);
         assert_eq!(strat.len(), 3);
         // one from each third of the 18 non-positive ranks
-        assert!(strat[0].rank <= 8 && strat[1].rank > 8 && strat[1].rank <= 14 && strat[2].rank > 14, "{strat:?}");
+        assert!(
+            strat[0].rank <= 8 && strat[1].rank > 8 && strat[1].rank <= 14 && strat[2].rank > 14,
+            "{strat:?}"
+        );
         let uni = hard_negatives(&hits, &pos, 5, RankSampling::Uniform, &mut rng);
         assert_eq!(uni.len(), 5);
         assert!(uni.iter().all(|h| !pos.contains(h.id.as_str())));
         assert!(uni.windows(2).all(|w| w[0].rank < w[1].rank));
-        assert_eq!(hard_negatives(&hits[..3], &pos, 5, RankSampling::Uniform, &mut rng).len(), 1);
+        assert_eq!(
+            hard_negatives(&hits[..3], &pos, 5, RankSampling::Uniform, &mut rng).len(),
+            1
+        );
     }
 }

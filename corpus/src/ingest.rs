@@ -33,7 +33,13 @@ impl Document {
     /// document is still valid.
     pub fn content_hash(&self) -> String {
         let mut h = Sha256::new();
-        for part in [Some(&self.id), self.title.as_ref(), Some(&self.body), self.author.as_ref(), self.path.as_ref()] {
+        for part in [
+            Some(&self.id),
+            self.title.as_ref(),
+            Some(&self.body),
+            self.author.as_ref(),
+            self.path.as_ref(),
+        ] {
             h.update(part.map(String::as_str).unwrap_or("").as_bytes());
             h.update([0u8]);
         }
@@ -78,7 +84,9 @@ pub struct IngestLimits {
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        IngestLimits { max_body_bytes: 4 * 1024 * 1024 }
+        IngestLimits {
+            max_body_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -105,10 +113,20 @@ struct Validator {
 
 impl Validator {
     fn new(limits: IngestLimits) -> Self {
-        Validator { limits, seen: HashMap::new(), report: IngestReport::default() }
+        Validator {
+            limits,
+            seen: HashMap::new(),
+            report: IngestReport::default(),
+        }
     }
 
-    fn reject(&mut self, location: &str, id: Option<&str>, field: Option<&str>, message: impl Into<String>) {
+    fn reject(
+        &mut self,
+        location: &str,
+        id: Option<&str>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) {
         self.report.rejected.push(Rejection {
             location: location.to_string(),
             id: id.map(String::from),
@@ -126,7 +144,11 @@ impl Validator {
                 location,
                 Some(&doc.id),
                 Some("body"),
-                format!("{} bytes, over the limit of {} bytes", doc.body.len(), self.limits.max_body_bytes),
+                format!(
+                    "{} bytes, over the limit of {} bytes",
+                    doc.body.len(),
+                    self.limits.max_body_bytes
+                ),
             );
         }
         if doc.body.trim().is_empty() {
@@ -143,15 +165,26 @@ impl Validator {
 
 /// Reads a JSONL corpus: `{"id", "title"?, "body", "author"?, "path"|"filename"?, "modified"?, ...}`.
 pub fn ingest_jsonl(path: &Path, limits: IngestLimits) -> Result<IngestReport> {
-    let file = std::fs::File::open(path).map_err(|source| CorpusError::Io { path: path.into(), source })?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = std::fs::File::open(path).map_err(|source| CorpusError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut reader = BufReader::new(file);
     let mut v = Validator::new(limits);
     let mut buf = vec![];
     let mut line = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|source| CorpusError::Io { path: path.into(), source })?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| CorpusError::Io {
+                path: path.into(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -168,7 +201,15 @@ pub fn ingest_jsonl(path: &Path, limits: IngestLimits) -> Result<IngestReport> {
         let raw: RawRecord = match serde_json::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                v.reject(&loc, None, None, format!("malformed JSON: {}", e.to_string().replace(" at line 1 column", " at column")));
+                v.reject(
+                    &loc,
+                    None,
+                    None,
+                    format!(
+                        "malformed JSON: {}",
+                        e.to_string().replace(" at line 1 column", " at column")
+                    ),
+                );
                 continue;
             }
         };
@@ -176,7 +217,12 @@ pub fn ingest_jsonl(path: &Path, limits: IngestLimits) -> Result<IngestReport> {
             Some(serde_json::Value::String(s)) => s,
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(other) => {
-                v.reject(&loc, None, Some("id"), format!("must be a string or an integer, got {other}"));
+                v.reject(
+                    &loc,
+                    None,
+                    Some("id"),
+                    format!("must be a string or an integer, got {other}"),
+                );
                 continue;
             }
             None => {
@@ -213,8 +259,15 @@ pub fn ingest_dir(dir: &Path, limits: IngestLimits) -> Result<IngestReport> {
     files.sort();
     let mut v = Validator::new(limits);
     for f in files {
-        let rel = f.strip_prefix(dir).unwrap_or(&f).to_string_lossy().into_owned();
-        let bytes = std::fs::read(&f).map_err(|source| CorpusError::Io { path: f.clone(), source })?;
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
+        let bytes = std::fs::read(&f).map_err(|source| CorpusError::Io {
+            path: f.clone(),
+            source,
+        })?;
         let Ok(text) = String::from_utf8(bytes) else {
             v.reject(&rel, Some(&rel), Some("body"), "not valid UTF-8");
             continue;
@@ -230,20 +283,37 @@ pub fn ingest_dir(dir: &Path, limits: IngestLimits) -> Result<IngestReport> {
             .map(|d| d.as_secs().to_string());
         v.accept(
             &rel,
-            Document { id: rel.clone(), title, body: text, author: None, path: Some(rel.clone()), modified, metadata: BTreeMap::new() },
+            Document {
+                id: rel.clone(),
+                title,
+                body: text,
+                author: None,
+                path: Some(rel.clone()),
+                modified,
+                metadata: BTreeMap::new(),
+            },
         );
     }
     Ok(v.report)
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| CorpusError::Io { path: dir.into(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| CorpusError::Io {
+        path: dir.into(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| CorpusError::Io { path: dir.into(), source })?;
+        let entry = entry.map_err(|source| CorpusError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let path = entry.path();
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "md" | "markdown")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("txt" | "md" | "markdown")
+        ) {
             out.push(path);
         }
     }
@@ -257,7 +327,10 @@ mod tests {
 
     #[test]
     fn every_bad_record_is_named_and_good_ones_kept() {
-        let mut f = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
+        let mut f = tempfile::Builder::new()
+            .suffix(".jsonl")
+            .tempfile()
+            .unwrap();
         let big = "x".repeat(10 * 1024 * 1024);
         let lines: Vec<Vec<u8>> = vec![
             br#"{"id": "a", "title": "Expense policy", "body": "Meals up to 50 EUR.", "author": "Finance", "filename": "expenses.md", "team": "fin"}"#.to_vec(),
@@ -278,7 +351,10 @@ mod tests {
         assert_eq!(ids, vec!["a", "42"]);
         let a = &r.accepted[0];
         assert_eq!(a.path.as_deref(), Some("expenses.md"));
-        assert_eq!(a.body, "Meals up to 50 EUR.", "the duplicate did not overwrite the first record");
+        assert_eq!(
+            a.body, "Meals up to 50 EUR.",
+            "the duplicate did not overwrite the first record"
+        );
         assert_eq!(a.metadata["team"], "fin");
         assert_eq!(r.accepted[1].modified.as_deref(), Some("1700000000"));
         let msgs: Vec<String> = r.rejected.iter().map(|x| x.to_string()).collect();
@@ -298,7 +374,11 @@ mod tests {
     fn folders_of_text_and_markdown_are_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("hr")).unwrap();
-        std::fs::write(dir.path().join("hr/leave.md"), "# Parental leave\n\n16 weeks paid.").unwrap();
+        std::fs::write(
+            dir.path().join("hr/leave.md"),
+            "# Parental leave\n\n16 weeks paid.",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "VPN gateway list").unwrap();
         std::fs::write(dir.path().join("image.png"), [0u8, 1, 2]).unwrap();
         std::fs::write(dir.path().join("bad.txt"), [0xffu8, 0xfe]).unwrap();
@@ -309,12 +389,23 @@ mod tests {
         assert_eq!(r.accepted[1].title.as_deref(), Some("notes"));
         assert!(r.accepted[0].modified.is_some());
         assert_eq!(r.rejected.len(), 1);
-        assert_eq!(r.rejected[0].to_string(), "bad.txt: record bad.txt: field `body`: not valid UTF-8");
+        assert_eq!(
+            r.rejected[0].to_string(),
+            "bad.txt: record bad.txt: field `body`: not valid UTF-8"
+        );
     }
 
     #[test]
     fn content_hash_changes_with_content_only() {
-        let d = Document { id: "a".into(), title: None, body: "x".into(), author: None, path: None, modified: None, metadata: BTreeMap::new() };
+        let d = Document {
+            id: "a".into(),
+            title: None,
+            body: "x".into(),
+            author: None,
+            path: None,
+            modified: None,
+            metadata: BTreeMap::new(),
+        };
         let mut e = d.clone();
         e.modified = Some("1".into());
         assert_eq!(d.content_hash(), e.content_hash());

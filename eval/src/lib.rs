@@ -11,7 +11,11 @@ pub enum EvalError {
     #[error("no judgments to compare")]
     Empty,
     #[error("judgment {index}: grade {grade} outside the scale 0..{levels}")]
-    OutOfScale { index: usize, grade: usize, levels: usize },
+    OutOfScale {
+        index: usize,
+        grade: usize,
+        levels: usize,
+    },
 }
 
 /// One judged pair: the human grade, the labeler's grade and its score (expected grade), which
@@ -62,11 +66,18 @@ pub fn accuracy(human: &[usize], predicted: &[usize]) -> f64 {
 }
 
 /// Cohen's kappa: `1 - sum(w * observed) / sum(w * expected)`, expected from the marginals.
-pub fn cohen_kappa(human: &[usize], predicted: &[usize], levels: usize, weights: KappaWeights) -> f64 {
+pub fn cohen_kappa(
+    human: &[usize],
+    predicted: &[usize],
+    levels: usize,
+    weights: KappaWeights,
+) -> f64 {
     let m = confusion(human, predicted, levels);
     let n = human.len() as f64;
     let rows: Vec<f64> = m.iter().map(|r| r.iter().sum::<usize>() as f64).collect();
-    let cols: Vec<f64> = (0..levels).map(|j| m.iter().map(|r| r[j]).sum::<usize>() as f64).collect();
+    let cols: Vec<f64> = (0..levels)
+        .map(|j| m.iter().map(|r| r[j]).sum::<usize>() as f64)
+        .collect();
     let span = (levels.max(2) - 1) as f64;
     let w = |i: usize, j: usize| -> f64 {
         let d = (i as f64 - j as f64).abs();
@@ -142,7 +153,13 @@ pub fn pairwise_accuracy(judgments: &[Judgment]) -> f64 {
                 total += 1;
                 let human = (a.human as f64 - b.human as f64).signum();
                 let model = a.score - b.score;
-                agree += if model == 0.0 { 0.5 } else if model.signum() == human { 1.0 } else { 0.0 };
+                agree += if model == 0.0 {
+                    0.5
+                } else if model.signum() == human {
+                    1.0
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -156,7 +173,14 @@ pub fn pairwise_accuracy(judgments: &[Judgment]) -> f64 {
 /// gains (linear gain, log2 discount, as trec_eval and scikit-learn). Queries with no relevant
 /// document are skipped.
 pub fn ndcg_at(judgments: &[Judgment], k: usize) -> f64 {
-    let dcg = |gains: &[f64]| gains.iter().take(k).enumerate().map(|(i, g)| g / (i as f64 + 2.0).log2()).sum::<f64>();
+    let dcg = |gains: &[f64]| {
+        gains
+            .iter()
+            .take(k)
+            .enumerate()
+            .map(|(i, g)| g / (i as f64 + 2.0).log2())
+            .sum::<f64>()
+    };
     let mut values = vec![];
     for docs in by_query(judgments).values() {
         let mut ranked: Vec<&&Judgment> = docs.iter().collect();
@@ -183,7 +207,11 @@ pub fn agreement(judgments: &[Judgment], levels: usize) -> Result<Agreement, Eva
     for (index, j) in judgments.iter().enumerate() {
         for grade in [j.human, j.predicted] {
             if grade >= levels {
-                return Err(EvalError::OutOfScale { index, grade, levels });
+                return Err(EvalError::OutOfScale {
+                    index,
+                    grade,
+                    levels,
+                });
             }
         }
     }
@@ -220,11 +248,25 @@ mod tests {
 
     #[test]
     fn ranking_measures_follow_the_scores() {
-        let j = |q: &str, d: &str, human: usize, score: f64| Judgment { query: q.into(), doc: d.into(), human, predicted: 0, score };
-        let good = vec![j("q", "a", 3, 0.9), j("q", "b", 1, 0.5), j("q", "c", 0, 0.1)];
+        let j = |q: &str, d: &str, human: usize, score: f64| Judgment {
+            query: q.into(),
+            doc: d.into(),
+            human,
+            predicted: 0,
+            score,
+        };
+        let good = vec![
+            j("q", "a", 3, 0.9),
+            j("q", "b", 1, 0.5),
+            j("q", "c", 0, 0.1),
+        ];
         assert_eq!(pairwise_accuracy(&good), 1.0);
         assert!((ndcg_at(&good, 10) - 1.0).abs() < 1e-12);
-        let bad = vec![j("q", "a", 3, 0.1), j("q", "b", 1, 0.5), j("q", "c", 0, 0.9)];
+        let bad = vec![
+            j("q", "a", 3, 0.1),
+            j("q", "b", 1, 0.5),
+            j("q", "c", 0, 0.9),
+        ];
         assert_eq!(pairwise_accuracy(&bad), 0.0);
         assert!(ndcg_at(&bad, 10) < 0.6);
         let tied = vec![j("q", "a", 3, 0.5), j("q", "b", 0, 0.5)];
@@ -233,8 +275,21 @@ mod tests {
 
     #[test]
     fn out_of_scale_grades_are_named() {
-        let j = Judgment { query: "q".into(), doc: "d".into(), human: 4, predicted: 0, score: 0.0 };
-        assert_eq!(agreement(&[j], 4).unwrap_err(), EvalError::OutOfScale { index: 0, grade: 4, levels: 4 });
+        let j = Judgment {
+            query: "q".into(),
+            doc: "d".into(),
+            human: 4,
+            predicted: 0,
+            score: 0.0,
+        };
+        assert_eq!(
+            agreement(&[j], 4).unwrap_err(),
+            EvalError::OutOfScale {
+                index: 0,
+                grade: 4,
+                levels: 4
+            }
+        );
         assert_eq!(agreement(&[], 4).unwrap_err(), EvalError::Empty);
     }
 }

@@ -13,11 +13,20 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum RopeScaling {
     /// Llama 3.x frequency-band scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: usize,
+    },
     /// Positions divided by `factor`.
     Linear { factor: f64 },
     /// Phi-3 "longrope"/"su": per-dimension factors, short below the original context, long above.
-    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position: usize },
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position: usize,
+    },
 }
 
 /// The architectures the decoder implements. All share the llama block (RMSNorm, RoPE, GQA,
@@ -96,8 +105,8 @@ impl DecoderConfig {
 
     pub fn from_value(raw: serde_json::Value, path: &Path) -> Result<Self> {
         let err = |m: String| SlmError::config(path, m);
-        let r: RawDecoder =
-            serde_json::from_value(raw.clone()).map_err(|e| err(format!("not a decoder config: {e}")))?;
+        let r: RawDecoder = serde_json::from_value(raw.clone())
+            .map_err(|e| err(format!("not a decoder config: {e}")))?;
         let model_type = r.model_type.clone().unwrap_or_default();
         let family = match model_type.as_str() {
             "llama" => DecoderFamily::Llama,
@@ -114,7 +123,10 @@ impl DecoderConfig {
             return Err(err("partial_rotary_factor != 1 is not supported".into()));
         }
         let num_kv_heads = r.num_key_value_heads.unwrap_or(r.num_attention_heads);
-        if r.num_attention_heads == 0 || num_kv_heads == 0 || !r.num_attention_heads.is_multiple_of(num_kv_heads) {
+        if r.num_attention_heads == 0
+            || num_kv_heads == 0
+            || !r.num_attention_heads.is_multiple_of(num_kv_heads)
+        {
             return Err(err(format!(
                 "num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
                 r.num_attention_heads, num_kv_heads
@@ -122,13 +134,21 @@ impl DecoderConfig {
         }
         let head_dim = r.head_dim.unwrap_or(r.hidden_size / r.num_attention_heads);
         if !head_dim.is_multiple_of(2) || head_dim == 0 {
-            return Err(err(format!("head_dim {head_dim} must be even and positive")));
+            return Err(err(format!(
+                "head_dim {head_dim} must be even and positive"
+            )));
         }
         let max_pos = r.max_position_embeddings.unwrap_or(2048);
         let rope_scaling = match &r.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(parse_rope_scaling(v, r.original_max_position_embeddings.unwrap_or(max_pos), head_dim)
-                .map_err(err)?),
+            Some(v) => Some(
+                parse_rope_scaling(
+                    v,
+                    r.original_max_position_embeddings.unwrap_or(max_pos),
+                    head_dim,
+                )
+                .map_err(err)?,
+            ),
         }
         .flatten();
         let attention_bias = r.attention_bias.unwrap_or(false);
@@ -174,7 +194,11 @@ impl DecoderConfig {
     }
 }
 
-fn parse_rope_scaling(v: &serde_json::Value, original_max: usize, head_dim: usize) -> std::result::Result<Option<RopeScaling>, String> {
+fn parse_rope_scaling(
+    v: &serde_json::Value,
+    original_max: usize,
+    head_dim: usize,
+) -> std::result::Result<Option<RopeScaling>, String> {
     let kind = v
         .get("rope_type")
         .or_else(|| v.get("type"))
@@ -188,13 +212,19 @@ fn parse_rope_scaling(v: &serde_json::Value, original_max: usize, head_dim: usiz
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .ok_or(format!("rope_scaling.{k} missing"))?;
         if list.len() != head_dim / 2 {
-            return Err(format!("rope_scaling.{k} has {} entries, expected head_dim/2 = {}", list.len(), head_dim / 2));
+            return Err(format!(
+                "rope_scaling.{k} has {} entries, expected head_dim/2 = {}",
+                list.len(),
+                head_dim / 2
+            ));
         }
         Ok(list)
     };
     Ok(match kind {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear { factor: num("factor").ok_or("rope_scaling.factor missing")? }),
+        "linear" => Some(RopeScaling::Linear {
+            factor: num("factor").ok_or("rope_scaling.factor missing")?,
+        }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: num("factor").ok_or("rope_scaling.factor missing")?,
             low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
@@ -210,7 +240,11 @@ fn parse_rope_scaling(v: &serde_json::Value, original_max: usize, head_dim: usiz
             long_factor: factors("long_factor")?,
             original_max_position: original_max,
         }),
-        other => return Err(format!("rope_scaling type `{other}` is not supported (linear, llama3, longrope)")),
+        other => {
+            return Err(format!(
+                "rope_scaling type `{other}` is not supported (linear, llama3, longrope)"
+            ))
+        }
     })
 }
 
@@ -258,13 +292,16 @@ impl EncoderConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let raw = read_json(path)?;
         let err = |m: String| SlmError::config(path, m);
-        let r: RawEncoder =
-            serde_json::from_value(raw.clone()).map_err(|e| err(format!("not an encoder config: {e}")))?;
+        let r: RawEncoder = serde_json::from_value(raw.clone())
+            .map_err(|e| err(format!("not an encoder config: {e}")))?;
         match r.model_type.as_deref() {
             Some("bert") | None => {}
             Some(other) => return Err(err(format!("model_type `{other}` is not a BERT encoder"))),
         }
-        if r.position_embedding_type.as_deref().is_some_and(|p| p != "absolute") {
+        if r.position_embedding_type
+            .as_deref()
+            .is_some_and(|p| p != "absolute")
+        {
             return Err(err("only absolute position embeddings are supported".into()));
         }
         if r.num_attention_heads == 0 || !r.hidden_size.is_multiple_of(r.num_attention_heads) {
@@ -278,7 +315,11 @@ impl EncoderConfig {
             .as_ref()
             .is_some_and(|a| a.iter().any(|x| x.ends_with("ForSequenceClassification")));
         let num_labels = if is_classifier {
-            Some(r.num_labels.or(r.id2label.as_ref().map(|m| m.len())).unwrap_or(2))
+            Some(
+                r.num_labels
+                    .or(r.id2label.as_ref().map(|m| m.len()))
+                    .unwrap_or(2),
+            )
         } else {
             None
         };

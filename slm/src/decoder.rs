@@ -15,13 +15,20 @@ use tch::{nn, Kind, Tensor};
 const INIT_STD: f64 = 0.02;
 
 enum Qkv {
-    Split { q: Linear, k: Linear, v: Linear },
+    Split {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     /// Phi-3 stores `qkv_proj` fused.
     Fused(Linear),
 }
 
 enum GateUp {
-    Split { gate: Linear, up: Linear },
+    Split {
+        gate: Linear,
+        up: Linear,
+    },
     /// Phi-3 stores `gate_up_proj` fused (gate first).
     Fused(Linear),
 }
@@ -42,7 +49,10 @@ pub enum Attention<'a> {
     Causal,
     /// Explicit positions `[B, T]` and a boolean mask `[B, 1, T, S]` (true = may attend),
     /// where `S` counts cached plus new keys. Used by batched generation with left padding.
-    Masked { positions: &'a Tensor, mask: &'a Tensor },
+    Masked {
+        positions: &'a Tensor,
+        mask: &'a Tensor,
+    },
     /// Every row continues one shared prefix whose keys/values are in the cache (computed once
     /// from a batch of one): positions start after it, each token sees the whole prefix and,
     /// causally, its own row. Right padding is harmless as with `Causal`.
@@ -57,10 +67,16 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: (0..num_layers).map(|_| None).collect() }
+        KvCache {
+            layers: (0..num_layers).map(|_| None).collect(),
+        }
     }
     pub fn len(&self) -> i64 {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.size()[2]).unwrap_or(0)
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.size()[2])
+            .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -102,7 +118,10 @@ impl DecoderLm {
         let embed = (&model / "embed_tokens").var(
             "weight",
             &[c.vocab_size as i64, h as i64],
-            nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
         );
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -110,7 +129,13 @@ impl DecoderLm {
             let attn = &lp / "self_attn";
             let mlp = &lp / "mlp";
             let qkv = if c.family == DecoderFamily::Phi3 {
-                Qkv::Fused(Linear::new(&attn / "qkv_proj", h, q_dim + 2 * kv_dim, c.qkv_bias, INIT_STD))
+                Qkv::Fused(Linear::new(
+                    &attn / "qkv_proj",
+                    h,
+                    q_dim + 2 * kv_dim,
+                    c.qkv_bias,
+                    INIT_STD,
+                ))
             } else {
                 Qkv::Split {
                     q: Linear::new(&attn / "q_proj", h, q_dim, c.qkv_bias, INIT_STD),
@@ -119,20 +144,52 @@ impl DecoderLm {
                 }
             };
             let gate_up = if c.family == DecoderFamily::Phi3 {
-                GateUp::Fused(Linear::new(&mlp / "gate_up_proj", h, 2 * c.intermediate_size, c.mlp_bias, INIT_STD))
+                GateUp::Fused(Linear::new(
+                    &mlp / "gate_up_proj",
+                    h,
+                    2 * c.intermediate_size,
+                    c.mlp_bias,
+                    INIT_STD,
+                ))
             } else {
                 GateUp::Split {
-                    gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, c.mlp_bias, INIT_STD),
-                    up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, c.mlp_bias, INIT_STD),
+                    gate: Linear::new(
+                        &mlp / "gate_proj",
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                        INIT_STD,
+                    ),
+                    up: Linear::new(
+                        &mlp / "up_proj",
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                        INIT_STD,
+                    ),
                 }
             };
             blocks.push(Block {
-                input_norm: (&lp / "input_layernorm").var("weight", &[h as i64], nn::Init::Const(1.0)),
+                input_norm: (&lp / "input_layernorm").var(
+                    "weight",
+                    &[h as i64],
+                    nn::Init::Const(1.0),
+                ),
                 qkv,
                 o_proj: Linear::new(&attn / "o_proj", q_dim, h, c.o_bias, INIT_STD),
-                post_norm: (&lp / "post_attention_layernorm").var("weight", &[h as i64], nn::Init::Const(1.0)),
+                post_norm: (&lp / "post_attention_layernorm").var(
+                    "weight",
+                    &[h as i64],
+                    nn::Init::Const(1.0),
+                ),
                 gate_up,
-                down_proj: Linear::new(&mlp / "down_proj", c.intermediate_size, h, c.mlp_bias, INIT_STD),
+                down_proj: Linear::new(
+                    &mlp / "down_proj",
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                    INIT_STD,
+                ),
             });
         }
         let final_norm = (&model / "norm").var("weight", &[h as i64], nn::Init::Const(1.0));
@@ -140,7 +197,10 @@ impl DecoderLm {
             (&root / "lm_head").var(
                 "weight",
                 &[c.vocab_size as i64, h as i64],
-                nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: INIT_STD,
+                },
             )
         });
         let max_len = max_len.min(c.max_position_embeddings.max(1));
@@ -168,8 +228,11 @@ impl DecoderLm {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
         let model = Self::new(config, placement, max_len)?;
         let report = weights::load_into(&model.vs, dir, |n| vec![n.to_string()], |_| false)?;
-        let unexpected: Vec<_> =
-            report.unused.iter().filter(|n| !n.ends_with("rotary_emb.inv_freq") && *n != "lm_head.weight").collect();
+        let unexpected: Vec<_> = report
+            .unused
+            .iter()
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq") && *n != "lm_head.weight")
+            .collect();
         if !unexpected.is_empty() {
             return Err(SlmError::Weights {
                 path: dir.to_path_buf(),
@@ -198,7 +261,12 @@ impl DecoderLm {
     // `x = x + f(x)` stays out of place: `x += ..` on a tch Tensor is an in-place add, which would
     // overwrite a tensor autograd saved for the backward pass of training.
     #[allow(clippy::assign_op_pattern)]
-    pub fn forward(&self, input_ids: &Tensor, attention: &Attention, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention: &Attention,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.size2()?;
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
@@ -222,8 +290,14 @@ impl DecoderLm {
                         self.max_len
                     )));
                 }
-                let cos = self.rope_cos.index_select(0, &positions.flatten(0, 1)).view([b, 1, t, hd]);
-                let sin = self.rope_sin.index_select(0, &positions.flatten(0, 1)).view([b, 1, t, hd]);
+                let cos = self
+                    .rope_cos
+                    .index_select(0, &positions.flatten(0, 1))
+                    .view([b, 1, t, hd]);
+                let sin = self
+                    .rope_sin
+                    .index_select(0, &positions.flatten(0, 1))
+                    .view([b, 1, t, hd]);
                 (cos, sin, Some(mask.shallow_clone()), false)
             }
             Attention::Prefixed { prefix } => {
@@ -238,7 +312,10 @@ impl DecoderLm {
                 let sin = self.rope_sin.narrow(0, p, t).view([1, 1, t, hd]);
                 let dev = input_ids.device();
                 let mask = Tensor::cat(
-                    &[Tensor::ones([t, p], (Kind::Bool, dev)), Tensor::ones([t, t], (Kind::Bool, dev)).tril(0)],
+                    &[
+                        Tensor::ones([t, p], (Kind::Bool, dev)),
+                        Tensor::ones([t, t], (Kind::Bool, dev)).tril(0),
+                    ],
                     1,
                 );
                 (cos, sin, Some(mask), false)
@@ -258,7 +335,11 @@ impl DecoderLm {
                 Qkv::Fused(l) => {
                     let y = l.forward(&h);
                     let parts = y.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
-                    (parts[0].shallow_clone(), parts[1].shallow_clone(), parts[2].shallow_clone())
+                    (
+                        parts[0].shallow_clone(),
+                        parts[1].shallow_clone(),
+                        parts[2].shallow_clone(),
+                    )
                 }
             };
             let q = q.view([b, t, nh, hd]).transpose(1, 2);
@@ -282,8 +363,21 @@ impl DecoderLm {
                 }
                 cache.layers[i] = Some((k.shallow_clone(), v.shallow_clone()));
             }
-            let (k, v) = if nkv != nh { (repeat_kv(&k, nh / nkv), repeat_kv(&v, nh / nkv)) } else { (k, v) };
-            let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, causal, None, false)?;
+            let (k, v) = if nkv != nh {
+                (repeat_kv(&k, nh / nkv), repeat_kv(&v, nh / nkv))
+            } else {
+                (k, v)
+            };
+            let a = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                0.0,
+                causal,
+                None,
+                false,
+            )?;
             let a = a.transpose(1, 2).reshape([b, t, nh * hd]);
             x = x + blk.o_proj.forward(&a);
             let h = x.rms_norm([hidden], Some(&blk.post_norm), eps);
@@ -314,7 +408,9 @@ impl DecoderLm {
 
 fn repeat_kv(x: &Tensor, n_rep: i64) -> Tensor {
     let (b, h, t, d) = x.size4().expect("kv is 4-d");
-    x.unsqueeze(2).expand([b, h, n_rep, t, d], false).reshape([b, h * n_rep, t, d])
+    x.unsqueeze(2)
+        .expand([b, h, n_rep, t, d], false)
+        .reshape([b, h * n_rep, t, d])
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
@@ -329,13 +425,19 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 /// scaling variants of the config, then cast to the model dtype.
 fn rope_tables(c: &DecoderConfig, max_len: usize, placement: Placement) -> (Tensor, Tensor) {
     let d = c.head_dim;
-    let mut inv_freq: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / c.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+    let mut inv_freq: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f64 / d as f64))
+        .collect();
     let mut attention_factor = 1.0;
     match &c.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        }) => {
             let old = *original_max_position as f64;
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -344,13 +446,22 @@ fn rope_tables(c: &DecoderConfig, max_len: usize, placement: Placement) -> (Tens
                 if wavelen > low_wavelen {
                     *f /= factor;
                 } else if wavelen >= high_wavelen {
-                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                     *f = (1.0 - smooth) * *f / factor + smooth * *f;
                 }
             }
         }
-        Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position }) => {
-            let factors = if max_len > *original_max_position { long_factor } else { short_factor };
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position,
+        }) => {
+            let factors = if max_len > *original_max_position {
+                long_factor
+            } else {
+                short_factor
+            };
             for (f, s) in inv_freq.iter_mut().zip(factors) {
                 *f /= s;
             }
@@ -365,7 +476,11 @@ fn rope_tables(c: &DecoderConfig, max_len: usize, placement: Placement) -> (Tens
     let pos = Tensor::arange(max_len as i64, (Kind::Float, tch::Device::Cpu));
     let freqs = pos.outer(&inv);
     let emb = Tensor::cat(&[&freqs, &freqs], 1);
-    let cos = (emb.cos() * attention_factor).to_kind(placement.kind).to_device(placement.device);
-    let sin = (emb.sin() * attention_factor).to_kind(placement.kind).to_device(placement.device);
+    let cos = (emb.cos() * attention_factor)
+        .to_kind(placement.kind)
+        .to_device(placement.device);
+    let sin = (emb.sin() * attention_factor)
+        .to_kind(placement.kind)
+        .to_device(placement.device);
     (cos, sin)
 }

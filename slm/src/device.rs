@@ -51,14 +51,19 @@ impl Placement {
             Some("bf16") | Some("bfloat16") => Kind::BFloat16,
             Some("fp16") | Some("float16") => Kind::Half,
             Some(other) => {
-                return Err(SlmError::Argument(format!("dtype `{other}`: expected auto, fp32, bf16 or fp16")))
+                return Err(SlmError::Argument(format!(
+                    "dtype `{other}`: expected auto, fp32, bf16 or fp16"
+                )))
             }
         };
         Ok(Placement { device, kind })
     }
 
     pub fn cpu() -> Self {
-        Placement { device: Device::Cpu, kind: Kind::Float }
+        Placement {
+            device: Device::Cpu,
+            kind: Kind::Float,
+        }
     }
 
     pub fn describe(&self) -> String {

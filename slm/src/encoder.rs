@@ -48,12 +48,23 @@ impl CrossEncoder {
         let bert = &root / "bert";
         let c = &config;
         let h = c.hidden_size;
-        let randn = nn::Init::Randn { mean: 0.0, stdev: INIT_STD };
+        let randn = nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
         let emb = &bert / "embeddings";
-        let word = (&emb / "word_embeddings").var("weight", &[c.vocab_size as i64, h as i64], randn);
-        let position =
-            (&emb / "position_embeddings").var("weight", &[c.max_position_embeddings as i64, h as i64], randn);
-        let token_type = (&emb / "token_type_embeddings").var("weight", &[c.type_vocab_size as i64, h as i64], randn);
+        let word =
+            (&emb / "word_embeddings").var("weight", &[c.vocab_size as i64, h as i64], randn);
+        let position = (&emb / "position_embeddings").var(
+            "weight",
+            &[c.max_position_embeddings as i64, h as i64],
+            randn,
+        );
+        let token_type = (&emb / "token_type_embeddings").var(
+            "weight",
+            &[c.type_vocab_size as i64, h as i64],
+            randn,
+        );
         let emb_norm = LayerNorm::new(&emb / "LayerNorm", h, c.layer_norm_eps);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -65,8 +76,20 @@ impl CrossEncoder {
                 value: Linear::new(&att / "self" / "value", h, h, true, INIT_STD),
                 attn_out: Linear::new(&att / "output" / "dense", h, h, true, INIT_STD),
                 attn_norm: LayerNorm::new(&att / "output" / "LayerNorm", h, c.layer_norm_eps),
-                intermediate: Linear::new(&lp / "intermediate" / "dense", h, c.intermediate_size, true, INIT_STD),
-                output: Linear::new(&lp / "output" / "dense", c.intermediate_size, h, true, INIT_STD),
+                intermediate: Linear::new(
+                    &lp / "intermediate" / "dense",
+                    h,
+                    c.intermediate_size,
+                    true,
+                    INIT_STD,
+                ),
+                output: Linear::new(
+                    &lp / "output" / "dense",
+                    c.intermediate_size,
+                    h,
+                    true,
+                    INIT_STD,
+                ),
                 out_norm: LayerNorm::new(&lp / "output" / "LayerNorm", h, c.layer_norm_eps),
             });
         }
@@ -103,7 +126,9 @@ impl CrossEncoder {
             if n != num_labels {
                 return Err(SlmError::config(
                     &config_path,
-                    format!("the checkpoint's head has {n} labels, the grade scale has {num_labels}"),
+                    format!(
+                        "the checkpoint's head has {n} labels, the grade scale has {num_labels}"
+                    ),
                 ));
             }
         }
@@ -120,13 +145,18 @@ impl CrossEncoder {
         let unexpected: Vec<_> = report
             .unused
             .iter()
-            .filter(|n| !n.ends_with("position_ids") && !n.starts_with("cls.") && !n.starts_with("lm_head"))
+            .filter(|n| {
+                !n.ends_with("position_ids") && !n.starts_with("cls.") && !n.starts_with("lm_head")
+            })
             .collect();
         if !unexpected.is_empty() {
             return Err(SlmError::Weights {
                 path: dir.to_path_buf(),
                 name: unexpected[0].clone(),
-                message: format!("{} tensor(s) in the file are not part of a BERT encoder", unexpected.len()),
+                message: format!(
+                    "{} tensor(s) in the file are not part of a BERT encoder",
+                    unexpected.len()
+                ),
             });
         }
         model.initialized = report.initialized;
@@ -135,10 +165,19 @@ impl CrossEncoder {
 
     /// Hidden states `[B, T, hidden]` for token ids, segment ids and a padding mask (`[B, T]`,
     /// 1 = real token). Dropout is active when `train`.
-    pub fn encode(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.size2()?;
         if t as usize > self.max_len {
-            return Err(SlmError::Argument(format!("sequence of {t} tokens exceeds max_len {}", self.max_len)));
+            return Err(SlmError::Argument(format!(
+                "sequence of {t} tokens exceeds max_len {}",
+                self.max_len
+            )));
         }
         let c = &self.config;
         let p = c.hidden_dropout;
@@ -157,11 +196,27 @@ impl CrossEncoder {
             let k = split(l.key.forward(&x));
             let v = split(l.value.forward(&x));
             let drop = if train { p } else { 0.0 };
-            let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&attn_mask), drop, false, None, false)?;
+            let a = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&attn_mask),
+                drop,
+                false,
+                None,
+                false,
+            )?;
             let a = a.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = l.attn_norm.forward(&(l.attn_out.forward(&a).dropout(p, train) + &x));
-            let i = l.intermediate.forward(&x).gelu(if gelu_tanh { "tanh" } else { "none" });
-            x = l.out_norm.forward(&(l.output.forward(&i).dropout(p, train) + &x));
+            x = l
+                .attn_norm
+                .forward(&(l.attn_out.forward(&a).dropout(p, train) + &x));
+            let i = l
+                .intermediate
+                .forward(&x)
+                .gelu(if gelu_tanh { "tanh" } else { "none" });
+            x = l
+                .out_norm
+                .forward(&(l.output.forward(&i).dropout(p, train) + &x));
         }
         Ok(x)
     }
@@ -172,9 +227,17 @@ impl CrossEncoder {
     }
 
     /// Grade logits `[B, num_labels]`.
-    pub fn grade_logits(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn grade_logits(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let hidden = self.encode(ids, type_ids, mask, train)?;
-        let pooled = self.pool(&hidden).dropout(self.config.hidden_dropout, train);
+        let pooled = self
+            .pool(&hidden)
+            .dropout(self.config.hidden_dropout, train);
         Ok(self.classifier.forward(&pooled))
     }
 }

@@ -15,9 +15,17 @@ pub enum SlmError {
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("weights {path}: tensor `{name}`: {message}")]
-    Weights { path: PathBuf, name: String, message: String },
+    Weights {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
     #[error("record {record}: field `{field}`: {message}")]
-    Input { record: String, field: String, message: String },
+    Input {
+        record: String,
+        field: String,
+        message: String,
+    },
     #[error("invalid argument: {0}")]
     Argument(String),
     #[error("torch: {0}")]
@@ -28,12 +36,26 @@ pub type Result<T> = std::result::Result<T, SlmError>;
 
 impl SlmError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        SlmError::Io { path: path.into(), source }
+        SlmError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        SlmError::Config { path: path.into(), message: message.into() }
+        SlmError::Config {
+            path: path.into(),
+            message: message.into(),
+        }
     }
-    pub(crate) fn input(record: impl Into<String>, field: &str, message: impl Into<String>) -> Self {
-        SlmError::Input { record: record.into(), field: field.to_string(), message: message.into() }
+    pub(crate) fn input(
+        record: impl Into<String>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        SlmError::Input {
+            record: record.into(),
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }

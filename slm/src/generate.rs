@@ -16,7 +16,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { max_new_tokens: 48, temperature: 0.0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            max_new_tokens: 48,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -61,13 +66,23 @@ pub fn generate(
     // row attends to something (an all-masked row would turn into NaN and poison the cache).
     let causal = Tensor::ones([l, l], (Kind::Bool, device)).tril(0);
     let eye = Tensor::eye(l, (Kind::Bool, device));
-    let mask = causal.logical_and(&key_valid.view([b, 1, 1, l])).logical_or(&eye).view([b, 1, l, l]);
+    let mask = causal
+        .logical_and(&key_valid.view([b, 1, 1, l]))
+        .logical_or(&eye)
+        .view([b, 1, l, l]);
     let mut cache = KvCache::new(lm.num_layers());
     let mut rng_seeded = false;
     let mut out: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
     let mut done = vec![false; prompts.len()];
     tch::no_grad(|| -> Result<()> {
-        let hidden = lm.forward(&ids, &Attention::Masked { positions: &positions, mask: &mask }, Some(&mut cache))?;
+        let hidden = lm.forward(
+            &ids,
+            &Attention::Masked {
+                positions: &positions,
+                mask: &mask,
+            },
+            Some(&mut cache),
+        )?;
         let mut last_hidden = hidden.select(1, l - 1);
         let mut next_pos = positions.select(1, l - 1) + 1;
         for _ in 0..params.max_new_tokens {
@@ -102,7 +117,10 @@ pub fn generate(
             let step_pos = next_pos.view([b, 1]);
             let hidden = lm.forward(
                 &next.view([b, 1]),
-                &Attention::Masked { positions: &step_pos, mask: &step_mask },
+                &Attention::Masked {
+                    positions: &step_pos,
+                    mask: &step_mask,
+                },
                 Some(&mut cache),
             )?;
             last_hidden = hidden.select(1, 0);

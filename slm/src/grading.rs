@@ -58,8 +58,16 @@ impl Grading {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(i, _)| i)
             .unwrap_or(0);
-        let expected = distribution.iter().enumerate().map(|(i, p)| i as f32 * p).sum();
-        Grading { distribution, grade, expected }
+        let expected = distribution
+            .iter()
+            .enumerate()
+            .map(|(i, p)| i as f32 * p)
+            .sum();
+        Grading {
+            distribution,
+            grade,
+            expected,
+        }
     }
 }
 
@@ -74,7 +82,10 @@ pub struct InputLimits {
 
 impl Default for InputLimits {
     fn default() -> Self {
-        InputLimits { max_field_bytes: 512 * 1024, max_query_tokens: 128 }
+        InputLimits {
+            max_field_bytes: 512 * 1024,
+            max_query_tokens: 128,
+        }
     }
 }
 
@@ -102,7 +113,11 @@ fn check_text(record: &str, field: &str, text: &str, limits: &InputLimits) -> Re
         return Err(SlmError::input(
             record,
             field,
-            format!("{} bytes, over the limit of {} bytes", text.len(), limits.max_field_bytes),
+            format!(
+                "{} bytes, over the limit of {} bytes",
+                text.len(),
+                limits.max_field_bytes
+            ),
         ));
     }
     Ok(())
@@ -116,7 +131,11 @@ fn validate_pair(pair: &Pair, limits: &InputLimits) -> Result<()> {
         return Err(SlmError::input(&pair.id, "query", "empty"));
     }
     if pair.body.trim().is_empty() && pair.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        return Err(SlmError::input(&pair.id, "body", "empty document (no body and no title)"));
+        return Err(SlmError::input(
+            &pair.id,
+            "body",
+            "empty document (no body and no title)",
+        ));
     }
     check_text(&pair.id, "query", &pair.query, limits)?;
     check_text(&pair.id, "body", &pair.body, limits)?;
@@ -177,9 +196,15 @@ pub struct BatchOptions {
 impl BatchOptions {
     pub fn for_placement(p: Placement) -> Self {
         if p.device.is_cuda() {
-            BatchOptions { token_budget: 65_536, max_batch: 512 }
+            BatchOptions {
+                token_budget: 65_536,
+                max_batch: 512,
+            }
         } else {
-            BatchOptions { token_budget: 8_192, max_batch: 64 }
+            BatchOptions {
+                token_budget: 8_192,
+                max_batch: 64,
+            }
         }
     }
 }
@@ -197,18 +222,26 @@ pub fn grade(
     tch::no_grad(|| -> Result<()> {
         for batch in plan_batches(&lens, opts.token_budget, opts.max_batch) {
             let refs: Vec<&EncodedPair> = batch.iter().map(|&i| &pairs[i]).collect();
-            let probs = grader.grade_logits(&refs, false)?.to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let probs = grader
+                .grade_logits(&refs, false)?
+                .to_kind(Kind::Float)
+                .softmax(-1, Kind::Float);
             let probs = probs.to_device(tch::Device::Cpu);
             let flat: Vec<f32> = Vec::<f32>::try_from(probs.flatten(0, -1))?;
             let g = grader.num_grades();
             for (row, &i) in batch.iter().enumerate() {
-                out[i] = Some(Grading::from_distribution(flat[row * g..(row + 1) * g].to_vec()));
+                out[i] = Some(Grading::from_distribution(
+                    flat[row * g..(row + 1) * g].to_vec(),
+                ));
             }
             progress(batch.len());
         }
         Ok(())
     })?;
-    Ok(out.into_iter().map(|g| g.expect("every pair is in one batch")).collect())
+    Ok(out
+        .into_iter()
+        .map(|g| g.expect("every pair is in one batch"))
+        .collect())
 }
 
 /// A tokenizer belongs to a model when its vocabulary fills the embedding table: never larger,
@@ -218,7 +251,9 @@ fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
     if n > vocab_size || (n as f64) < 0.9 * vocab_size as f64 {
         return Err(SlmError::Tokenizer {
             path: tokenizer.path().to_path_buf(),
-            message: format!("does not match the model: {n} tokens, the model's vocab_size is {vocab_size}"),
+            message: format!(
+                "does not match the model: {n} tokens, the model's vocab_size is {vocab_size}"
+            ),
         });
     }
     Ok(())
@@ -234,7 +269,9 @@ fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64
         flat.extend(std::iter::repeat_n(pad, t - r.len()));
         lens.push(r.len() as i64);
     }
-    let x = Tensor::from_slice(&flat).view([rows.len() as i64, t as i64]).to_device(device);
+    let x = Tensor::from_slice(&flat)
+        .view([rows.len() as i64, t as i64])
+        .to_device(device);
     (x, lens)
 }
 
@@ -286,13 +323,23 @@ pub struct DecoderGrader {
 
 impl DecoderGrader {
     /// Loads a decoder LM folder and checks that each grade label is one token.
-    pub fn load(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        grade_labels: &[String],
+        placement: Placement,
+        max_len: usize,
+    ) -> Result<Self> {
         let lm = DecoderLm::load(dir, placement, max_len)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         Self::from_parts(lm, tokenizer, grade_labels, dir.display().to_string())
     }
 
-    pub fn from_parts(lm: DecoderLm, tokenizer: TextTokenizer, grade_labels: &[String], name: String) -> Result<Self> {
+    pub fn from_parts(
+        lm: DecoderLm,
+        tokenizer: TextTokenizer,
+        grade_labels: &[String],
+        name: String,
+    ) -> Result<Self> {
         check_vocab(&tokenizer, lm.config.vocab_size)?;
         let mut ids = vec![];
         for label in grade_labels {
@@ -300,7 +347,10 @@ impl DecoderGrader {
             if enc.len() != 1 {
                 return Err(SlmError::Tokenizer {
                     path: tokenizer.path().to_path_buf(),
-                    message: format!("grade label `{label}` is {} tokens; each grade must be one token", enc.len()),
+                    message: format!(
+                        "grade label `{label}` is {} tokens; each grade must be one token",
+                        enc.len()
+                    ),
                 });
             }
             ids.push(enc[0]);
@@ -333,7 +383,9 @@ impl DecoderGrader {
             metadata: Default::default(),
         };
         let (prefix, _) = self.prompt_parts(&probe);
-        let cut = prefix.find("Query: ").expect("the user turn starts with the query");
+        let cut = prefix
+            .find("Query: ")
+            .expect("the user turn starts with the query");
         prefix[..cut].to_string()
     }
 
@@ -344,25 +396,36 @@ impl DecoderGrader {
         let device = self.lm.placement.device;
         let mut guard = self.prefix_cache.lock().expect("prefix cache lock");
         if guard.is_none() {
-            let ids = Tensor::from_slice(&self.shared_prefix).unsqueeze(0).to_device(device);
+            let ids = Tensor::from_slice(&self.shared_prefix)
+                .unsqueeze(0)
+                .to_device(device);
             let mut cache = KvCache::new(self.lm.num_layers());
-            let _hidden = tch::no_grad(|| self.lm.forward(&ids, &Attention::Causal, Some(&mut cache)))?;
+            let _hidden =
+                tch::no_grad(|| self.lm.forward(&ids, &Attention::Causal, Some(&mut cache)))?;
             *guard = Some(cache);
         }
         let prefix = guard.as_ref().expect("just filled");
         let rows: Vec<&[i64]> = batch.iter().map(|e| &e.ids[p..]).collect();
         let (ids, lens) = pad_right(&rows, self.tokenizer.pad_id, device);
-        let hidden = self.lm.forward(&ids, &Attention::Prefixed { prefix }, None)?;
+        let hidden = self
+            .lm
+            .forward(&ids, &Attention::Prefixed { prefix }, None)?;
         Ok(self.read_answer(&hidden, &lens))
     }
 
     /// Grade logits at each row's last real token.
     fn read_answer(&self, hidden: &Tensor, lens: &[i64]) -> Tensor {
         let (b, t, h) = hidden.size3().expect("hidden is [B, T, H]");
-        let last: Vec<i64> = lens.iter().enumerate().map(|(i, &l)| i as i64 * t + l - 1).collect();
+        let last: Vec<i64> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| i as i64 * t + l - 1)
+            .collect();
         let last = Tensor::from_slice(&last).to_device(hidden.device());
         let answer = hidden.reshape([b * t, h]).index_select(0, &last);
-        self.lm.token_logits(&answer, &self.grade_ids).to_kind(Kind::Float)
+        self.lm
+            .token_logits(&answer, &self.grade_ids)
+            .to_kind(Kind::Float)
     }
 
     pub fn grade_token_ids(&self) -> Vec<i64> {
@@ -372,7 +435,10 @@ impl DecoderGrader {
     /// The chat prompt for a pair, as text, with the document body in place.
     pub fn prompt_text(&self, pair: &Pair) -> String {
         let (prefix, suffix) = self.prompt_parts(pair);
-        format!("{prefix}{}{suffix}", self.tokenizer.sanitize(pair.body.trim()))
+        format!(
+            "{prefix}{}{suffix}",
+            self.tokenizer.sanitize(pair.body.trim())
+        )
     }
 
     fn prompt_parts(&self, pair: &Pair) -> (String, String) {
@@ -384,8 +450,13 @@ impl DecoderGrader {
             DOC_MARKER,
             self.grade_labels.len().saturating_sub(1)
         );
-        let text = t.render_chat(&[ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)], true);
-        let (a, b) = text.split_once(DOC_MARKER).expect("marker is in the prompt");
+        let text = t.render_chat(
+            &[ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)],
+            true,
+        );
+        let (a, b) = text
+            .split_once(DOC_MARKER)
+            .expect("marker is in the prompt");
         (a.to_string(), b.to_string())
     }
 }
@@ -411,11 +482,16 @@ impl Grader for DecoderGrader {
             return Err(SlmError::input(
                 &pair.id,
                 "query",
-                format!("{q_tokens} tokens, over the limit of {}", self.limits.max_query_tokens),
+                format!(
+                    "{q_tokens} tokens, over the limit of {}",
+                    self.limits.max_query_tokens
+                ),
             ));
         }
         let (prefix, suffix) = self.prompt_parts(pair);
-        let own = prefix.strip_prefix(&self.shared_prefix_text).expect("every prompt starts with the shared prefix");
+        let own = prefix
+            .strip_prefix(&self.shared_prefix_text)
+            .expect("every prompt starts with the shared prefix");
         let mut ids = self.shared_prefix.clone();
         ids.extend(self.tokenizer.encode(own)?);
         let suffix_ids = self.tokenizer.encode(&suffix)?;
@@ -437,12 +513,18 @@ impl Grader for DecoderGrader {
         body_ids.truncate(room);
         ids.extend(body_ids);
         ids.extend(suffix_ids);
-        Ok(EncodedPair { ids, type_ids: vec![], truncated })
+        Ok(EncodedPair {
+            ids,
+            type_ids: vec![],
+            truncated,
+        })
     }
 
     fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor> {
         let p = self.shared_prefix.len();
-        let all_prefixed = batch.iter().all(|e| e.ids.len() > p && e.ids[..p] == self.shared_prefix[..]);
+        let all_prefixed = batch
+            .iter()
+            .all(|e| e.ids.len() > p && e.ids[..p] == self.shared_prefix[..]);
         if train {
             *self.prefix_cache.lock().expect("prefix cache lock") = None;
         } else if all_prefixed && p > 0 {
@@ -463,17 +545,23 @@ impl Grader for DecoderGrader {
         let c = &self.lm.config;
         let p = self.shared_prefix.len().min(len);
         let own = len - p;
-        let attn_prefix = 2.0 * 2.0 * (own * p) as f64 * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
+        let attn_prefix =
+            2.0 * 2.0 * (own * p) as f64 * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
         c.forward_flops(own) + attn_prefix
     }
 
     fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| SlmError::io(dir, e))?;
-        crate::weights::save_var_store(&self.lm.vs, &dir.join("model.safetensors"), |n| n.to_string())?;
+        crate::weights::save_var_store(&self.lm.vs, &dir.join("model.safetensors"), |n| {
+            n.to_string()
+        })?;
         let mut config = self.lm.config.raw.clone();
         config["torch_dtype"] = serde_json::json!(dtype_name(self.lm.placement.kind));
         write_json(&dir.join("config.json"), &config)?;
-        copy_tokenizer_files(self.tokenizer.path().parent().unwrap_or(Path::new(".")), dir)?;
+        copy_tokenizer_files(
+            self.tokenizer.path().parent().unwrap_or(Path::new(".")),
+            dir,
+        )?;
         write_json(
             &dir.join("labelfleet.json"),
             &serde_json::json!({
@@ -506,7 +594,12 @@ pub struct EncoderGrader {
 }
 
 impl EncoderGrader {
-    pub fn load(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        grade_labels: &[String],
+        placement: Placement,
+        max_len: usize,
+    ) -> Result<Self> {
         let model = CrossEncoder::load(dir, grade_labels.len(), placement)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         check_vocab(&tokenizer, model.config.vocab_size)?;
@@ -552,7 +645,11 @@ impl Grader for EncoderGrader {
             return Err(SlmError::input(
                 &pair.id,
                 "query",
-                format!("{} tokens, over the limit of {}", q.len(), self.limits.max_query_tokens),
+                format!(
+                    "{} tokens, over the limit of {}",
+                    q.len(),
+                    self.limits.max_query_tokens
+                ),
             ));
         }
         let doc_text = document_text(pair);
@@ -569,7 +666,11 @@ impl Grader for EncoderGrader {
         ids.push(self.sep);
         let mut type_ids = vec![0; first];
         type_ids.resize(ids.len(), 1);
-        Ok(EncodedPair { ids, type_ids, truncated })
+        Ok(EncodedPair {
+            ids,
+            type_ids,
+            truncated,
+        })
     }
 
     fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor> {
@@ -580,8 +681,13 @@ impl Grader for EncoderGrader {
         let (type_ids, _) = pad_right(&types, 0, device);
         let t = ids.size()[1];
         let lens_t = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
-        let mask = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&lens_t);
-        Ok(self.model.grade_logits(&ids, &type_ids, &mask, train)?.to_kind(Kind::Float))
+        let mask = Tensor::arange(t, (Kind::Int64, device))
+            .unsqueeze(0)
+            .lt_tensor(&lens_t);
+        Ok(self
+            .model
+            .grade_logits(&ids, &type_ids, &mask, train)?
+            .to_kind(Kind::Float))
     }
 
     fn var_store(&self) -> &tch::nn::VarStore {
@@ -594,16 +700,25 @@ impl Grader for EncoderGrader {
 
     fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| SlmError::io(dir, e))?;
-        crate::weights::save_var_store(&self.model.vs, &dir.join("model.safetensors"), |n| n.to_string())?;
+        crate::weights::save_var_store(&self.model.vs, &dir.join("model.safetensors"), |n| {
+            n.to_string()
+        })?;
         let mut config = self.model.config.raw.clone();
         let n = self.grade_labels.len();
         config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
         config["num_labels"] = serde_json::json!(n);
-        config["id2label"] = (0..n).map(|i| (i.to_string(), serde_json::json!(format!("grade_{i}")))).collect();
-        config["label2id"] = (0..n).map(|i| (format!("grade_{i}"), serde_json::json!(i))).collect();
+        config["id2label"] = (0..n)
+            .map(|i| (i.to_string(), serde_json::json!(format!("grade_{i}"))))
+            .collect();
+        config["label2id"] = (0..n)
+            .map(|i| (format!("grade_{i}"), serde_json::json!(i)))
+            .collect();
         config["torch_dtype"] = serde_json::json!(dtype_name(self.model.placement.kind));
         write_json(&dir.join("config.json"), &config)?;
-        copy_tokenizer_files(self.tokenizer.path().parent().unwrap_or(Path::new(".")), dir)?;
+        copy_tokenizer_files(
+            self.tokenizer.path().parent().unwrap_or(Path::new(".")),
+            dir,
+        )?;
         write_json(
             &dir.join("labelfleet.json"),
             &serde_json::json!({
@@ -632,7 +747,13 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     if from == to {
         return Ok(());
     }
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "generation_config.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "generation_config.json",
+    ] {
         let src = from.join(f);
         if src.is_file() {
             std::fs::copy(&src, to.join(f)).map_err(|e| SlmError::io(&src, e))?;
@@ -659,14 +780,22 @@ pub fn detect_kind(dir: &Path) -> Result<GraderKind> {
     match v.get("model_type").and_then(|m| m.as_str()) {
         Some("bert") => Ok(GraderKind::CrossEncoder),
         Some("llama" | "qwen2" | "mistral" | "phi3") => Ok(GraderKind::Decoder),
-        Some(other) => Err(SlmError::config(&path, format!("model_type `{other}` is not supported"))),
+        Some(other) => Err(SlmError::config(
+            &path,
+            format!("model_type `{other}` is not supported"),
+        )),
         None => Err(SlmError::config(&path, "no `model_type`")),
     }
 }
 
 /// Loads whichever grader a folder holds, with the grade labels of its `labelfleet.json` when
 /// it is a checkpoint we wrote, else `grade_labels`.
-pub fn load_grader(dir: &Path, grade_labels: &[String], placement: Placement, max_len: usize) -> Result<Box<dyn Grader>> {
+pub fn load_grader(
+    dir: &Path,
+    grade_labels: &[String],
+    placement: Placement,
+    max_len: usize,
+) -> Result<Box<dyn Grader>> {
     let meta = dir.join("labelfleet.json");
     let labels: Vec<String> = if meta.is_file() {
         let v = crate::config::read_json(&meta)?;
@@ -677,7 +806,9 @@ pub fn load_grader(dir: &Path, grade_labels: &[String], placement: Placement, ma
     };
     Ok(match detect_kind(dir)? {
         GraderKind::Decoder => Box::new(DecoderGrader::load(dir, &labels, placement, max_len)?),
-        GraderKind::CrossEncoder => Box::new(EncoderGrader::load(dir, &labels, placement, max_len)?),
+        GraderKind::CrossEncoder => {
+            Box::new(EncoderGrader::load(dir, &labels, placement, max_len)?)
+        }
     })
 }
 
@@ -694,7 +825,10 @@ mod tests {
         assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
         for b in &batches {
             let max = b.iter().map(|&i| lens[i]).max().unwrap();
-            assert!(b.len() * max <= 400 || b.len() == 1, "batch {b:?} over budget");
+            assert!(
+                b.len() * max <= 400 || b.len() == 1,
+                "batch {b:?} over budget"
+            );
         }
         // longest rows are grouped together
         assert_eq!(batches[0], vec![1, 3]);
@@ -704,7 +838,10 @@ mod tests {
     fn batches_respect_row_cap() {
         let lens = vec![4; 10];
         let batches = plan_batches(&lens, 1_000_000, 3);
-        assert_eq!(batches.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        assert_eq!(
+            batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
     }
 
     #[test]

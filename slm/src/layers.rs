@@ -11,7 +11,14 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: nn::Path, in_dim: usize, out_dim: usize, bias: bool, std: f64) -> Self {
-        let weight = p.var("weight", &[out_dim as i64, in_dim as i64], nn::Init::Randn { mean: 0.0, stdev: std });
+        let weight = p.var(
+            "weight",
+            &[out_dim as i64, in_dim as i64],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
         let bias = bias.then(|| p.var("bias", &[out_dim as i64], nn::Init::Const(0.0)));
         Linear { weight, bias }
     }
@@ -41,6 +48,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }

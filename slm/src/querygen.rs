@@ -37,9 +37,17 @@ const BODY_MARKER: &str = "\u{1}BODY\u{1}";
 
 /// Builds the chat prompt ids for a document within `max_prompt_tokens`: the body is cut to
 /// fit, the title, metadata and instructions never are.
-pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_prompt_tokens: usize) -> Result<Vec<i64>> {
+pub fn prompt_ids(
+    tok: &TextTokenizer,
+    doc: &SeedDocument,
+    max_prompt_tokens: usize,
+) -> Result<Vec<i64>> {
     if doc.body.trim().is_empty() && doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        return Err(SlmError::input(&doc.id, "body", "empty document (no body and no title)"));
+        return Err(SlmError::input(
+            &doc.id,
+            "body",
+            "empty document (no body and no title)",
+        ));
     }
     let mut header = String::new();
     if let Some(t) = doc.title.as_deref().filter(|t| !t.trim().is_empty()) {
@@ -53,8 +61,13 @@ pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_prompt_tokens: us
          Write one short search query (2 to 10 words) that an employee looking for this document \
          would type. Reply with the query only."
     );
-    let text = tok.render_chat(&[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)], true);
-    let (prefix, suffix) = text.split_once(BODY_MARKER).expect("marker is in the prompt");
+    let text = tok.render_chat(
+        &[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)],
+        true,
+    );
+    let (prefix, suffix) = text
+        .split_once(BODY_MARKER)
+        .expect("marker is in the prompt");
     let mut ids = tok.encode(prefix)?;
     let suffix_ids = tok.encode(suffix)?;
     let room = max_prompt_tokens.saturating_sub(ids.len() + suffix_ids.len());
@@ -62,11 +75,18 @@ pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_prompt_tokens: us
         return Err(SlmError::input(
             &doc.id,
             "metadata",
-            format!("title and metadata take {} of the {max_prompt_tokens} prompt tokens", ids.len() + suffix_ids.len()),
+            format!(
+                "title and metadata take {} of the {max_prompt_tokens} prompt tokens",
+                ids.len() + suffix_ids.len()
+            ),
         ));
     }
     let body = tok.sanitize(doc.body.trim());
-    let cut = body.char_indices().nth(room * 16).map(|(i, _)| i).unwrap_or(body.len());
+    let cut = body
+        .char_indices()
+        .nth(room * 16)
+        .map(|(i, _)| i)
+        .unwrap_or(body.len());
     let mut body_ids = tok.encode(&body[..cut])?;
     body_ids.truncate(room);
     ids.extend(body_ids);
@@ -79,11 +99,17 @@ pub fn prompt_ids(tok: &TextTokenizer, doc: &SeedDocument, max_prompt_tokens: us
 pub fn clean_query(raw: &str, doc: &SeedDocument) -> Option<String> {
     let line = raw.lines().map(str::trim).find(|l| !l.is_empty())?;
     let line = line
-        .trim_start_matches(|c: char| c == '-' || c == '*' || c.is_ascii_digit() || c == '.' || c == ')')
+        .trim_start_matches(|c: char| {
+            c == '-' || c == '*' || c.is_ascii_digit() || c == '.' || c == ')'
+        })
         .trim()
         .trim_matches(|c| c == '"' || c == '\'' || c == '`')
         .trim();
-    let line = line.strip_prefix("Query:").or_else(|| line.strip_prefix("query:")).unwrap_or(line).trim();
+    let line = line
+        .strip_prefix("Query:")
+        .or_else(|| line.strip_prefix("query:"))
+        .unwrap_or(line)
+        .trim();
     // small models preface the answer ("Here is a search query: ..."): keep what follows
     let line = match (line.starts_with("Here"), line.split_once(':')) {
         (true, Some((_, rest))) => rest.trim().trim_matches(|c| c == '"' || c == '\''),
@@ -144,25 +170,51 @@ mod tests {
     use super::*;
 
     fn doc(body: &str) -> SeedDocument {
-        SeedDocument { id: "d".into(), title: None, body: body.into(), metadata: Default::default() }
+        SeedDocument {
+            id: "d".into(),
+            title: None,
+            body: body.into(),
+            metadata: Default::default(),
+        }
     }
 
     #[test]
     fn cleans_quotes_bullets_and_prefixes() {
         let d = doc("anything");
-        assert_eq!(clean_query("\"EMEA revenue report Q3\"\nmore", &d).as_deref(), Some("EMEA revenue report Q3"));
-        assert_eq!(clean_query("1. Query: vpn setup guide", &d).as_deref(), Some("vpn setup guide"));
+        assert_eq!(
+            clean_query("\"EMEA revenue report Q3\"\nmore", &d).as_deref(),
+            Some("EMEA revenue report Q3")
+        );
+        assert_eq!(
+            clean_query("1. Query: vpn setup guide", &d).as_deref(),
+            Some("vpn setup guide")
+        );
         assert_eq!(clean_query("   \n", &d), None);
         assert_eq!(clean_query("word", &d), None);
-        assert_eq!(clean_query("Here is a search query: \"stagnation heat transfer\"", &d).as_deref(), Some("stagnation heat transfer"));
-        assert_eq!(clean_query("Here's a rewritten search query to narrow down the text:", &d), None);
-        assert_eq!(clean_query("see https://example.com/report for details", &d), None);
+        assert_eq!(
+            clean_query("Here is a search query: \"stagnation heat transfer\"", &d).as_deref(),
+            Some("stagnation heat transfer")
+        );
+        assert_eq!(
+            clean_query(
+                "Here's a rewritten search query to narrow down the text:",
+                &d
+            ),
+            None
+        );
+        assert_eq!(
+            clean_query("see https://example.com/report for details", &d),
+            None
+        );
     }
 
     #[test]
     fn rejects_copies_of_the_document() {
         let body = "the quick brown fox jumps over the lazy dog every single morning";
-        assert_eq!(clean_query("the quick brown fox jumps over the lazy dog", &doc(body)), None);
+        assert_eq!(
+            clean_query("the quick brown fox jumps over the lazy dog", &doc(body)),
+            None
+        );
         assert!(clean_query("fox jumping habits", &doc(body)).is_some());
     }
 }

@@ -11,13 +11,22 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn system(c: impl Into<String>) -> Self {
-        ChatMessage { role: "system".into(), content: c.into() }
+        ChatMessage {
+            role: "system".into(),
+            content: c.into(),
+        }
     }
     pub fn user(c: impl Into<String>) -> Self {
-        ChatMessage { role: "user".into(), content: c.into() }
+        ChatMessage {
+            role: "user".into(),
+            content: c.into(),
+        }
     }
     pub fn assistant(c: impl Into<String>) -> Self {
-        ChatMessage { role: "assistant".into(), content: c.into() }
+        ChatMessage {
+            role: "assistant".into(),
+            content: c.into(),
+        }
     }
 }
 
@@ -39,7 +48,9 @@ pub enum ChatTemplate {
 
 impl ChatTemplate {
     pub fn detect(jinja: Option<&str>) -> Self {
-        let Some(t) = jinja else { return ChatTemplate::Plain };
+        let Some(t) = jinja else {
+            return ChatTemplate::Plain;
+        };
         if t.contains("<|im_start|>") {
             let marker = "<|im_start|>system\n";
             let default_system = t.find(marker).and_then(|i| {
@@ -69,7 +80,10 @@ impl ChatTemplate {
                     }
                 }
                 for m in messages {
-                    s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                    s.push_str(&format!(
+                        "<|im_start|>{}\n{}<|im_end|>\n",
+                        m.role, m.content
+                    ));
                 }
                 if add_generation_prompt {
                     s.push_str("<|im_start|>assistant\n");
@@ -135,19 +149,32 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(SlmError::io(
                 &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found in the model folder"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "tokenizer.json not found in the model folder",
+                ),
             ));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| SlmError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| SlmError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         // Batching and truncation are the engine's job (it truncates the document, never the
         // query); a tokenizer.json may carry its own (MiniLM's pads every text to 128).
         inner.with_padding(None);
         inner
             .with_truncation(None)
-            .map_err(|e| SlmError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+            .map_err(|e| SlmError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.is_file() { Some(crate::config::read_json(&cfg_path)?) } else { None };
+        let cfg = if cfg_path.is_file() {
+            Some(crate::config::read_json(&cfg_path)?)
+        } else {
+            None
+        };
         let jinja_file = dir.join("chat_template.jinja");
         let jinja = match cfg.as_ref().and_then(|c| c.get("chat_template")) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -166,7 +193,13 @@ impl TextTokenizer {
             }
         };
         let mut stop_ids = vec![];
-        for tok in [special("eos_token"), template.end_of_turn().map(String::from)].into_iter().flatten() {
+        for tok in [
+            special("eos_token"),
+            template.end_of_turn().map(String::from),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if let Some(id) = inner.token_to_id(&tok) {
                 if !stop_ids.contains(&(id as i64)) {
                     stop_ids.push(id as i64);
@@ -183,7 +216,14 @@ impl TextTokenizer {
             .filter(|t| t.special)
             .map(|t| t.content.clone())
             .collect();
-        Ok(TextTokenizer { inner, path, template, stop_ids, pad_id, special_strings })
+        Ok(TextTokenizer {
+            inner,
+            path,
+            template,
+            stop_ids,
+            pad_id,
+            special_strings,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -203,7 +243,10 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+            .map_err(|e| SlmError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
@@ -212,7 +255,10 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode(text, true)
-            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+            .map_err(|e| SlmError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
@@ -220,7 +266,10 @@ impl TextTokenizer {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.inner
             .decode(&ids, skip_special)
-            .map_err(|e| SlmError::Tokenizer { path: self.path.clone(), message: e.to_string() })
+            .map_err(|e| SlmError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Removes special-token strings from user text so a document cannot end a chat turn or

@@ -87,11 +87,15 @@ fn targets_tensor(batch: &[&Example], g: usize, device: tch::Device) -> Result<T
         }
         flat.extend_from_slice(&ex.target);
     }
-    Ok(Tensor::from_slice(&flat).view([batch.len() as i64, g as i64]).to_device(device))
+    Ok(Tensor::from_slice(&flat)
+        .view([batch.len() as i64, g as i64])
+        .to_device(device))
 }
 
 fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    -(targets * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float)
+    -(targets * logits.log_softmax(-1, Kind::Float))
+        .sum_dim_intlist(-1, false, Kind::Float)
+        .mean(Kind::Float)
 }
 
 /// Trains `grader` in place. `on_step` sees every optimizer step.
@@ -105,12 +109,17 @@ pub fn train(
         return Err(SlmError::Argument("no training examples".into()));
     }
     if cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(SlmError::Argument("batch_size and epochs must be positive".into()));
+        return Err(SlmError::Argument(
+            "batch_size and epochs must be positive".into(),
+        ));
     }
     let device = grader.placement().device;
     let g = grader.num_grades();
-    let mut opt = tch::nn::AdamW { wd: cfg.weight_decay, ..Default::default() }
-        .build(grader.var_store(), cfg.learning_rate)?;
+    let mut opt = tch::nn::AdamW {
+        wd: cfg.weight_decay,
+        ..Default::default()
+    }
+    .build(grader.var_store(), cfg.learning_rate)?;
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
@@ -131,7 +140,13 @@ pub fn train(
             loss.backward();
             opt.clip_grad_norm(cfg.max_grad_norm);
             opt.step();
-            let report = StepReport { step, total_steps: total, epoch, loss: loss.double_value(&[]), learning_rate: lr };
+            let report = StepReport {
+                step,
+                total_steps: total,
+                epoch,
+                loss: loss.double_value(&[]),
+                learning_rate: lr,
+            };
             on_step(&report);
             reports.push(report);
             step += 1;
@@ -141,7 +156,11 @@ pub fn train(
 }
 
 /// Scores `examples` without gradients and compares with their targets.
-pub fn evaluate(grader: &dyn Grader, examples: &[Example], token_budget: usize) -> Result<EvalReport> {
+pub fn evaluate(
+    grader: &dyn Grader,
+    examples: &[Example],
+    token_budget: usize,
+) -> Result<EvalReport> {
     if examples.is_empty() {
         return Err(SlmError::Argument("no evaluation examples".into()));
     }
@@ -156,21 +175,41 @@ pub fn evaluate(grader: &dyn Grader, examples: &[Example], token_budget: usize) 
             let logits = grader.grade_logits(&inputs, false)?;
             let targets = targets_tensor(&exs, g, device)?;
             loss_sum += soft_cross_entropy(&logits, &targets).double_value(&[]) * exs.len() as f64;
-            let probs = Vec::<f32>::try_from(logits.softmax(-1, Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1))?;
+            let probs = Vec::<f32>::try_from(
+                logits
+                    .softmax(-1, Kind::Float)
+                    .to_device(tch::Device::Cpu)
+                    .flatten(0, -1),
+            )?;
             for (row, ex) in exs.iter().enumerate() {
                 let p = &probs[row * g..(row + 1) * g];
-                let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0);
+                let argmax = |v: &[f32]| {
+                    v.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|x| x.0)
+                };
                 if argmax(p) == argmax(&ex.target) {
                     agree += 1;
                 }
-                let e = |v: &[f32]| v.iter().enumerate().map(|(i, x)| i as f64 * *x as f64).sum::<f64>();
+                let e = |v: &[f32]| {
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| i as f64 * *x as f64)
+                        .sum::<f64>()
+                };
                 mae += (e(p) - e(&ex.target)).abs();
             }
         }
         Ok(())
     })?;
     let n = examples.len() as f64;
-    Ok(EvalReport { loss: loss_sum / n, agreement: agree as f64 / n, expected_grade_mae: mae / n, pairs: examples.len() })
+    Ok(EvalReport {
+        loss: loss_sum / n,
+        agreement: agree as f64 / n,
+        expected_grade_mae: mae / n,
+        pairs: examples.len(),
+    })
 }
 
 #[cfg(test)]
@@ -179,7 +218,11 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        let cfg = TrainConfig { learning_rate: 1.0, warmup_fraction: 0.1, ..Default::default() };
+        let cfg = TrainConfig {
+            learning_rate: 1.0,
+            warmup_fraction: 0.1,
+            ..Default::default()
+        };
         let lrs: Vec<f64> = (0..100).map(|s| learning_rate(&cfg, s, 100)).collect();
         assert!((lrs[9] - 1.0).abs() < 1e-9, "peak at the end of warm-up");
         assert!(lrs[0] < lrs[5] && lrs[5] < lrs[9]);

@@ -19,15 +19,21 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| SlmError::config(&index, "no `weight_map` object"))?;
-        let mut files: Vec<PathBuf> =
-            map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files);
     }
     Err(SlmError::io(
         single,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors (or sharded index) in the model folder"),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no model.safetensors (or sharded index) in the model folder",
+        ),
     ))
 }
 
@@ -67,7 +73,9 @@ pub fn load_into(
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut var) in vars {
-        let found = candidates(&name).into_iter().find(|c| file_tensors.contains_key(c));
+        let found = candidates(&name)
+            .into_iter()
+            .find(|c| file_tensors.contains_key(c));
         let Some(key) = found else {
             if optional(&name) {
                 report.initialized.push(name);
@@ -84,13 +92,21 @@ pub fn load_into(
             return Err(SlmError::Weights {
                 path: path.clone(),
                 name: key,
-                message: format!("shape {:?} in the file, the config implies {:?}", t.size(), var.size()),
+                message: format!(
+                    "shape {:?} in the file, the config implies {:?}",
+                    t.size(),
+                    var.size()
+                ),
             });
         }
         tch::no_grad(|| var.f_copy_(t))?;
         used.insert(key);
     }
-    report.unused = file_tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
+    report.unused = file_tensors
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
     report.unused.sort();
     Ok(report)
 }
@@ -101,7 +117,12 @@ pub fn save_var_store(vs: &VarStore, path: &Path, rename: impl Fn(&str) -> Strin
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(n, t)| (rename(&n), t.detach().to_device(tch::Device::Cpu).contiguous()))
+        .map(|(n, t)| {
+            (
+                rename(&n),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, path).map_err(|e| SlmError::Weights {

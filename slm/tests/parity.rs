@@ -6,7 +6,9 @@ mod common;
 use common::{max_abs_diff, model_dir, reference};
 use labelfleet_slm::decoder::Attention;
 use labelfleet_slm::generate::{generate, SamplingParams};
-use labelfleet_slm::{ChatMessage, CrossEncoder, DecoderLm, EncoderGrader, Grader, Pair, Placement, TextTokenizer};
+use labelfleet_slm::{
+    ChatMessage, CrossEncoder, DecoderLm, EncoderGrader, Grader, Pair, Placement, TextTokenizer,
+};
 use tch::{Kind, Tensor};
 
 fn chats(meta: &serde_json::Value) -> Vec<Vec<ChatMessage>> {
@@ -33,7 +35,11 @@ fn smollm2_chat_template_and_tokens_match_transformers() {
     let tok = TextTokenizer::from_dir(&model_dir("smollm2")).unwrap();
     for (i, chat) in chats(&meta).iter().enumerate() {
         let text = tok.render_chat(chat, true);
-        assert_eq!(text, meta["texts"][i].as_str().unwrap(), "chat {i}: rendered prompt differs");
+        assert_eq!(
+            text,
+            meta["texts"][i].as_str().unwrap(),
+            "chat {i}: rendered prompt differs"
+        );
         let ids = tok.encode(&text).unwrap();
         let want = Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap();
         assert_eq!(ids, want, "chat {i}: token ids differ");
@@ -48,7 +54,10 @@ fn smollm2_logits_match_transformers_within_1e3() {
     for i in 0..3 {
         let ids = tensors[&format!("ids_{i}")].unsqueeze(0);
         let want = &tensors[&format!("logits_{i}")];
-        let got = tch::no_grad(|| lm.logits(&lm.forward(&ids, &Attention::Causal, None).unwrap()).squeeze_dim(0));
+        let got = tch::no_grad(|| {
+            lm.logits(&lm.forward(&ids, &Attention::Causal, None).unwrap())
+                .squeeze_dim(0)
+        });
         assert_eq!(got.size(), want.size());
         let d = max_abs_diff(&got, want);
         worst = worst.max(d);
@@ -68,7 +77,9 @@ fn smollm2_right_padded_batch_matches_single_rows() {
     // change any real position.
     let (tensors, _) = reference("smollm2");
     let lm = DecoderLm::load(&model_dir("smollm2"), Placement::cpu(), 2048).unwrap();
-    let rows: Vec<Vec<i64>> = (0..3).map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap()).collect();
+    let rows: Vec<Vec<i64>> = (0..3)
+        .map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap())
+        .collect();
     let t = rows.iter().map(|r| r.len()).max().unwrap();
     let mut flat = vec![];
     for r in &rows {
@@ -90,14 +101,24 @@ fn smollm2_batched_greedy_generation_matches_transformers() {
     let dir = model_dir("smollm2");
     let lm = DecoderLm::load(&dir, Placement::cpu(), 2048).unwrap();
     let tok = TextTokenizer::from_dir(&dir).unwrap();
-    let prompts: Vec<Vec<i64>> =
-        (0..3).map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap()).collect();
-    let params = SamplingParams { max_new_tokens: 24, ..Default::default() };
+    let prompts: Vec<Vec<i64>> = (0..3)
+        .map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap())
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
     // all three prompts in one left-padded batch
     let got = generate(&lm, &prompts, &params, &tok.stop_ids, tok.pad_id).unwrap();
     for (i, g) in got.iter().enumerate() {
         let want = Vec::<i64>::try_from(&tensors[&format!("gen_{i}")]).unwrap();
-        assert_eq!(g, &want, "prompt {i}: {:?} vs {:?}", tok.decode(g, false), tok.decode(&want, false));
+        assert_eq!(
+            g,
+            &want,
+            "prompt {i}: {:?} vs {:?}",
+            tok.decode(g, false),
+            tok.decode(&want, false)
+        );
     }
 }
 
@@ -105,9 +126,18 @@ fn smollm2_batched_greedy_generation_matches_transformers() {
 fn minilm_hidden_states_match_transformers_within_1e3() {
     let (tensors, meta) = reference("minilm");
     let dir = model_dir("minilm");
-    let grader = EncoderGrader::load(&dir, &labelfleet_slm::grading::default_grade_labels(), Placement::cpu(), 512).unwrap();
+    let grader = EncoderGrader::load(
+        &dir,
+        &labelfleet_slm::grading::default_grade_labels(),
+        Placement::cpu(),
+        512,
+    )
+    .unwrap();
     let enc = CrossEncoder::load(&dir, 4, Placement::cpu()).unwrap();
-    assert!(enc.initialized.iter().all(|n| n.starts_with("classifier.") || n.starts_with("bert.pooler.")));
+    assert!(enc
+        .initialized
+        .iter()
+        .all(|n| n.starts_with("classifier.") || n.starts_with("bert.pooler.")));
     let mut worst = 0.0f64;
     for (i, pair) in meta["pairs"].as_array().unwrap().iter().enumerate() {
         let p = Pair {
@@ -118,16 +148,28 @@ fn minilm_hidden_states_match_transformers_within_1e3() {
             metadata: Default::default(),
         };
         let e = grader.encode_pair(&p).unwrap();
-        assert_eq!(e.ids, Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap(), "pair {i}: ids");
-        assert_eq!(e.type_ids, Vec::<i64>::try_from(&tensors[&format!("type_ids_{i}")]).unwrap(), "pair {i}: types");
+        assert_eq!(
+            e.ids,
+            Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap(),
+            "pair {i}: ids"
+        );
+        assert_eq!(
+            e.type_ids,
+            Vec::<i64>::try_from(&tensors[&format!("type_ids_{i}")]).unwrap(),
+            "pair {i}: types"
+        );
         let ids = Tensor::from_slice(&e.ids).unsqueeze(0);
         let types = Tensor::from_slice(&e.type_ids).unsqueeze(0);
         let mask = ids.ones_like().to_kind(Kind::Int64);
-        let hidden = tch::no_grad(|| enc.encode(&ids, &types, &mask, false).unwrap()).squeeze_dim(0);
+        let hidden =
+            tch::no_grad(|| enc.encode(&ids, &types, &mask, false).unwrap()).squeeze_dim(0);
         worst = worst.max(max_abs_diff(&hidden, &tensors[&format!("hidden_{i}")]));
     }
     println!("minilm max |hidden diff| = {worst:.2e}");
-    assert!(worst <= 1e-3, "max abs hidden-state difference {worst} > 1e-3");
+    assert!(
+        worst <= 1e-3,
+        "max abs hidden-state difference {worst} > 1e-3"
+    );
 }
 
 #[test]
@@ -138,9 +180,21 @@ fn smollm2_grader_prefix_cache_matches_full_forward() {
     let dir = model_dir("smollm2");
     let grader = DecoderGrader::load(&dir, &default_grade_labels(), Placement::cpu(), 512).unwrap();
     let pairs: Vec<Pair> = [
-        ("vacation policy", "HR handbook", "Employees accrue 25 days of paid leave per year."),
-        ("gpu quota request", "Cluster guide", "Ask the platform team for GPU quota via the portal form."),
-        ("q3 revenue emea", "Finance report", "Revenue in EMEA grew 12% in the third quarter, led by Germany and France."),
+        (
+            "vacation policy",
+            "HR handbook",
+            "Employees accrue 25 days of paid leave per year.",
+        ),
+        (
+            "gpu quota request",
+            "Cluster guide",
+            "Ask the platform team for GPU quota via the portal form.",
+        ),
+        (
+            "q3 revenue emea",
+            "Finance report",
+            "Revenue in EMEA grew 12% in the third quarter, led by Germany and France.",
+        ),
     ]
     .iter()
     .enumerate()
@@ -152,10 +206,16 @@ fn smollm2_grader_prefix_cache_matches_full_forward() {
         metadata: [("author".to_string(), "Jane Doe".to_string())].into(),
     })
     .collect();
-    let enc: Vec<_> = pairs.iter().map(|p| grader.encode_pair(p).unwrap()).collect();
+    let enc: Vec<_> = pairs
+        .iter()
+        .map(|p| grader.encode_pair(p).unwrap())
+        .collect();
     // the encoding equals tokenizing the whole prompt at once
     for (p, e) in pairs.iter().zip(&enc) {
-        assert_eq!(grader.tokenizer.encode(&grader.prompt_text(p)).unwrap(), e.ids);
+        assert_eq!(
+            grader.tokenizer.encode(&grader.prompt_text(p)).unwrap(),
+            e.ids
+        );
     }
     let refs: Vec<_> = enc.iter().collect();
     let cached = tch::no_grad(|| grader.grade_logits(&refs, false).unwrap());
@@ -163,8 +223,13 @@ fn smollm2_grader_prefix_cache_matches_full_forward() {
     for (i, e) in enc.iter().enumerate() {
         let ids = Tensor::from_slice(&e.ids).unsqueeze(0);
         let hidden = tch::no_grad(|| grader.lm.forward(&ids, &Attention::Causal, None).unwrap());
-        let full = grader.lm.token_logits(&hidden.get(0).get(e.ids.len() as i64 - 1), &grade_ids);
+        let full = grader
+            .lm
+            .token_logits(&hidden.get(0).get(e.ids.len() as i64 - 1), &grade_ids);
         let d = max_abs_diff(&full, &cached.get(i as i64));
-        assert!(d <= 1e-4, "pair {i}: prefix-cached grade logits differ by {d}");
+        assert!(
+            d <= 1e-4,
+            "pair {i}: prefix-cached grade logits differ by {d}"
+        );
     }
 }

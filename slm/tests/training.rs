@@ -14,7 +14,10 @@ use tch::Tensor;
 fn examples(grader: &dyn Grader, topics: &[usize]) -> Vec<Example> {
     synthetic::pairs(topics)
         .into_iter()
-        .map(|(p, g)| Example { input: grader.encode_pair(&p).unwrap(), target: synthetic::target(g) })
+        .map(|(p, g)| Example {
+            input: grader.encode_pair(&p).unwrap(),
+            target: synthetic::target(g),
+        })
         .collect()
 }
 
@@ -22,17 +25,31 @@ fn examples(grader: &dyn Grader, topics: &[usize]) -> Vec<Example> {
 fn check_round_trip(grader: &dyn Grader, heldout: &[Example]) {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("student");
-    grader.save(&ckpt, serde_json::json!({"test": "round trip"})).unwrap();
-    let reloaded = load_grader(&ckpt, &default_grade_labels(), Placement::cpu(), grader.max_len()).unwrap();
+    grader
+        .save(&ckpt, serde_json::json!({"test": "round trip"}))
+        .unwrap();
+    let reloaded = load_grader(
+        &ckpt,
+        &default_grade_labels(),
+        Placement::cpu(),
+        grader.max_len(),
+    )
+    .unwrap();
     let sample: Vec<&Example> = heldout.iter().take(6).collect();
     let mut named = vec![];
     for (i, ex) in sample.iter().enumerate() {
         let a = tch::no_grad(|| grader.grade_logits(&[&ex.input], false).unwrap());
         let b = tch::no_grad(|| reloaded.grade_logits(&[&ex.input], false).unwrap());
-        assert!(a.equal(&b), "example {i}: reloaded checkpoint gives different logits");
+        assert!(
+            a.equal(&b),
+            "example {i}: reloaded checkpoint gives different logits"
+        );
         named.push((format!("ids_{i}"), Tensor::from_slice(&ex.input.ids)));
         if !ex.input.type_ids.is_empty() {
-            named.push((format!("type_ids_{i}"), Tensor::from_slice(&ex.input.type_ids)));
+            named.push((
+                format!("type_ids_{i}"),
+                Tensor::from_slice(&ex.input.type_ids),
+            ));
         }
         named.push((format!("logits_{i}"), a.squeeze_dim(0)));
     }
@@ -56,12 +73,23 @@ fn check_round_trip(grader: &dyn Grader, heldout: &[Example]) {
 #[test]
 fn cross_encoder_distillation_learns_and_round_trips() {
     tch::manual_seed(0);
-    let grader = EncoderGrader::load(&model_dir("minilm"), &default_grade_labels(), Placement::cpu(), 256).unwrap();
+    let grader = EncoderGrader::load(
+        &model_dir("minilm"),
+        &default_grade_labels(),
+        Placement::cpu(),
+        256,
+    )
+    .unwrap();
     let (train_topics, heldout_topics) = synthetic::split();
     let train_set = examples(&grader, &train_topics);
     let heldout = examples(&grader, &heldout_topics);
     let before = evaluate(&grader, &heldout, 8192).unwrap();
-    let cfg = TrainConfig { epochs: 5, batch_size: 16, learning_rate: 2e-4, ..Default::default() };
+    let cfg = TrainConfig {
+        epochs: 5,
+        batch_size: 16,
+        learning_rate: 2e-4,
+        ..Default::default()
+    };
     let steps = train(&grader, &train_set, &cfg, &mut |_| {}).unwrap();
     let after = evaluate(&grader, &heldout, 8192).unwrap();
     let first: f64 = steps[..3].iter().map(|s| s.loss).sum::<f64>() / 3.0;
@@ -70,11 +98,21 @@ fn cross_encoder_distillation_learns_and_round_trips() {
         "minilm: {} steps, train loss {first:.3} -> {last:.3}; held-out agreement {:.2} -> {:.2}, loss {:.3} -> {:.3}",
         steps.len(), before.agreement, after.agreement, before.loss, after.loss
     );
-    assert!(last < first * 0.8, "training loss did not fall: {first} -> {last}");
+    assert!(
+        last < first * 0.8,
+        "training loss did not fall: {first} -> {last}"
+    );
     assert!(after.loss < before.loss, "held-out loss did not fall");
-    assert!(after.agreement > before.agreement, "held-out agreement did not rise");
+    assert!(
+        after.agreement > before.agreement,
+        "held-out agreement did not rise"
+    );
     // the majority class (grade 0) is half the held-out pairs: the student must beat it clearly
-    assert!(after.agreement >= 0.75, "held-out agreement {} is too low", after.agreement);
+    assert!(
+        after.agreement >= 0.75,
+        "held-out agreement {} is too low",
+        after.agreement
+    );
     check_round_trip(&grader, &heldout);
 }
 
@@ -84,13 +122,29 @@ fn decoder_distillation_lowers_loss_and_round_trips() {
     // steps: enough to show the loss falling on training and held-out pairs and to check the
     // checkpoint; the agreement claim is carried by the cross-encoder test and the benchmarks.
     tch::manual_seed(0);
-    let grader =
-        DecoderGrader::load(&model_dir("smollm2"), &default_grade_labels(), Placement::cpu(), 512).unwrap();
+    let grader = DecoderGrader::load(
+        &model_dir("smollm2"),
+        &default_grade_labels(),
+        Placement::cpu(),
+        512,
+    )
+    .unwrap();
     let (train_topics, heldout_topics) = synthetic::split();
-    let train_set: Vec<Example> = examples(&grader, &train_topics).into_iter().step_by(6).collect();
-    let heldout: Vec<Example> = examples(&grader, &heldout_topics).into_iter().step_by(6).collect();
+    let train_set: Vec<Example> = examples(&grader, &train_topics)
+        .into_iter()
+        .step_by(6)
+        .collect();
+    let heldout: Vec<Example> = examples(&grader, &heldout_topics)
+        .into_iter()
+        .step_by(6)
+        .collect();
     let before = evaluate(&grader, &heldout, 8192).unwrap();
-    let cfg = TrainConfig { epochs: 3, batch_size: 8, learning_rate: 1e-4, ..Default::default() };
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 8,
+        learning_rate: 1e-4,
+        ..Default::default()
+    };
     let steps = train(&grader, &train_set, &cfg, &mut |_| {}).unwrap();
     let after = evaluate(&grader, &heldout, 8192).unwrap();
     let k = 3.min(steps.len() / 2);
@@ -100,7 +154,15 @@ fn decoder_distillation_lowers_loss_and_round_trips() {
         "smollm2: {} steps, train loss {first:.3} -> {last:.3}; held-out agreement {:.2} -> {:.2}, loss {:.3} -> {:.3}",
         steps.len(), before.agreement, after.agreement, before.loss, after.loss
     );
-    assert!(last < first, "training loss did not fall: {first} -> {last}");
-    assert!(after.loss < before.loss, "held-out loss did not fall: {} -> {}", before.loss, after.loss);
+    assert!(
+        last < first,
+        "training loss did not fall: {first} -> {last}"
+    );
+    assert!(
+        after.loss < before.loss,
+        "held-out loss did not fall: {} -> {}",
+        before.loss,
+        after.loss
+    );
     check_round_trip(&grader, &heldout);
 }

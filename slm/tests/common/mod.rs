@@ -23,9 +23,18 @@ pub fn model_dir(name: &str) -> PathBuf {
 pub fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
     let dir = home().join("reference");
     let st = dir.join(format!("{name}.safetensors"));
-    assert!(st.is_file(), "{} missing: run `bash scripts/setup.sh`", st.display());
-    let tensors = Tensor::read_safetensors(&st).expect("reference safetensors").into_iter().collect();
-    let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    assert!(
+        st.is_file(),
+        "{} missing: run `bash scripts/setup.sh`",
+        st.display()
+    );
+    let tensors = Tensor::read_safetensors(&st)
+        .expect("reference safetensors")
+        .into_iter()
+        .collect();
+    let meta =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+            .unwrap();
     (tensors, meta)
 }
 
@@ -34,9 +43,15 @@ pub fn python() -> PathBuf {
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }

@@ -32,7 +32,12 @@ pub const TOPICS: &[(&str, &str)] = &[
     ("meeting room booking", "facilities"),
 ];
 
-const QUERY_FORMS: &[&str] = &["{t}", "how does {t} work", "{t} policy document", "latest {t} update"];
+const QUERY_FORMS: &[&str] = &[
+    "{t}",
+    "how does {t} work",
+    "{t} policy document",
+    "latest {t} update",
+];
 
 fn doc(topic: &str, dept: &str, see_also: Option<&str>) -> (String, String) {
     let mut body = format!(
@@ -47,7 +52,9 @@ fn doc(topic: &str, dept: &str, see_also: Option<&str>) -> (String, String) {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// The teacher distribution behind each grade (soft labels, as a teacher LLM would give).
@@ -66,7 +73,11 @@ pub fn pairs(topic_ids: &[usize]) -> Vec<(Pair, usize)> {
     for (k, &ti) in topic_ids.iter().enumerate() {
         let topic = TOPICS[ti].0;
         let neighbour = topic_ids[(k + 1) % topic_ids.len()];
-        let others: Vec<usize> = topic_ids.iter().copied().filter(|&j| j != ti && j != neighbour).collect();
+        let others: Vec<usize> = topic_ids
+            .iter()
+            .copied()
+            .filter(|&j| j != ti && j != neighbour)
+            .collect();
         for (f, form) in QUERY_FORMS.iter().enumerate() {
             let query = form.replace("{t}", topic);
             let mut cands = vec![(ti, 3), (neighbour, 1)];
