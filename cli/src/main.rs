@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache;
+mod evaluate;
 mod jsonl;
 mod progress;
 mod run;
@@ -33,6 +34,8 @@ enum Command {
     /// The method end to end in one process: corpus -> queries -> BM25 negatives -> teacher
     /// grades -> distilled student -> agreement with human judgments.
     Run(run::RunArgs),
+    /// Agreement of a labels file with human judgments (TREC qrels).
+    Eval(evaluate::EvalArgs),
     /// Grade (query, document) pairs: JSONL of {id, query, title?, body, metadata?} in, grades out.
     Score(ScoreArgs),
     /// Write search queries for documents: JSONL of {id, title?, body, metadata?} in, queries out.
@@ -132,6 +135,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Score(a) => score(a),
+        Command::Eval(a) => evaluate::run(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
     };

@@ -193,6 +193,12 @@ fn write_labels(
 
 pub fn run(a: RunArgs) -> Result<()> {
     let started = Instant::now();
+    if a.engine.max_len < 128 {
+        bail!(
+            "--max-len {} is too short for the grading and query prompts (at least 128)",
+            a.engine.max_len
+        );
+    }
     let placement = a.engine.placement()?;
     let opts = a.engine.batch_options(placement);
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
