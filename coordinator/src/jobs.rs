@@ -1,0 +1,298 @@
+//! Corpora and jobs as stored: validation of uploaded documents, corpus shards, and the
+//! split of a job into tasks. Errors name the record and the field.
+
+use crate::blobs::Blobs;
+use crate::error::{CoordinatorError, Result};
+use labelfleet_proto::v1::{
+    pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task, TaskKind,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+
+/// Longest accepted document body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Documents per corpus shard object.
+pub const SHARD_DOCUMENTS: usize = 5_000;
+pub const DEFAULT_TASK_SIZE: usize = 200;
+pub const MAX_TASK_SIZE: usize = 10_000;
+
+/// Accumulates uploaded documents, keeping the first of duplicate ids.
+#[derive(Default)]
+pub struct CorpusBuilder {
+    pub name: String,
+    docs: Vec<Document>,
+    seen: HashSet<String>,
+    pub rejected: Vec<Rejection>,
+    received: usize,
+}
+
+impl CorpusBuilder {
+    pub fn add_chunk(&mut self, chunk: CorpusChunk) {
+        if self.name.is_empty() {
+            self.name = chunk.corpus_name;
+        }
+        for doc in chunk.documents {
+            self.received += 1;
+            let location = format!("document #{}", self.received);
+            let reject = |field: &str, message: String| Rejection {
+                location: location.clone(),
+                id: doc.id.clone(),
+                field: field.into(),
+                message,
+            };
+            let problem = if doc.id.trim().is_empty() {
+                Some(reject("id", "missing or empty".into()))
+            } else if self.seen.contains(&doc.id) {
+                Some(reject("id", "duplicate id; the first record is kept".into()))
+            } else if doc.body.trim().is_empty() && doc.title.trim().is_empty() {
+                Some(reject("body", "empty (and no title)".into()))
+            } else if doc.body.len() > MAX_BODY_BYTES {
+                Some(reject(
+                    "body",
+                    format!("{} bytes, over the {MAX_BODY_BYTES}-byte limit", doc.body.len()),
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(r) => self.rejected.push(r),
+                None => {
+                    self.seen.insert(doc.id.clone());
+                    self.docs.push(doc);
+                }
+            }
+        }
+    }
+
+    /// Writes the shards; the corpus id is a hash of the accepted documents, so uploading the
+    /// same corpus twice gives the same id and the same objects.
+    pub async fn store(self, blobs: &Blobs) -> Result<(String, u64)> {
+        let mut hasher = Sha256::new();
+        for d in &self.docs {
+            hasher.update(d.encode_to_vec());
+        }
+        let id = format!("c-{}", &hex::encode(hasher.finalize())[..16]);
+        let n = self.docs.len() as u64;
+        for (i, shard) in self.docs.chunks(SHARD_DOCUMENTS).enumerate() {
+            let chunk = CorpusChunk {
+                corpus_name: self.name.clone(),
+                documents: shard.to_vec(),
+            };
+            blobs
+                .put(&corpus_shard_key(&id, i), chunk.encode_to_vec())
+                .await?;
+        }
+        Ok((id, n))
+    }
+}
+
+pub fn corpus_shard_key(corpus: &str, shard: usize) -> String {
+    format!("corpora/{corpus}/shard-{shard:05}.pb")
+}
+
+/// Reads every shard of a corpus into an id -> document map.
+pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, Document>> {
+    let keys = blobs.list(&format!("corpora/{corpus}/")).await?;
+    if keys.is_empty() {
+        return Err(CoordinatorError::Invalid(format!(
+            "corpus_id `{corpus}`: no such corpus (upload it first)"
+        )));
+    }
+    let mut docs = HashMap::new();
+    for key in keys {
+        let Some(bytes) = blobs.get(&key).await? else {
+            continue;
+        };
+        let chunk = CorpusChunk::decode(bytes).map_err(|e| CoordinatorError::Decode {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        for d in chunk.documents {
+            docs.insert(d.id.clone(), d);
+        }
+    }
+    Ok(docs)
+}
+
+/// Checks a spec before anything is stored; errors name the field (and the pair).
+pub fn validate_spec(spec: &JobSpec) -> Result<()> {
+    let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    match spec.student.as_ref().and_then(|m| m.source.as_ref()) {
+        None => return invalid("spec.student: a model is required (local_path or checkpoint_id)".into()),
+        Some(labelfleet_proto::v1::model_ref::Source::Openai(_)) => {
+            return invalid("spec.student: labeling runs on the local engine; an OpenAI endpoint can only be a teacher".into())
+        }
+        Some(_) => {}
+    }
+    if spec.label_pairs.is_empty() {
+        return invalid("spec.label_pairs: no pairs to label".into());
+    }
+    if spec.task_size as usize > MAX_TASK_SIZE {
+        return invalid(format!(
+            "spec.task_size: {} is over the limit of {MAX_TASK_SIZE}",
+            spec.task_size
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in spec.label_pairs.iter().enumerate() {
+        let name = if p.pair_id.is_empty() {
+            format!("spec.label_pairs[{i}]")
+        } else {
+            format!("spec.label_pairs[{i}] (pair `{}`)", p.pair_id)
+        };
+        if p.pair_id.trim().is_empty() {
+            return invalid(format!("{name}.pair_id: missing or empty"));
+        }
+        if !seen.insert(p.pair_id.as_str()) {
+            return invalid(format!("{name}.pair_id: duplicate"));
+        }
+        if p.document.is_none() {
+            return invalid(format!("{name}.document: neither doc_id nor inline"));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a job's pairs into grading tasks, with each referenced document inlined, so a
+/// worker needs nothing but the task.
+pub fn plan_tasks(
+    job_id: &str,
+    spec: &JobSpec,
+    corpus: &HashMap<String, Document>,
+) -> Result<Vec<Task>> {
+    let size = match spec.task_size as usize {
+        0 => DEFAULT_TASK_SIZE,
+        n => n,
+    };
+    let model: Option<ModelRef> = spec.student.clone();
+    let mut pairs = Vec::with_capacity(spec.label_pairs.len());
+    for (i, p) in spec.label_pairs.iter().enumerate() {
+        let mut p: PairInput = p.clone();
+        if let Some(pair_input::Document::DocId(id)) = &p.document {
+            let doc = corpus.get(id).ok_or_else(|| {
+                CoordinatorError::Invalid(format!(
+                    "spec.label_pairs[{i}] (pair `{}`).doc_id: `{id}` is not in corpus `{}`",
+                    p.pair_id, spec.corpus_id
+                ))
+            })?;
+            p.document = Some(pair_input::Document::Inline(doc.clone()));
+        }
+        pairs.push(p);
+    }
+    Ok(pairs
+        .chunks(size)
+        .enumerate()
+        .map(|(n, chunk)| Task {
+            task_id: format!("{job_id}-t{n:05}"),
+            job_id: job_id.to_string(),
+            kind: TaskKind::Grade as i32,
+            model: model.clone(),
+            prompt_version: spec.grade_prompt_version.clone(),
+            grade_labels: spec.grade_labels.clone(),
+            pairs: chunk.to_vec(),
+            seed: spec.seed,
+            max_tokens: spec.max_tokens,
+            ..Default::default()
+        })
+        .collect())
+}
+
+pub fn spec_key(job: &str) -> String {
+    format!("jobs/{job}/spec.pb")
+}
+pub fn task_key(job: &str, task: &str) -> String {
+    format!("jobs/{job}/tasks/{task}.pb")
+}
+pub fn tasks_prefix(job: &str) -> String {
+    format!("jobs/{job}/tasks/")
+}
+pub fn result_key(job: &str, task: &str) -> String {
+    format!("jobs/{job}/results/{task}.pb")
+}
+pub fn results_prefix(job: &str) -> String {
+    format!("jobs/{job}/results/")
+}
+
+/// The task id a task or result key names.
+pub fn task_id_of_key(key: &str) -> Option<&str> {
+    key.rsplit('/').next()?.strip_suffix(".pb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, body: &str) -> Document {
+        Document {
+            id: id.into(),
+            body: body.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn corpus_rejections_name_the_record_and_field_and_keep_the_rest() {
+        let mut b = CorpusBuilder::default();
+        b.add_chunk(CorpusChunk {
+            corpus_name: "c".into(),
+            documents: vec![
+                doc("a", "x"),
+                doc("", "x"),
+                doc("a", "y"),
+                doc("b", ""),
+                doc("c", &"z".repeat(MAX_BODY_BYTES + 1)),
+                doc("d", "ok"),
+            ],
+        });
+        let fields: Vec<(String, String, String)> = b
+            .rejected
+            .iter()
+            .map(|r| (r.location.clone(), r.id.clone(), r.field.clone()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("document #2".into(), "".into(), "id".into()),
+                ("document #3".into(), "a".into(), "id".into()),
+                ("document #4".into(), "b".into(), "body".into()),
+                ("document #5".into(), "c".into(), "body".into()),
+            ]
+        );
+        assert_eq!(b.docs.len(), 2);
+    }
+
+    #[test]
+    fn tasks_inline_documents_and_unknown_ids_are_named() {
+        let corpus = HashMap::from([("d1".to_string(), doc("d1", "body"))]);
+        let pair = |id: &str, doc: &str| PairInput {
+            pair_id: id.into(),
+            query: "q".into(),
+            document: Some(pair_input::Document::DocId(doc.into())),
+            ..Default::default()
+        };
+        let mut spec = JobSpec {
+            corpus_id: "c1".into(),
+            student: Some(ModelRef {
+                source: Some(labelfleet_proto::v1::model_ref::Source::LocalPath("m".into())),
+            }),
+            label_pairs: (0..5).map(|i| pair(&format!("p{i}"), "d1")).collect(),
+            task_size: 2,
+            ..Default::default()
+        };
+        validate_spec(&spec).unwrap();
+        let tasks = plan_tasks("j", &spec, &corpus).unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(tasks[2].task_id, "j-t00002");
+        assert!(matches!(
+            &tasks[0].pairs[0].document,
+            Some(pair_input::Document::Inline(d)) if d.body == "body"
+        ));
+        spec.label_pairs.push(pair("p9", "nope"));
+        let err = plan_tasks("j", &spec, &corpus).unwrap_err().to_string();
+        assert!(err.contains("label_pairs[5] (pair `p9`).doc_id: `nope`"), "{err}");
+        spec.label_pairs.push(pair("p9", "d1"));
+        let err = validate_spec(&spec).unwrap_err().to_string();
+        assert!(err.contains("label_pairs[6] (pair `p9`).pair_id: duplicate"), "{err}");
+    }
+}

@@ -1,0 +1,292 @@
+//! Cluster metadata: membership, leader election with a fencing token, job records and
+//! per-task progress marks. etcd in a cluster; an in-process map in embedded mode and tests.
+//! Values are small; bulk data goes to the object store (`blobs`).
+
+use crate::error::{CoordinatorError, Result};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Key layout under one prefix (default `/labelfleet`).
+pub mod keys {
+    pub const ELECTION: &str = "leader";
+    pub fn job(prefix: &str, job: &str) -> String {
+        format!("{prefix}/jobs/{job}/record")
+    }
+    pub fn jobs(prefix: &str) -> String {
+        format!("{prefix}/jobs/")
+    }
+    pub fn done(prefix: &str, job: &str, task: &str) -> String {
+        format!("{prefix}/jobs/{job}/done/{task}")
+    }
+    pub fn failed(prefix: &str, job: &str, task: &str) -> String {
+        format!("{prefix}/jobs/{job}/failed/{task}")
+    }
+    pub fn workers(prefix: &str) -> String {
+        format!("{prefix}/workers/")
+    }
+    pub fn worker(prefix: &str, id: &str) -> String {
+        format!("{prefix}/workers/{id}")
+    }
+    pub fn checkpoint(prefix: &str, id: &str) -> String {
+        format!("{prefix}/checkpoints/{id}")
+    }
+    pub fn idempotency(prefix: &str, key: &str) -> String {
+        format!("{prefix}/idempotency/{key}")
+    }
+}
+
+/// Proof of leadership: the election key and its creation revision. Every write the leader
+/// makes is a transaction that first checks the key still has that revision, so a deposed
+/// leader (paused, partitioned) cannot overwrite its successor's state.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub token: u64,
+}
+
+/// A won election. `lost` turns true when the lease behind it could not be renewed in time.
+pub struct Leadership {
+    pub fence: Fence,
+    pub lost: watch::Receiver<bool>,
+}
+
+/// Connects to etcd with timeouts suited to a control plane.
+pub async fn connect_etcd(endpoints: &[String]) -> Result<Client> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+    Ok(Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// Keeps an etcd lease alive, re-opening the keep-alive stream after errors (an etcd restart
+/// breaks it). Sets `lost` when the lease is gone or was not renewed within its TTL.
+pub fn spawn_lease_keeper(client: Client, lease_id: i64, ttl: Duration) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(ttl / 4).await;
+            let mut c = client.clone();
+            let renewed = async {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease_id).await?;
+                keeper.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(stream.message().await?.map(|m| m.ttl()))
+            }
+            .await;
+            match renewed {
+                Ok(Some(ttl_left)) if ttl_left > 0 => last_ok = Instant::now(),
+                Ok(_) => {
+                    tracing::error!(lease_id, "etcd lease expired");
+                    let _ = tx.send(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease_id, error = %e, "etcd lease renewal failed; retrying");
+                    if last_ok.elapsed() >= ttl {
+                        let _ = tx.send(true);
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The metadata store.
+#[derive(Clone)]
+pub enum MetaStore {
+    Etcd { client: Client, prefix: String },
+    Memory(Arc<Mutex<BTreeMap<String, Vec<u8>>>>),
+}
+
+impl MetaStore {
+    pub fn memory() -> Self {
+        MetaStore::Memory(Arc::default())
+    }
+
+    pub fn prefix(&self) -> &str {
+        match self {
+            MetaStore::Etcd { prefix, .. } => prefix,
+            MetaStore::Memory(_) => "/labelfleet",
+        }
+    }
+
+    /// Blocks until this replica leads. `value` is the address it serves on.
+    pub async fn campaign(&self, value: &str, ttl: Duration) -> Result<Leadership> {
+        match self {
+            MetaStore::Memory(_) => {
+                let (tx, lost) = watch::channel(false);
+                // Embedded mode has one coordinator, which leads for the life of the process.
+                std::mem::forget(tx);
+                Ok(Leadership {
+                    fence: Fence {
+                        key: b"embedded".to_vec(),
+                        token: 1,
+                    },
+                    lost,
+                })
+            }
+            MetaStore::Etcd { client, prefix } => {
+                let mut c = client.clone();
+                let lease = c.lease_grant(ttl.as_secs().max(1) as i64, None).await?;
+                let lost = spawn_lease_keeper(client.clone(), lease.id(), ttl);
+                let name = format!("{prefix}/{}", keys::ELECTION);
+                let won = c.campaign(name, value, lease.id()).await?;
+                let key = won
+                    .leader()
+                    .ok_or_else(|| CoordinatorError::NotLeader("campaign returned no key".into()))?;
+                Ok(Leadership {
+                    fence: Fence {
+                        key: key.key().to_vec(),
+                        token: key.rev() as u64,
+                    },
+                    lost,
+                })
+            }
+        }
+    }
+
+    /// The address the current leader published, if any.
+    pub async fn leader_address(&self) -> Result<Option<String>> {
+        match self {
+            MetaStore::Memory(_) => Ok(None),
+            MetaStore::Etcd { client, prefix } => {
+                let mut c = client.clone();
+                match c.leader(format!("{prefix}/{}", keys::ELECTION)).await {
+                    Ok(resp) => Ok(resp
+                        .kv()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("no leader") =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Writes `key` only while `fence` holds.
+    pub async fn put_fenced(&self, fence: &Fence, key: &str, value: Vec<u8>) -> Result<()> {
+        match self {
+            MetaStore::Memory(map) => {
+                lock(map).insert(key.to_string(), value);
+                Ok(())
+            }
+            MetaStore::Etcd { client, .. } => {
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        fence.key.clone(),
+                        CompareOp::Equal,
+                        fence.token as i64,
+                    )])
+                    .and_then(vec![TxnOp::put(key, value, None)]);
+                let resp = client.clone().txn(txn).await?;
+                if resp.succeeded() {
+                    Ok(())
+                } else {
+                    Err(CoordinatorError::NotLeader(key.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Writes `key` unless it exists; returns the value already there when it does.
+    pub async fn put_if_absent(&self, key: &str, value: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        match self {
+            MetaStore::Memory(map) => {
+                let mut m = lock(map);
+                if let Some(v) = m.get(key) {
+                    return Ok(Some(v.clone()));
+                }
+                m.insert(key.to_string(), value);
+                Ok(None)
+            }
+            MetaStore::Etcd { client, .. } => {
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .and_then(vec![TxnOp::put(key, value, None)])
+                    .or_else(vec![TxnOp::get(key, None)]);
+                let resp = client.clone().txn(txn).await?;
+                if resp.succeeded() {
+                    return Ok(None);
+                }
+                for op in resp.op_responses() {
+                    if let etcd_client::TxnOpResponse::Get(g) = op {
+                        if let Some(kv) = g.kvs().first() {
+                            return Ok(Some(kv.value().to_vec()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `key` attached to an etcd lease (dropped with it). Memory: a plain write.
+    pub async fn put_with_lease(&self, key: &str, value: Vec<u8>, lease_id: i64) -> Result<()> {
+        match self {
+            MetaStore::Memory(map) => {
+                lock(map).insert(key.to_string(), value);
+                Ok(())
+            }
+            MetaStore::Etcd { client, .. } => {
+                client
+                    .clone()
+                    .put(key, value, Some(PutOptions::new().with_lease(lease_id)))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            MetaStore::Memory(map) => Ok(lock(map).get(key).cloned()),
+            MetaStore::Etcd { client, .. } => {
+                let resp = client.clone().get(key, None).await?;
+                Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+            }
+        }
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        match self {
+            MetaStore::Memory(map) => Ok(lock(map)
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+            MetaStore::Etcd { client, .. } => {
+                let resp = client
+                    .clone()
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await?;
+                Ok(resp
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            String::from_utf8_lossy(kv.key()).into_owned(),
+                            kv.value().to_vec(),
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,218 @@
+//! One coordinator replica: serves gRPC from the start (as a standby: UNAVAILABLE and
+//! NOT_SERVING), campaigns in the etcd election, and on winning reloads state and leads until
+//! its lease is lost, when it exits (fail-stop) so a fresh process campaigns again.
+
+use crate::blobs::Blobs;
+use crate::error::{CoordinatorError, Result};
+use crate::meta::{connect_etcd, MetaStore};
+use crate::metrics::{self, write_metric};
+use crate::scheduler::SchedulerConfig;
+use crate::service::{Coordinator, JobApi, TaskApi};
+use labelfleet_proto::v1::job_service_server::JobServiceServer;
+use labelfleet_proto::v1::task_service_server::TaskServiceServer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+
+/// Largest gRPC message accepted (a job spec with many pairs, a result batch).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    /// Address peers use to reach this replica (default: the bound address).
+    pub advertise: Option<String>,
+    /// etcd endpoints; empty means the embedded in-process metadata store (one replica).
+    pub etcd: Vec<String>,
+    pub etcd_prefix: String,
+    pub store: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub task_lease: Duration,
+    pub max_attempts: u32,
+    pub election_ttl: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: "127.0.0.1:7070".parse().expect("static address"),
+            advertise: None,
+            etcd: Vec::new(),
+            etcd_prefix: "/labelfleet".into(),
+            store: PathBuf::from("labelfleet-data"),
+            metrics_listen: None,
+            task_lease: Duration::from_secs(30),
+            max_attempts: 4,
+            election_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects to the metadata store, retrying while etcd comes up.
+pub async fn open_meta(etcd: &[String], prefix: &str, wait: Duration) -> Result<MetaStore> {
+    if etcd.is_empty() {
+        return Ok(MetaStore::memory());
+    }
+    let start = std::time::Instant::now();
+    loop {
+        match connect_etcd(etcd).await {
+            Ok(client) => {
+                return Ok(MetaStore::Etcd {
+                    client,
+                    prefix: prefix.trim_end_matches('/').to_string(),
+                })
+            }
+            Err(e) if start.elapsed() < wait => {
+                tracing::warn!(error = %e, "etcd not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a replica until `shutdown` resolves (Ok) or leadership is lost (Err).
+pub async fn run(
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let blobs = Blobs::local(&config.store)?;
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let bound = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let coord = Arc::new(Coordinator::new(
+        meta.clone(),
+        blobs,
+        (config.task_lease / 3).max(Duration::from_millis(100)),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Invalid(format!("reflection: {e}")))?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            JobServiceServer::new(JobApi(coord.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TaskServiceServer::new(TaskApi(coord.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+    });
+    tracing::info!(%bound, %advertise, "coordinator serving (standby until elected)");
+
+    if let Some(addr) = config.metrics_listen {
+        let c = coord.clone();
+        let bound = metrics::serve(addr, Arc::new(move || render(&c))).await?;
+        tracing::info!(%bound, "metrics at /metrics");
+    }
+
+    let sched_config = SchedulerConfig {
+        lease: config.task_lease,
+        max_attempts: config.max_attempts,
+    };
+    let lead = {
+        let coord = coord.clone();
+        let health = health.clone();
+        async move {
+            let leadership = meta.campaign(&advertise, config.election_ttl).await?;
+            let mut lost = leadership.lost.clone();
+            tracing::info!(token = leadership.fence.token, "elected leader; loading state");
+            let leader = Arc::new(coord.load(leadership.fence, sched_config).await?);
+            *coord.leader.write().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
+            for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
+                health.set_service_status(name, ServingStatus::Serving).await;
+            }
+            tracing::info!("leading");
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut ticks = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = lost.changed() => {}
+                }
+                if *lost.borrow() {
+                    return Err(CoordinatorError::NotLeader("election lease lost".into()));
+                }
+                ticks += 1;
+                let reaped = coord.reap(&leader).await;
+                let released = if ticks % 4 == 0 {
+                    coord.release_departed(&leader).await
+                } else {
+                    Ok(())
+                };
+                for r in [reaped, released] {
+                    match r {
+                        Err(CoordinatorError::NotLeader(k)) => {
+                            return Err(CoordinatorError::NotLeader(k))
+                        }
+                        // etcd briefly unreachable (a restart): keep leading, retry next tick.
+                        Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying"),
+                        Ok(()) => {}
+                    }
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = lead => r,
+        _ = shutdown => Ok(()),
+    };
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    result
+}
+
+/// The coordinator's metrics in the Prometheus text format.
+pub fn render(c: &Coordinator) -> String {
+    let mut out = String::new();
+    let m = &c.metrics;
+    let leader = c.leader.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let (depth, in_flight) = leader
+        .as_ref()
+        .map(|l| {
+            let s = l.sched();
+            (s.queue_depth(), s.in_flight())
+        })
+        .unwrap_or((0, 0));
+    write_metric(&mut out, "labelfleet_is_leader", "gauge", "1 on the elected leader", leader.is_some() as u8 as f64);
+    write_metric(&mut out, "labelfleet_queue_depth", "gauge", "Tasks waiting for a worker", depth as f64);
+    write_metric(&mut out, "labelfleet_tasks_in_flight", "gauge", "Tasks leased to workers", in_flight as f64);
+    write_metric(&mut out, "labelfleet_pairs_total", "counter", "Pairs whose labels were committed", m.pairs_committed.get() as f64);
+    write_metric(&mut out, "labelfleet_tasks_committed_total", "counter", "Tasks committed", m.tasks_committed.get() as f64);
+    write_metric(&mut out, "labelfleet_tasks_leased_total", "counter", "Leases granted", m.tasks_leased.get() as f64);
+    write_metric(&mut out, "labelfleet_duplicates_dropped_total", "counter", "Late or repeated results dropped", m.duplicates_dropped.get() as f64);
+    write_metric(&mut out, "labelfleet_lease_expiries_total", "counter", "Leases that expired and were re-queued", m.lease_expiries.get() as f64);
+    write_metric(&mut out, "labelfleet_tasks_failed_total", "counter", "Tasks that failed for good", m.tasks_failed.get() as f64);
+    let workers = c.workers.lock().unwrap_or_else(|p| p.into_inner()).len();
+    write_metric(&mut out, "labelfleet_workers", "gauge", "Workers known to this coordinator", workers as f64);
+    out
+}
