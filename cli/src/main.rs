@@ -1,8 +1,10 @@
-//! `labelfleet`: one binary for every role. Today: `run` (the pipeline in one process), and the
-//! engine commands `score` (pairs in, grades out), `generate` (documents in, queries out), `bench`.
+//! `labelfleet`: one binary for every role: `run` (the pipeline in one process); the cluster
+//! roles `coordinator` and `worker`; the client `submit`, `status`, `watch`, `list`, `cancel`,
+//! `fetch`; and the engine commands `score`, `generate`, `eval`, `bench`.
 
 mod bench;
 mod cache;
+mod cluster;
 mod evaluate;
 mod jsonl;
 mod progress;
@@ -42,6 +44,22 @@ enum Command {
     Generate(GenerateArgs),
     /// Engine throughput against the FLOP limit of this machine.
     Bench(bench::BenchArgs),
+    /// Cluster coordinator replica (leader through etcd election, or standby).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Cluster worker: leases tasks from the leader and runs the engine.
+    Worker(cluster::WorkerArgs),
+    /// Upload a corpus and submit a labeling job to the cluster.
+    Submit(cluster::SubmitArgs),
+    /// Show a job.
+    Status(cluster::JobArgs),
+    /// Follow a job's progress until it ends.
+    Watch(cluster::JobArgs),
+    /// List jobs.
+    List(cluster::ListArgs),
+    /// Cancel a job.
+    Cancel(cluster::CancelArgs),
+    /// Download a job's labels (JSONL, TREC qrels).
+    Fetch(cluster::FetchArgs),
 }
 
 /// Where and how a model runs.
@@ -138,6 +156,14 @@ fn main() {
         Command::Eval(a) => evaluate::run(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
+        Command::Coordinator(a) => cluster::coordinator(a),
+        Command::Worker(a) => cluster::worker(a),
+        Command::Submit(a) => cluster::submit(a),
+        Command::Status(a) => cluster::status(a),
+        Command::Watch(a) => cluster::watch(a),
+        Command::List(a) => cluster::list(a),
+        Command::Cancel(a) => cluster::cancel(a),
+        Command::Fetch(a) => cluster::fetch(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -151,7 +177,7 @@ fn main() {
 /// Some records were rejected (the accepted ones were written).
 #[derive(Debug, thiserror::Error)]
 #[error("{0} record(s) rejected; the accepted ones were written")]
-struct Rejected(usize);
+pub struct Rejected(pub usize);
 
 #[derive(serde::Serialize)]
 struct ScoredPair<'a> {

@@ -139,7 +139,21 @@ impl MetaStore {
                 let lease = c.lease_grant(ttl.as_secs().max(1) as i64, None).await?;
                 let lost = spawn_lease_keeper(client.clone(), lease.id(), ttl);
                 let name = format!("{prefix}/{}", keys::ELECTION);
-                let won = c.campaign(name, value, lease.id()).await?;
+                // Campaign blocks until this replica leads, longer than the client's request
+                // timeout. The election key is derived from the lease, so asking again after a
+                // timeout (or an etcd restart) re-joins the same place in line.
+                let won = loop {
+                    match c.campaign(name.clone(), value, lease.id()).await {
+                        Ok(won) => break won,
+                        Err(e) => {
+                            if *lost.borrow() {
+                                return Err(e.into());
+                            }
+                            tracing::debug!(error = %e, "still campaigning");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
                 let key = won
                     .leader()
                     .ok_or_else(|| CoordinatorError::NotLeader("campaign returned no key".into()))?;

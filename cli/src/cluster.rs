@@ -1,0 +1,585 @@
+//! Cluster roles (`coordinator`, `worker`) and the gRPC client commands a user drives
+//! (`submit`, `status`, `watch`, `list`, `cancel`, `fetch`).
+
+use crate::{jsonl, progress};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use labelfleet_coordinator::server::{CoordinatorConfig, MAX_MESSAGE_BYTES};
+use labelfleet_proto::v1::job_service_client::JobServiceClient;
+use labelfleet_proto::v1::*;
+use labelfleet_worker::WorkerConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn endpoints(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "LABELFLEET_LISTEN", default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// Address peers reach this replica at (default: the bound address).
+    #[arg(long, env = "LABELFLEET_ADVERTISE")]
+    advertise: Option<String>,
+    /// etcd endpoints, comma-separated. Without etcd, one replica runs with in-process metadata.
+    #[arg(long, env = "LABELFLEET_ETCD", default_value = "")]
+    etcd: String,
+    #[arg(long, env = "LABELFLEET_ETCD_PREFIX", default_value = "/labelfleet")]
+    etcd_prefix: String,
+    /// Object store root (a local or shared directory).
+    #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
+    store: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// How long a task lease lasts without a heartbeat.
+    #[arg(long, default_value_t = 30_000)]
+    task_lease_ms: u64,
+    /// Leases granted per task before it fails for good.
+    #[arg(long, default_value_t = 4)]
+    max_attempts: u32,
+    /// TTL of the election lease: how soon a standby takes over from a dead leader.
+    #[arg(long, default_value_t = 10)]
+    election_ttl_s: u64,
+}
+
+pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
+    let config = CoordinatorConfig {
+        listen: a.listen,
+        advertise: a.advertise,
+        etcd: endpoints(&a.etcd),
+        etcd_prefix: a.etcd_prefix,
+        store: a.store,
+        metrics_listen: a.metrics_listen,
+        task_lease: Duration::from_millis(a.task_lease_ms),
+        max_attempts: a.max_attempts,
+        election_ttl: Duration::from_secs(a.election_ttl_s),
+    };
+    runtime()?
+        .block_on(labelfleet_coordinator::server::run(config, shutdown_signal()))
+        .context("coordinator")
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Unique worker id (default: host name and process id).
+    #[arg(long, env = "LABELFLEET_WORKER_ID")]
+    id: Option<String>,
+    /// Address of this worker's WorkerControl server (checkpoint pushes, drain).
+    #[arg(long, env = "LABELFLEET_LISTEN", default_value = "0.0.0.0:7071")]
+    listen: SocketAddr,
+    #[arg(long, env = "LABELFLEET_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, env = "LABELFLEET_ETCD", default_value = "")]
+    etcd: String,
+    #[arg(long, env = "LABELFLEET_ETCD_PREFIX", default_value = "/labelfleet")]
+    etcd_prefix: String,
+    /// Coordinator address when there is no etcd to find the leader in.
+    #[arg(long, env = "LABELFLEET_COORDINATOR")]
+    coordinator: Option<String>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "LABELFLEET_DEVICE", default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// libtorch intra-op threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Tasks held at once.
+    #[arg(long, default_value_t = 2)]
+    capacity: u32,
+    /// Folder for pushed checkpoints (default: $LABELFLEET_HOME/checkpoints).
+    #[arg(long, env = "LABELFLEET_CHECKPOINTS")]
+    checkpoints: Option<PathBuf>,
+    #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// TTL of the etcd registration: how soon the cluster notices this worker died.
+    #[arg(long, default_value_t = 10)]
+    registration_ttl_s: u64,
+}
+
+pub fn worker(a: WorkerArgs) -> Result<()> {
+    let placement = labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    let config = WorkerConfig {
+        worker_id: a
+            .id
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        listen: a.listen,
+        advertise: a.advertise,
+        etcd: endpoints(&a.etcd),
+        etcd_prefix: a.etcd_prefix,
+        coordinator: a.coordinator,
+        placement,
+        threads: a.threads,
+        capacity: a.capacity.max(1),
+        checkpoints: a
+            .checkpoints
+            .unwrap_or_else(|| labelfleet_slm::home_dir().join("checkpoints")),
+        metrics_listen: a.metrics_listen,
+        registration_ttl: Duration::from_secs(a.registration_ttl_s),
+    };
+    runtime()?
+        .block_on(labelfleet_worker::run(config, shutdown_signal()))
+        .context("worker")
+}
+
+/// How a client reaches the leader.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Coordinator addresses, comma-separated; the leader among them is found by trying each.
+    #[arg(long, env = "LABELFLEET_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+}
+
+impl ClientArgs {
+    /// A client for the replica that answers as leader.
+    async fn connect(&self) -> Result<JobServiceClient<Channel>> {
+        let mut last = None;
+        for _round in 0..60 {
+            for address in endpoints(&self.coordinator) {
+                let url = if address.starts_with("http") {
+                    address.clone()
+                } else {
+                    format!("http://{address}")
+                };
+                let channel = match tonic::transport::Endpoint::from_shared(url.clone())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect()
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(format!("{address}: {e}"));
+                        continue;
+                    }
+                };
+                let mut client = JobServiceClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                // A standby answers UNAVAILABLE; the leader answers (even NOT_FOUND).
+                match client
+                    .get_job(GetJobRequest {
+                        job_id: String::new(),
+                    })
+                    .await
+                {
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        last = Some(format!("{address}: {}", s.message()));
+                    }
+                    _ => return Ok(client),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!(
+            "no leader among {}: {}",
+            self.coordinator,
+            last.unwrap_or_default()
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PairRecord {
+    id: String,
+    #[serde(default)]
+    query_id: String,
+    query: String,
+    doc_id: String,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Corpus JSONL ({id, title?, body, author?, path?, ...}), uploaded first.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Pairs to label, JSONL of {id, query_id?, query, doc_id}.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Model on the workers: a bundled name (minilm, smollm2) or a folder path there.
+    #[arg(long, default_value = "minilm", conflicts_with = "checkpoint")]
+    model: String,
+    /// A checkpoint id pushed to the workers (pins the job to it).
+    #[arg(long)]
+    checkpoint: Option<String>,
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Pairs per task.
+    #[arg(long, default_value_t = 200)]
+    task_size: u32,
+    /// Longest model input in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    /// A retried submit with the same key returns the first job.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// Follow progress until the job ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+pub fn submit(a: SubmitArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = a.client.connect().await?;
+        let report = labelfleet_corpus::ingest::ingest_jsonl(&a.corpus, Default::default())?;
+        for r in report.rejected.iter().take(20) {
+            eprintln!("rejected: {r}");
+        }
+        let docs: Vec<Document> = report.accepted.iter().map(to_proto_document).collect();
+        let name = a.corpus.display().to_string();
+        let chunks: Vec<CorpusChunk> = docs
+            .chunks(500)
+            .enumerate()
+            .map(|(i, c)| CorpusChunk {
+                corpus_name: if i == 0 { name.clone() } else { String::new() },
+                documents: c.to_vec(),
+            })
+            .collect();
+        let uploaded = client
+            .upload_corpus(tokio_stream::iter(chunks))
+            .await
+            .context("uploading the corpus")?
+            .into_inner();
+        for r in uploaded.rejected.iter().take(20) {
+            eprintln!("rejected by the coordinator: {} {} {}: {}", r.location, r.id, r.field, r.message);
+        }
+        eprintln!(
+            "corpus {}: {} documents ({} rejected here, {} there)",
+            uploaded.corpus_id,
+            uploaded.accepted,
+            report.rejected.len(),
+            uploaded.rejected.len()
+        );
+        let mut pairs = Vec::new();
+        let mut rejected = 0usize;
+        for r in jsonl::read::<PairRecord>(&a.pairs)? {
+            match r {
+                Ok(l) => pairs.push(PairInput {
+                    pair_id: l.value.id,
+                    query_id: l.value.query_id,
+                    query: l.value.query,
+                    document: Some(pair_input::Document::DocId(l.value.doc_id)),
+                }),
+                Err(e) => {
+                    rejected += 1;
+                    eprintln!("rejected: {e}");
+                }
+            }
+        }
+        let student = Some(ModelRef {
+            source: Some(match &a.checkpoint {
+                Some(id) => model_ref::Source::CheckpointId(id.clone()),
+                None => model_ref::Source::LocalPath(a.model.clone()),
+            }),
+        });
+        let spec = JobSpec {
+            name: a.name.clone(),
+            corpus_id: uploaded.corpus_id,
+            student,
+            label_pairs: pairs,
+            task_size: a.task_size,
+            max_tokens: a.max_tokens,
+            ..Default::default()
+        };
+        let job = client
+            .submit_job(SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: a.idempotency_key.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?
+            .into_inner();
+        println!("{}", job.job_id);
+        eprintln!("submitted {} ({} pairs; {rejected} pair lines rejected)", job.job_id, total(&job));
+        if a.watch {
+            watch_job(&a.client, &job.job_id).await?;
+        }
+        if rejected > 0 {
+            return Err(crate::Rejected(rejected).into());
+        }
+        Ok(())
+    })
+}
+
+fn to_proto_document(d: &labelfleet_corpus::ingest::Document) -> Document {
+    Document {
+        id: d.id.clone(),
+        title: d.title.clone().unwrap_or_default(),
+        body: d.body.clone(),
+        author: d.author.clone().unwrap_or_default(),
+        path: d.path.clone().unwrap_or_default(),
+        modified: d.modified.clone().unwrap_or_default(),
+        metadata: d
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect(),
+    }
+}
+
+fn total(job: &Job) -> u64 {
+    job.stages.first().map(|s| s.total).unwrap_or(0)
+}
+
+fn state_name(state: i32) -> String {
+    JobState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+        .unwrap_or_else(|_| format!("state {state}"))
+}
+
+async fn watch_job(client_args: &ClientArgs, job_id: &str) -> Result<Job> {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    loop {
+        let mut client = client_args.connect().await?;
+        let mut stream = match client
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => continue,
+            Err(s) => bail!("watch {job_id}: {}", s.message()),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(job)) => {
+                    let stage = job.stages.first().cloned().unwrap_or_default();
+                    let pb = bar.get_or_insert_with(|| progress::bar(stage.total, "pairs"));
+                    pb.set_position(stage.done + stage.failed);
+                    if job.state >= JobState::Succeeded as i32 {
+                        pb.finish();
+                        eprintln!(
+                            "{job_id}: {} — {} labeled, {} failed{}",
+                            state_name(job.state),
+                            stage.done,
+                            stage.failed,
+                            if job.error.is_empty() { String::new() } else { format!(" ({})", job.error) }
+                        );
+                        return Ok(job);
+                    }
+                }
+                // The stream broke (leader change): reconnect and go on.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[derive(Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    job_id: String,
+}
+
+pub fn status(a: JobArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let job = a
+            .client
+            .connect()
+            .await?
+            .get_job(GetJobRequest { job_id: a.job_id.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        println!("{}", job_table(&[job]));
+        Ok(())
+    })
+}
+
+pub fn watch(a: JobArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let job = watch_job(&a.client, &a.job_id).await?;
+        println!("{}", job_table(&[job]));
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    job_id: String,
+    #[arg(long, default_value = "cancelled by user")]
+    reason: String,
+}
+
+pub fn cancel(a: CancelArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let job = a
+            .client
+            .connect()
+            .await?
+            .cancel_job(CancelJobRequest { job_id: a.job_id.clone(), reason: a.reason.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        println!("{}", job_table(&[job]));
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn list(a: ListArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = a.client.connect().await?;
+        let mut jobs = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_jobs(ListJobsRequest { page_size: 100, page_token: token.clone(), state: 0 })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            jobs.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        println!("{}", job_table(&jobs));
+        Ok(())
+    })
+}
+
+fn job_table(jobs: &[Job]) -> String {
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            let s = j.stages.first().cloned().unwrap_or_default();
+            vec![
+                j.job_id.clone(),
+                j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                state_name(j.state),
+                format!("{}/{}", s.done, s.total),
+                s.failed.to_string(),
+                format!("{:.1}", s.items_per_second),
+                if s.eta_seconds > 0.0 { format!("{:.0}s", s.eta_seconds) } else { "-".into() },
+                j.error.clone(),
+            ]
+        })
+        .collect();
+    progress::table(
+        &["job", "name", "state", "labeled", "failed", "pairs/s", "ETA", "note"],
+        rows,
+    )
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    job_id: String,
+    /// Labels JSONL: pair, query and document ids, grade, distribution, expected grade,
+    /// provenance.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Also write TREC qrels (query_id 0 doc_id grade).
+    #[arg(long)]
+    qrels: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct LabelRecord<'a> {
+    id: &'a str,
+    query_id: &'a str,
+    doc_id: &'a str,
+    grade: u32,
+    expected: f32,
+    distribution: &'a [f32],
+    model: &'a str,
+    checkpoint_id: &'a str,
+    prompt_version: &'a str,
+}
+
+pub fn fetch(a: FetchArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut labels: Vec<Label> = Vec::new();
+        // Resumes from the count already received after a broken stream (leader change).
+        'outer: for _ in 0..20 {
+            let mut client = a.client.connect().await?;
+            let mut stream = client
+                .fetch_results(FetchResultsRequest {
+                    job_id: a.job_id.clone(),
+                    stage: "labels".into(),
+                    offset: labels.len() as u64,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("fetch {}: {}", a.job_id, s.message()))?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(batch)) => labels.extend(batch.labels),
+                    Ok(None) => break 'outer,
+                    Err(s) if s.code() == tonic::Code::DataLoss => bail!("{}", s.message()),
+                    Err(_) => continue 'outer,
+                }
+            }
+        }
+        let mut out = jsonl::Writer::create(&a.output)?;
+        for l in &labels {
+            out.write(&LabelRecord {
+                id: &l.pair_id,
+                query_id: &l.query_id,
+                doc_id: &l.doc_id,
+                grade: l.grade,
+                expected: l.expected_grade,
+                distribution: &l.distribution,
+                model: &l.model,
+                checkpoint_id: &l.checkpoint_id,
+                prompt_version: &l.prompt_version,
+            })?;
+        }
+        out.finish()?;
+        if let Some(path) = &a.qrels {
+            let mut text = String::new();
+            for l in &labels {
+                text.push_str(&format!("{} 0 {} {}\n", l.query_id, l.doc_id, l.grade));
+            }
+            std::fs::write(path, text).with_context(|| path.display().to_string())?;
+        }
+        eprintln!("{} labels written to {}", labels.len(), a.output.display());
+        Ok(())
+    })
+}

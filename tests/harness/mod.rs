@@ -1,0 +1,491 @@
+//! A labelfleet cluster on loopback for tests: a real etcd (Debian's `etcd-server`, installed
+//! by `scripts/setup.sh`), coordinator replicas and workers as real `labelfleet` processes,
+//! talking gRPC over sockets, sharing an object-store directory. Killing a process is
+//! `SIGKILL`, as `kill -9` would.
+
+#![allow(dead_code)]
+
+use labelfleet_proto::v1::job_service_client::JobServiceClient;
+use labelfleet_proto::v1::{GetJobRequest, Job, JobState, ResultBatch};
+use prost::Message;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `labelfleet` binary next to this test's executable (built by `cargo test --workspace`).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let bin = dir.join("labelfleet");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process with its log file; killed with SIGKILL when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "labelfleet=info,warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name} ({}): {e}", program.display()));
+    Proc {
+        name: name.into(),
+        child,
+        log,
+    }
+}
+
+pub struct Options {
+    pub coordinators: usize,
+    pub workers: usize,
+    pub task_lease_ms: u64,
+    pub election_ttl_s: u64,
+    pub registration_ttl_s: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            coordinators: 2,
+            workers: 3,
+            task_lease_ms: 4_000,
+            election_ttl_s: 3,
+            registration_ttl_s: 3,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub etcd: Option<Proc>,
+    pub etcd_port: u16,
+    etcd_peer_port: u16,
+    pub coordinators: Vec<Proc>,
+    pub coordinator_ports: Vec<u16>,
+    pub workers: Vec<Proc>,
+    pub worker_ports: Vec<u16>,
+    pub options: Options,
+}
+
+impl Cluster {
+    pub fn start(options: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Cluster {
+            dir,
+            etcd: None,
+            etcd_port: free_port(),
+            etcd_peer_port: free_port(),
+            coordinators: Vec::new(),
+            coordinator_ports: Vec::new(),
+            workers: Vec::new(),
+            worker_ports: Vec::new(),
+            options,
+        };
+        c.start_etcd();
+        for i in 0..c.options.coordinators {
+            let port = free_port();
+            c.coordinator_ports.push(port);
+            let p = c.spawn_coordinator(i, port);
+            c.coordinators.push(p);
+            // The first replica campaigns first and leads.
+            if i == 0 {
+                c.wait_leader(Duration::from_secs(60));
+            }
+        }
+        for i in 0..c.options.workers {
+            let port = free_port();
+            c.worker_ports.push(port);
+            let p = c.spawn_worker(i, port);
+            c.workers.push(p);
+        }
+        c
+    }
+
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn start_etcd(&mut self) {
+        let data = self.dir.path().join("etcd");
+        let args: Vec<String> = vec![
+            "--name".into(),
+            "test".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            self.etcd_url(),
+            "--advertise-client-urls".into(),
+            self.etcd_url(),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{}", self.etcd_peer_port),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{}", self.etcd_peer_port),
+            "--initial-cluster".into(),
+            format!("test=http://127.0.0.1:{}", self.etcd_peer_port),
+        ];
+        let etcd = which("etcd").expect("etcd is not installed: run scripts/setup.sh");
+        self.etcd = Some(spawn("etcd", &etcd, &args, self.dir.path()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.etcd_port)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill_etcd(&mut self) {
+        if let Some(mut e) = self.etcd.take() {
+            e.kill9();
+        }
+    }
+
+    fn spawn_coordinator(&self, i: usize, port: u16) -> Proc {
+        let args: Vec<String> = vec![
+            "coordinator".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".into(),
+            self.etcd_url(),
+            "--store".into(),
+            self.store().display().to_string(),
+            "--task-lease-ms".into(),
+            self.options.task_lease_ms.to_string(),
+            "--election-ttl-s".into(),
+            self.options.election_ttl_s.to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        spawn(&format!("coordinator{i}"), &binary(), &args, self.dir.path())
+    }
+
+    fn spawn_worker(&self, i: usize, port: u16) -> Proc {
+        let args: Vec<String> = vec![
+            "worker".into(),
+            "--id".into(),
+            format!("w{i}"),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".into(),
+            self.etcd_url(),
+            "--device".into(),
+            "cpu".into(),
+            "--threads".into(),
+            "1".into(),
+            "--capacity".into(),
+            "2".into(),
+            "--checkpoints".into(),
+            self.dir.path().join(format!("checkpoints-w{i}")).display().to_string(),
+            "--registration-ttl-s".into(),
+            self.options.registration_ttl_s.to_string(),
+        ];
+        spawn(&format!("worker{i}"), &binary(), &args, self.dir.path())
+    }
+
+    pub fn coordinator_list(&self) -> String {
+        self.coordinator_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Index of the replica that answers as leader.
+    pub fn leader(&self) -> Option<usize> {
+        let rt = runtime();
+        for (i, port) in self.coordinator_ports.iter().enumerate() {
+            let ok = rt.block_on(async {
+                let Ok(mut c) = JobServiceClient::connect(format!("http://127.0.0.1:{port}")).await
+                else {
+                    return false;
+                };
+                match c.get_job(GetJobRequest { job_id: String::new() }).await {
+                    Err(s) => s.code() != tonic::Code::Unavailable,
+                    Ok(_) => true,
+                }
+            });
+            if ok {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader elected\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs the `labelfleet` CLI; panics with its output when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(binary())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running labelfleet");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "labelfleet {args:?} failed:\n{text}\n{}", self.logs());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Submits a labeling job through the CLI and returns its id.
+    pub fn submit(&self, corpus: &Path, pairs: &Path, task_size: usize) -> String {
+        let out = self.cli(&[
+            "submit",
+            "--coordinator",
+            &self.coordinator_list(),
+            "--corpus",
+            &corpus.display().to_string(),
+            "--pairs",
+            &pairs.display().to_string(),
+            "--model",
+            "minilm",
+            "--task-size",
+            &task_size.to_string(),
+            "--max-tokens",
+            "48",
+        ]);
+        out.lines().last().unwrap_or_default().trim().to_string()
+    }
+
+    /// The job as the current leader sees it (None while no leader answers).
+    pub fn job(&self, job_id: &str) -> Option<Job> {
+        let leader = self.leader()?;
+        let port = self.coordinator_ports[leader];
+        runtime().block_on(async {
+            let mut c = JobServiceClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .ok()?;
+            c.get_job(GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+        })
+    }
+
+    /// Waits until `done + failed` pairs reach `fraction` of the total.
+    pub fn wait_progress(&self, job_id: &str, fraction: f64, timeout: Duration) -> Job {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(job) = self.job(job_id) {
+                let s = job.stages.first().cloned().unwrap_or_default();
+                if s.total > 0 && (s.done + s.failed) as f64 >= fraction * s.total as f64
+                    || job.state >= JobState::Succeeded as i32
+                {
+                    return job;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} did not reach {fraction} in {timeout:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn wait_finished(&self, job_id: &str, timeout: Duration) -> Job {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(job) = self.job(job_id) {
+                if job.state >= JobState::Succeeded as i32 {
+                    return job;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} did not finish in {timeout:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Labels fetched through the CLI: pair id -> number of labels received for it.
+    pub fn fetch_label_counts(&self, job_id: &str) -> HashMap<String, usize> {
+        let out = self.dir.path().join(format!("{job_id}.labels.jsonl"));
+        self.cli(&[
+            "fetch",
+            "--coordinator",
+            &self.coordinator_list(),
+            job_id,
+            "--output",
+            &out.display().to_string(),
+        ]);
+        let mut counts = HashMap::new();
+        for line in std::fs::read_to_string(&out).expect("labels file").lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("label JSON");
+            let grade = v["grade"].as_u64().expect("grade");
+            assert!(grade <= 3, "grade out of range: {line}");
+            let dist: Vec<f64> = v["distribution"]
+                .as_array()
+                .expect("distribution")
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(f64::NAN))
+                .collect();
+            assert_eq!(dist.len(), 4, "{line}");
+            assert!((dist.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{line}");
+            *counts
+                .entry(v["id"].as_str().expect("id").to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Labels as committed in the object store, read straight from the result objects:
+    /// pair id -> count, over every result object of the job.
+    pub fn stored_label_counts(&self, job_id: &str) -> HashMap<String, usize> {
+        let dir = self.store().join("jobs").join(job_id).join("results");
+        let mut counts = HashMap::new();
+        for entry in std::fs::read_dir(&dir).expect("results folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("result object");
+            let batch = ResultBatch::decode(bytes.as_slice()).expect("result batch");
+            for l in batch.labels {
+                *counts.entry(l.pair_id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self
+            .coordinators
+            .iter()
+            .chain(self.workers.iter())
+            .chain(self.etcd.iter())
+        {
+            out.push_str(&format!("--- {} ---\n{}\n", p.name, p.log_tail(15)));
+        }
+        out
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Test data from the Cranfield collection (real text): the corpus file, and `n` pairs of a
+/// query with a document, written as `{id, query_id, query, doc_id}`. `bad` pair ids get an
+/// empty query, which the engine refuses.
+pub fn cranfield_pairs(dir: &Path, n: usize, bad: &[&str]) -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cranfield");
+    let corpus = data.join("corpus.jsonl");
+    assert!(corpus.is_file(), "{} is missing", corpus.display());
+    let mut doc_ids = Vec::new();
+    for line in std::fs::read_to_string(&corpus).expect("corpus").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("corpus JSON");
+        // Documents with an empty body are rejected at upload; pairs must not point at them.
+        if v["body"].as_str().is_some_and(|b| !b.trim().is_empty()) {
+            doc_ids.push(v["id"].as_str().expect("id").to_string());
+        }
+    }
+    let queries: Vec<(String, String)> = std::fs::read_to_string(data.join("queries.tsv"))
+        .expect("queries")
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let path = dir.join(format!("pairs-{n}.jsonl"));
+    let mut text = String::new();
+    for i in 0..n {
+        let (qid, q) = &queries[i % queries.len()];
+        // A fixed stride walks every (query, document) combination without repeats.
+        let d = &doc_ids[(i * 7 + i / queries.len()) % doc_ids.len()];
+        let id = format!("p{i}");
+        let query = if bad.contains(&id.as_str()) { "" } else { q.as_str() };
+        text.push_str(
+            &serde_json::json!({"id": id, "query_id": qid, "query": query, "doc_id": d})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("pairs file");
+    (corpus, path)
+}

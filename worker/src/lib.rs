@@ -1,0 +1,477 @@
+//! The labelfleet worker.
+//!
+//! It registers under an etcd lease (so the cluster sees it leave when it dies), finds the
+//! leader through the election key, leases tasks up to its capacity, grades them on the
+//! engine thread, heartbeats its leases, and commits results, retrying through leader changes
+//! and etcd restarts. SIGTERM (or `Drain`) stops leasing; it finishes what it holds, then exits.
+
+pub mod control;
+pub mod engine;
+
+use control::{ControlApi, ControlState};
+use engine::{Engine, ModelSources, Outcome};
+use labelfleet_coordinator::meta::{keys, spawn_lease_keeper, MetaStore};
+use labelfleet_coordinator::metrics::{self, write_metric};
+use labelfleet_coordinator::server::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_proto::v1::task_service_client::TaskServiceClient;
+use labelfleet_proto::v1::worker_control_server::WorkerControlServer;
+use labelfleet_proto::v1::*;
+use labelfleet_slm::Placement;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tonic::transport::Channel;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Coordinator(#[from] labelfleet_coordinator::CoordinatorError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub etcd: Vec<String>,
+    pub etcd_prefix: String,
+    /// Coordinator address, when there is no etcd to find the leader in.
+    pub coordinator: Option<String>,
+    pub placement: Placement,
+    pub threads: usize,
+    /// Tasks held at once (one running, the rest queued on the engine).
+    pub capacity: u32,
+    /// Folder for pushed checkpoints.
+    pub checkpoints: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    /// TTL of the etcd registration lease.
+    pub registration_ttl: Duration,
+}
+
+/// Runs a worker until it has drained (after `shutdown` or a Drain call).
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    std::fs::create_dir_all(&config.checkpoints)?;
+    let state = Arc::new(ControlState::default());
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let bound = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| WorkerError::Config(format!("reflection: {e}")))?;
+    let control = ControlApi {
+        state: state.clone(),
+        checkpoints: config.checkpoints.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                WorkerControlServer::new(control).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+
+    let engine = Engine::start(
+        config.placement,
+        config.threads,
+        ModelSources {
+            checkpoints: config.checkpoints.clone(),
+        },
+    );
+    let rate = Arc::new(Mutex::new(RateMeter::default()));
+    if let Some(addr) = config.metrics_listen {
+        let (st, eng, rate) = (state.clone(), engine.clone(), rate.clone());
+        let bound = metrics::serve(
+            addr,
+            Arc::new(move || {
+                let mut out = String::new();
+                let pairs = eng.pairs.load(Ordering::Relaxed);
+                let pps = rate.lock().map(|mut r| r.rate(pairs)).unwrap_or(0.0);
+                write_metric(&mut out, "labelfleet_worker_pairs_total", "counter", "Pairs graded", pairs as f64);
+                write_metric(&mut out, "labelfleet_worker_pairs_per_second", "gauge", "Pairs graded per second, last minute", pps);
+                write_metric(&mut out, "labelfleet_worker_tasks_in_flight", "gauge", "Tasks held", st.in_flight.load(Ordering::Relaxed) as f64);
+                write_metric(&mut out, "labelfleet_worker_checkpoints_installed_total", "counter", "Checkpoint pushes installed", st.checkpoints_installed.load(Ordering::Relaxed) as f64);
+                write_metric(&mut out, "labelfleet_worker_pushes_rejected_total", "counter", "Checkpoint pushes discarded (aborted or bad checksum)", st.pushes_rejected.load(Ordering::Relaxed) as f64);
+                write_metric(&mut out, "labelfleet_worker_draining", "gauge", "1 while draining", st.draining.load(Ordering::Relaxed) as u8 as f64);
+                out
+            }),
+        )
+        .await?;
+        tracing::info!(%bound, "metrics at /metrics");
+    }
+
+    // Registration: a key under a lease, so the leader re-queues our tasks soon after we die.
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    if let MetaStore::Etcd { client, .. } = &meta {
+        let ttl = config.registration_ttl.as_secs().max(1) as i64;
+        let lease = client.clone().lease_grant(ttl, None).await?;
+        let info = serde_json::json!({
+            "control_address": advertise,
+            "device": config.placement.describe(),
+            "capacity": config.capacity,
+        });
+        meta.put_with_lease(
+            &keys::worker(meta.prefix(), &config.worker_id),
+            info.to_string().into_bytes(),
+            lease.id(),
+        )
+        .await?;
+        let lost = spawn_lease_keeper(client.clone(), lease.id(), config.registration_ttl);
+        let (c, m, id, info) = (client.clone(), meta.clone(), config.worker_id.clone(), info.to_string());
+        // If the lease is lost (etcd was down longer than the TTL), register again.
+        tokio::spawn(reregister(c, m, id, info, config.registration_ttl, lost));
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+    tracing::info!(worker = %config.worker_id, %bound, device = %config.placement.describe(), "worker ready");
+
+    let draining = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown signal: draining");
+        draining.draining.store(true, Ordering::SeqCst);
+    });
+
+    let link = Arc::new(LeaderLink::new(meta, config.coordinator.clone()));
+    let held: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
+    let revoked: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
+    let hb = tokio::spawn(heartbeat_loop(
+        link.clone(),
+        config.worker_id.clone(),
+        held.clone(),
+        revoked.clone(),
+        rate.clone(),
+        engine.clone(),
+    ));
+
+    let mut registered_with: Option<String> = None;
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.try_join_next().is_some() {}
+        let in_flight = state.in_flight.load(Ordering::SeqCst);
+        if state.draining.load(Ordering::SeqCst) {
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let room = (config.capacity as u64).saturating_sub(in_flight);
+        if room == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let Some((address, mut client)) = link.client().await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        if registered_with.as_deref() != Some(address.as_str()) {
+            let req = RegisterWorkerRequest {
+                worker_id: config.worker_id.clone(),
+                control_address: advertise.clone(),
+                device: config.placement.describe(),
+                capacity: config.capacity,
+                checkpoints: Vec::new(),
+            };
+            match client.register_worker(req).await {
+                Ok(_) => registered_with = Some(address.clone()),
+                Err(e) => {
+                    link.forget(&address);
+                    tracing::debug!(error = %e.message(), "register failed; finding the leader again");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+            }
+        }
+        let req = LeaseTasksRequest {
+            worker_id: config.worker_id.clone(),
+            max_tasks: room as u32,
+            kinds: vec![TaskKind::Grade as i32],
+        };
+        let tasks = match client.lease_tasks(req).await {
+            Ok(r) => r.into_inner().tasks,
+            Err(e) => {
+                link.forget(&address);
+                registered_with = None;
+                tracing::debug!(error = %e.message(), "lease failed; finding the leader again");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        };
+        if tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        for task in tasks {
+            state.in_flight.fetch_add(1, Ordering::SeqCst);
+            let key = (task.task_id.clone(), task.attempt);
+            held.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+            let (engine, link, state, held, revoked, worker) = (
+                engine.clone(),
+                link.clone(),
+                state.clone(),
+                held.clone(),
+                revoked.clone(),
+                config.worker_id.clone(),
+            );
+            running.spawn(async move {
+                let skip = revoked.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                if !skip {
+                    let outcome = engine.run(task.clone()).await;
+                    report(&link, &worker, &task, outcome).await;
+                }
+                held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                state.in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+    tracing::info!("drained; stopping");
+    hb.abort();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+async fn reregister(
+    client: etcd_client::Client,
+    meta: MetaStore,
+    worker_id: String,
+    info: String,
+    ttl: Duration,
+    mut lost: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if lost.changed().await.is_err() || !*lost.borrow() {
+            return;
+        }
+        loop {
+            let attempt = async {
+                let lease = client.clone().lease_grant(ttl.as_secs().max(1) as i64, None).await?;
+                meta.put_with_lease(&keys::worker(meta.prefix(), &worker_id), info.clone().into_bytes(), lease.id())
+                    .await
+                    .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+                Ok::<_, etcd_client::Error>(lease.id())
+            }
+            .await;
+            match attempt {
+                Ok(id) => {
+                    tracing::info!("registered again in etcd");
+                    lost = spawn_lease_keeper(client.clone(), id, ttl);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-registration failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the outcome of a task to the leader, retrying through leader changes and etcd
+/// outages until the leader answers. Results are only dropped when the leader says they are
+/// not wanted (duplicate, cancelled, unknown task).
+async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let Some((address, mut client)) = link.client().await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let result = match &outcome {
+            Outcome::Labels { labels, seconds } => client
+                .complete_task(CompleteTaskRequest {
+                    worker_id: worker.to_string(),
+                    task_id: task.task_id.clone(),
+                    attempt: task.attempt,
+                    fencing_token: task.fencing_token,
+                    labels: labels.clone(),
+                    queries: Vec::new(),
+                    seconds: *seconds,
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    tracing::debug!(task = %task.task_id, committed = r.committed, duplicate = r.duplicate, "completed");
+                }),
+            Outcome::Failed { reason, retryable } => client
+                .fail_task(FailTaskRequest {
+                    worker_id: worker.to_string(),
+                    task_id: task.task_id.clone(),
+                    attempt: task.attempt,
+                    reason: reason.clone(),
+                    retryable: *retryable,
+                })
+                .await
+                .map(|_| tracing::warn!(task = %task.task_id, %reason, "task failed")),
+        };
+        match result {
+            Ok(()) => return,
+            Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::NotFound => {
+                tracing::error!(task = %task.task_id, error = %s.message(), "leader refused the results");
+                return;
+            }
+            Err(s) => {
+                if Instant::now() > deadline {
+                    tracing::error!(task = %task.task_id, error = %s.message(), "giving up on reporting");
+                    return;
+                }
+                link.forget(&address);
+                tracing::debug!(task = %task.task_id, error = %s.message(), "report failed; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    link: Arc<LeaderLink>,
+    worker: String,
+    held: Arc<Mutex<HashSet<(String, u32)>>>,
+    revoked: Arc<Mutex<HashSet<(String, u32)>>>,
+    rate: Arc<Mutex<RateMeter>>,
+    engine: Engine,
+) {
+    let mut interval = Duration::from_millis(1000);
+    loop {
+        tokio::time::sleep(interval).await;
+        let leases: Vec<TaskLease> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, a)| TaskLease {
+                task_id: t.clone(),
+                attempt: *a,
+            })
+            .collect();
+        let Some((address, mut client)) = link.client().await else {
+            continue;
+        };
+        let pps = rate
+            .lock()
+            .map(|mut r| r.rate(engine.pairs.load(Ordering::Relaxed)))
+            .unwrap_or(0.0);
+        match client
+            .heartbeat(HeartbeatRequest {
+                worker_id: worker.clone(),
+                leases,
+                pairs_per_second: pps,
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                let mut rv = revoked.lock().unwrap_or_else(|p| p.into_inner());
+                for l in r.revoked {
+                    rv.insert((l.task_id, l.attempt));
+                }
+            }
+            Err(_) => link.forget(&address),
+        }
+        interval = Duration::from_millis(1000).min(interval);
+    }
+}
+
+/// The current leader's address and a client for it, found through etcd (or fixed).
+pub struct LeaderLink {
+    meta: MetaStore,
+    fixed: Option<String>,
+    cached: Mutex<Option<(String, TaskServiceClient<Channel>)>>,
+}
+
+impl LeaderLink {
+    pub fn new(meta: MetaStore, fixed: Option<String>) -> Self {
+        LeaderLink {
+            meta,
+            fixed,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub async fn client(&self) -> Option<(String, TaskServiceClient<Channel>)> {
+        if let Some(c) = self.cached.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(c);
+        }
+        let address = match &self.fixed {
+            Some(a) => a.clone(),
+            None => self.meta.leader_address().await.ok().flatten()?,
+        };
+        let url = if address.starts_with("http") {
+            address.clone()
+        } else {
+            format!("http://{address}")
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        let client = TaskServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((address.clone(), client.clone()));
+        Some((address, client))
+    }
+
+    /// Drops the cached leader after an error, so the next call looks it up again.
+    pub fn forget(&self, address: &str) {
+        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if c.as_ref().is_some_and(|(a, _)| a == address) {
+            *c = None;
+        }
+    }
+}
+
+/// Pairs per second over roughly the last minute.
+#[derive(Debug, Default)]
+pub struct RateMeter {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    pub fn rate(&mut self, total: u64) -> f64 {
+        let now = Instant::now();
+        self.samples.push_back((now, total));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.samples.pop_front();
+        }
+        let (t0, n0) = self.samples.front().copied().unwrap_or((now, total));
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt > 0.0 {
+            (total - n0) as f64 / dt
+        } else {
+            0.0
+        }
+    }
+}
