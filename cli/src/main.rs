@@ -5,6 +5,7 @@
 mod bench;
 mod cache;
 mod cluster;
+mod dispatch_bench;
 mod evaluate;
 mod jsonl;
 mod progress;
@@ -44,6 +45,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Engine throughput against the FLOP limit of this machine.
     Bench(bench::BenchArgs),
+    /// Coordinator dispatch rate and scaling with simulated workers (no GPU needed).
+    BenchDispatch(dispatch_bench::DispatchBenchArgs),
     /// Cluster coordinator replica (leader through etcd election, or standby).
     Coordinator(cluster::CoordinatorArgs),
     /// Cluster worker: leases tasks from the leader and runs the engine.
@@ -156,6 +159,7 @@ fn main() {
         Command::Eval(a) => evaluate::run(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchDispatch(a) => dispatch_bench::run(a),
         Command::Coordinator(a) => cluster::coordinator(a),
         Command::Worker(a) => cluster::worker(a),
         Command::Submit(a) => cluster::submit(a),

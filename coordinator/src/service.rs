@@ -62,7 +62,10 @@ pub struct Coordinator {
     pub blobs: Blobs,
     pub metrics: CoordinatorMetrics,
     pub leader: RwLock<Option<Arc<Leader>>>,
+    /// Workers that registered with this replica.
     pub workers: Mutex<HashSet<String>>,
+    /// Workers registered in etcd at the last look.
+    members: Mutex<HashSet<String>>,
     pub heartbeat_interval: Duration,
 }
 
@@ -81,6 +84,7 @@ impl Coordinator {
             metrics: CoordinatorMetrics::default(),
             leader: RwLock::new(None),
             workers: Mutex::new(HashSet::new()),
+            members: Mutex::new(HashSet::new()),
             heartbeat_interval,
         }
     }
@@ -259,7 +263,12 @@ impl Coordinator {
     }
 
     /// Releases the tasks of workers whose etcd registration is gone. Run periodically.
+    /// Only workers once seen in etcd are tracked; others (embedded mode) are covered by
+    /// lease expiry alone.
     pub async fn release_departed(&self, leader: &Leader) -> Result<()> {
+        if matches!(self.meta, MetaStore::Memory(_)) {
+            return Ok(());
+        }
         let prefix = keys::workers(self.meta.prefix());
         let live: HashSet<String> = self
             .meta
@@ -269,12 +278,9 @@ impl Coordinator {
             .map(|(k, _)| k[prefix.len()..].to_string())
             .collect();
         let departed: Vec<String> = {
-            let mut known = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut known = self.members.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = known.difference(&live).cloned().collect();
-            for g in &gone {
-                known.remove(g);
-            }
-            known.extend(live.iter().cloned());
+            *known = live;
             gone
         };
         for w in departed {
