@@ -7,7 +7,8 @@ mod harness;
 use harness::{cranfield_pairs, Cluster, Options};
 use labelfleet_proto::v1::JobState;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -61,13 +62,20 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
 }
 
 #[test]
-fn a_worker_killed_mid_job_loses_nothing() {
+fn workers_killed_or_drained_mid_job_lose_nothing() {
     let mut cluster = Cluster::start(Options::default());
     let n = 3_000;
     let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let job_id = cluster.submit(&corpus, &pairs, 50);
     cluster.wait_progress(&job_id, 0.3, TIMEOUT);
     cluster.workers[0].kill9();
+    // SIGTERM: the worker stops leasing, finishes what it holds, commits it and exits 0.
+    cluster.wait_progress(&job_id, 0.5, TIMEOUT);
+    cluster.workers[1].sigterm();
+    let status = cluster.workers[1].child.wait().expect("worker exit status");
+    assert!(status.success(), "a drained worker exits cleanly: {status:?}");
+    let log = std::fs::read_to_string(&cluster.workers[1].log).unwrap_or_default();
+    assert!(log.contains("drained; stopping"), "{}", cluster.workers[1].log_tail(10));
     let job = cluster.wait_finished(&job_id, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     assert_eq!(job.stages[0].done, n as u64);
@@ -111,4 +119,134 @@ fn an_etcd_restart_mid_job_loses_nothing() {
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     assert_eq!(job.stages[0].done, n as u64);
     check_job(&cluster, &job_id, n, &[]);
+}
+
+/// A teacher-labels dataset for the trainer, from Cranfield text with a lexical-overlap
+/// "teacher" (no human judgments are used for training).
+fn write_teacher_dataset(store: &Path, n: usize) -> String {
+    let (corpus, pairs) = cranfield_pairs(&store.join(".."), n, &[]);
+    let docs: HashMap<String, serde_json::Value> = std::fs::read_to_string(corpus)
+        .expect("corpus")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("doc");
+            (v["id"].as_str().expect("id").to_string(), v)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in std::fs::read_to_string(pairs).expect("pairs").lines() {
+        let p: serde_json::Value = serde_json::from_str(line).expect("pair");
+        let d = &docs[p["doc_id"].as_str().expect("doc_id")];
+        let query = p["query"].as_str().expect("query");
+        let body = d["body"].as_str().unwrap_or("");
+        let overlap = query
+            .split_whitespace()
+            .filter(|w| w.len() > 3 && body.contains(*w))
+            .count()
+            .min(3);
+        let mut dist = [0.05f64; 4];
+        dist[overlap] = 0.85;
+        out.push_str(
+            &serde_json::json!({
+                "id": p["id"], "query": query, "title": d["title"], "body": body,
+                "distribution": dist,
+            })
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    let key = "datasets/teacher.jsonl";
+    std::fs::create_dir_all(store.join("datasets")).expect("datasets folder");
+    std::fs::write(store.join(key), out).expect("dataset");
+    key.to_string()
+}
+
+fn checkpoint_ids(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("checkpoints"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("ckpt-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
+    let cluster = Cluster::start(Options::default());
+    let n = 2_000;
+    let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
+    let job_a = cluster.submit(&corpus, &pairs, 50);
+
+    // Distill a student and push it at 15 MiB/s (a ~90 MB MiniLM checkpoint: ~6 s a worker).
+    let trainer_port = harness::free_port();
+    let mut trainer = cluster.spawn_trainer("trainer", trainer_port, 15.0);
+    let dataset = write_teacher_dataset(&cluster.store(), 96);
+    let url = format!("http://127.0.0.1:{trainer_port}");
+    let mut started = false;
+    for _ in 0..100 {
+        let out = std::process::Command::new(harness::binary())
+            .args(["distill", "--trainer", &url, "--dataset", &dataset, "--epochs", "1"])
+            .output()
+            .expect("distill");
+        if out.status.success() {
+            started = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(started, "the trainer accepted the distillation\n{}", trainer.log_tail(20));
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&trainer.log)
+        .unwrap_or_default()
+        .contains("pushing checkpoint")
+    {
+        assert!(Instant::now() < deadline, "no push started\n{}", trainer.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    trainer.kill9();
+
+    // Labeling went on; the cut push was discarded, not installed.
+    let job = cluster.wait_finished(&job_a, TIMEOUT);
+    assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+    check_job(&cluster, &job_a, n, &[]);
+    let ids = checkpoint_ids(&cluster.store());
+    assert_eq!(ids.len(), 1, "one checkpoint registered: {ids:?}");
+    let ckpt = ids[0].clone();
+    let worker_dirs: Vec<PathBuf> = (0..cluster.workers.len())
+        .map(|i| cluster.dir.path().join(format!("checkpoints-w{i}")))
+        .collect();
+    let discarded = cluster
+        .workers
+        .iter()
+        .any(|w| std::fs::read_to_string(&w.log).unwrap_or_default().contains("checkpoint push discarded"));
+    assert!(discarded, "a worker saw the push cut and discarded it\n{}", cluster.logs());
+
+    // A new trainer finishes the push to every worker.
+    let _trainer2 = cluster.spawn_trainer("trainer2", harness::free_port(), 0.0);
+    let deadline = Instant::now() + TIMEOUT;
+    while !worker_dirs.iter().all(|d| d.join(&ckpt).join("config.json").is_file()) {
+        assert!(Instant::now() < deadline, "the push did not resume\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for d in &worker_dirs {
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .expect("checkpoint folder")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".incoming"))
+            .collect();
+        assert!(leftovers.is_empty(), "partial pushes are cleaned up: {leftovers:?}");
+    }
+
+    // A job pinned to the pushed checkpoint labels with it.
+    let (corpus, pairs_b) = cranfield_pairs(cluster.dir.path(), 600, &[]);
+    let job_b = cluster.submit_with(&corpus, &pairs_b, 50, &["--checkpoint", &ckpt]);
+    let job = cluster.wait_finished(&job_b, TIMEOUT);
+    assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+    let labels = cluster.fetch_labels(&job_b);
+    assert_eq!(labels.len(), 600);
+    assert!(labels.iter().all(|l| l["checkpoint_id"] == ckpt.as_str()));
+    check_job(&cluster, &job_b, 600, &[]);
 }

@@ -583,3 +583,142 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[derive(Args)]
+pub struct TrainerArgs {
+    #[arg(long, env = "LABELFLEET_LISTEN", default_value = "0.0.0.0:7072")]
+    listen: SocketAddr,
+    #[arg(long, env = "LABELFLEET_ETCD", default_value = "")]
+    etcd: String,
+    #[arg(long, env = "LABELFLEET_ETCD_PREFIX", default_value = "/labelfleet")]
+    etcd_prefix: String,
+    /// Object store root shared with the coordinator (datasets in, checkpoints out).
+    #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
+    store: PathBuf,
+    #[arg(long, env = "LABELFLEET_DEVICE", default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Longest training input in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Push bandwidth per worker, MiB/s (0: unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    push_rate_mib_s: f64,
+    #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub fn trainer(a: TrainerArgs) -> Result<()> {
+    let config = labelfleet_trainer::TrainerConfig {
+        listen: a.listen,
+        etcd: endpoints(&a.etcd),
+        etcd_prefix: a.etcd_prefix,
+        store: a.store,
+        placement: labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?,
+        threads: a.threads,
+        max_tokens: a.max_tokens,
+        push_rate_mib_s: a.push_rate_mib_s,
+        metrics_listen: a.metrics_listen,
+    };
+    runtime()?
+        .block_on(labelfleet_trainer::run(config, shutdown_signal()))
+        .context("trainer")
+}
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// Trainer address.
+    #[arg(long, env = "LABELFLEET_TRAINER", default_value = "http://127.0.0.1:7072")]
+    trainer: String,
+    /// Base model of the student (bundled name or folder on the trainer).
+    #[arg(long, default_value = "minilm")]
+    base: String,
+    /// Object-store key of the teacher labels: JSONL of {id, query, title?, body, distribution}.
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, default_value = "")]
+    job_id: String,
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+    #[arg(long, default_value_t = 5e-5)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 0.2)]
+    heldout_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wait until the checkpoint is trained and pushed.
+    #[arg(long)]
+    wait: bool,
+}
+
+pub fn distill(a: DistillArgs) -> Result<()> {
+    use labelfleet_proto::v1::trainer_service_client::TrainerServiceClient;
+    runtime()?.block_on(async {
+        let mut client = TrainerServiceClient::connect(a.trainer.clone())
+            .await
+            .with_context(|| format!("connecting to the trainer at {}", a.trainer))?;
+        let run = client
+            .start_distillation(DistillRequest {
+                job_id: a.job_id.clone(),
+                base: Some(ModelRef {
+                    source: Some(model_ref::Source::LocalPath(a.base.clone())),
+                }),
+                dataset: a.dataset.clone(),
+                epochs: a.epochs,
+                learning_rate: a.learning_rate,
+                heldout_fraction: a.heldout_fraction,
+                seed: a.seed,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("distill refused: {}", s.message()))?
+            .into_inner();
+        println!("{}", run.run_id);
+        if !a.wait {
+            return Ok(());
+        }
+        let mut bar: Option<indicatif::ProgressBar> = None;
+        if let Ok(stream) = client
+            .watch_training(GetTrainingRunRequest { run_id: run.run_id.clone() })
+            .await
+        {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(m)) = stream.message().await {
+                let pb = bar.get_or_insert_with(|| progress::bar(m.total_steps as u64, "train"));
+                pb.set_position(m.step as u64 + 1);
+                pb.set_message(format!("loss {:.3}", m.loss));
+            }
+        }
+        if let Some(pb) = bar {
+            pb.finish();
+        }
+        loop {
+            let run = client
+                .get_training_run(GetTrainingRunRequest { run_id: run.run_id.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            match run.state.as_str() {
+                "done" => {
+                    println!(
+                        "{}",
+                        progress::table(
+                            &["run", "checkpoint", "held-out agreement with teacher", "majority class"],
+                            vec![vec![
+                                run.run_id.clone(),
+                                run.checkpoint_id.clone(),
+                                format!("{:.3}", run.heldout_agreement_with_teacher),
+                                format!("{:.3}", run.majority_baseline),
+                            ]],
+                        )
+                    );
+                    return Ok(());
+                }
+                "failed" => bail!("run {} failed: {}", run.run_id, run.error),
+                _ => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    })
+}

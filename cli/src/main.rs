@@ -51,6 +51,10 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Cluster worker: leases tasks from the leader and runs the engine.
     Worker(cluster::WorkerArgs),
+    /// Cluster trainer: distills students and pushes checkpoints to every live worker.
+    Trainer(cluster::TrainerArgs),
+    /// Ask the trainer to distill a student from teacher labels, and push it.
+    Distill(cluster::DistillArgs),
     /// Upload a corpus and submit a labeling job to the cluster.
     Submit(cluster::SubmitArgs),
     /// Show a job.
@@ -162,6 +166,8 @@ fn main() {
         Command::BenchDispatch(a) => dispatch_bench::run(a),
         Command::Coordinator(a) => cluster::coordinator(a),
         Command::Worker(a) => cluster::worker(a),
+        Command::Trainer(a) => cluster::trainer(a),
+        Command::Distill(a) => cluster::distill(a),
         Command::Submit(a) => cluster::submit(a),
         Command::Status(a) => cluster::status(a),
         Command::Watch(a) => cluster::watch(a),

@@ -214,6 +214,21 @@ impl MetaStore {
         }
     }
 
+    /// Writes `key` (unfenced: for records that are not the leader's, like the checkpoint
+    /// registry the trainer keeps).
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        match self {
+            MetaStore::Memory(map) => {
+                lock(map).insert(key.to_string(), value);
+                Ok(())
+            }
+            MetaStore::Etcd { client, .. } => {
+                client.clone().put(key, value, None).await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Writes `key` unless it exists; returns the value already there when it does.
     pub async fn put_if_absent(&self, key: &str, value: Vec<u8>) -> Result<Option<Vec<u8>>> {
         match self {

@@ -299,22 +299,53 @@ impl Cluster {
 
     /// Submits a labeling job through the CLI and returns its id.
     pub fn submit(&self, corpus: &Path, pairs: &Path, task_size: usize) -> String {
-        let out = self.cli(&[
+        self.submit_with(corpus, pairs, task_size, &["--model", "minilm"])
+    }
+
+    /// Submits with a model choice (`--model NAME` or `--checkpoint ID`).
+    pub fn submit_with(&self, corpus: &Path, pairs: &Path, task_size: usize, model: &[&str]) -> String {
+        let task_size = task_size.to_string();
+        let corpus = corpus.display().to_string();
+        let pairs = pairs.display().to_string();
+        let list = self.coordinator_list();
+        let mut args: Vec<&str> = vec![
             "submit",
             "--coordinator",
-            &self.coordinator_list(),
+            &list,
             "--corpus",
-            &corpus.display().to_string(),
+            &corpus,
             "--pairs",
-            &pairs.display().to_string(),
-            "--model",
-            "minilm",
+            &pairs,
             "--task-size",
-            &task_size.to_string(),
+            &task_size,
             "--max-tokens",
             "48",
-        ]);
+        ];
+        args.extend_from_slice(model);
+        let out = self.cli(&args);
         out.lines().last().unwrap_or_default().trim().to_string()
+    }
+
+    /// Starts a trainer process sharing the store; pushes are throttled to `push_rate_mib_s`.
+    pub fn spawn_trainer(&self, name: &str, port: u16, push_rate_mib_s: f64) -> Proc {
+        let args: Vec<String> = vec![
+            "trainer".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".into(),
+            self.etcd_url(),
+            "--store".into(),
+            self.store().display().to_string(),
+            "--device".into(),
+            "cpu".into(),
+            "--threads".into(),
+            "1".into(),
+            "--max-tokens".into(),
+            "48".into(),
+            "--push-rate-mib-s".into(),
+            push_rate_mib_s.to_string(),
+        ];
+        spawn(name, &binary(), &args, self.dir.path())
     }
 
     /// The job as the current leader sees it (None while no leader answers).
@@ -372,8 +403,8 @@ impl Cluster {
         }
     }
 
-    /// Labels fetched through the CLI: pair id -> number of labels received for it.
-    pub fn fetch_label_counts(&self, job_id: &str) -> HashMap<String, usize> {
+    /// Labels fetched through the CLI, one JSON value per line, schema-checked.
+    pub fn fetch_labels(&self, job_id: &str) -> Vec<serde_json::Value> {
         let out = self.dir.path().join(format!("{job_id}.labels.jsonl"));
         self.cli(&[
             "fetch",
@@ -383,7 +414,7 @@ impl Cluster {
             "--output",
             &out.display().to_string(),
         ]);
-        let mut counts = HashMap::new();
+        let mut labels = Vec::new();
         for line in std::fs::read_to_string(&out).expect("labels file").lines() {
             let v: serde_json::Value = serde_json::from_str(line).expect("label JSON");
             let grade = v["grade"].as_u64().expect("grade");
@@ -396,6 +427,18 @@ impl Cluster {
                 .collect();
             assert_eq!(dist.len(), 4, "{line}");
             assert!((dist.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{line}");
+            for field in ["query_id", "doc_id", "model", "prompt_version"] {
+                assert!(v[field].as_str().is_some_and(|s| !s.is_empty()), "{field} in {line}");
+            }
+            labels.push(v);
+        }
+        labels
+    }
+
+    /// Labels fetched through the CLI: pair id -> number of labels received for it.
+    pub fn fetch_label_counts(&self, job_id: &str) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for v in self.fetch_labels(job_id) {
             *counts
                 .entry(v["id"].as_str().expect("id").to_string())
                 .or_insert(0) += 1;

@@ -1,0 +1,518 @@
+//! The labelfleet trainer: distills a student on teacher grade distributions, registers the
+//! checkpoint (object store + etcd) and pushes it to every live worker.
+//!
+//! Pushes are resumable: the registry records which workers verified the checkpoint, and a
+//! trainer that starts (after a crash mid-push, say) finishes every push left incomplete.
+
+use labelfleet_coordinator::meta::{keys, MetaStore};
+use labelfleet_coordinator::metrics::{self, write_metric, Counter};
+use labelfleet_coordinator::server::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_proto::v1::trainer_service_server::{TrainerService, TrainerServiceServer};
+use labelfleet_proto::v1::{
+    model_ref, DistillRequest, GetTrainingRunRequest, TrainingMetrics, TrainingRun,
+};
+use labelfleet_slm::grading::{default_grade_labels, load_grader, Pair};
+use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
+use labelfleet_slm::Placement;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+
+#[derive(Debug, Error)]
+pub enum TrainerError {
+    #[error(transparent)]
+    Coordinator(#[from] labelfleet_coordinator::CoordinatorError),
+    #[error(transparent)]
+    Engine(#[from] labelfleet_slm::SlmError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("dataset `{key}` line {line}: {message}")]
+    Dataset {
+        key: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, TrainerError>;
+
+#[derive(Debug, Clone)]
+pub struct TrainerConfig {
+    pub listen: SocketAddr,
+    pub etcd: Vec<String>,
+    pub etcd_prefix: String,
+    /// Object store root (shared with the coordinator): datasets in, checkpoints out.
+    pub store: PathBuf,
+    pub placement: Placement,
+    pub threads: usize,
+    /// Longest input in tokens during training.
+    pub max_tokens: usize,
+    /// Push bandwidth per worker in MiB/s (0: unlimited), so a push does not starve labeling.
+    pub push_rate_mib_s: f64,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// One line of a distillation dataset: a pair and the teacher's grade distribution.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TeacherExample {
+    #[serde(flatten)]
+    pub pair: Pair,
+    pub distribution: Vec<f32>,
+}
+
+/// A checkpoint in the registry (`<prefix>/checkpoints/<id>` in etcd).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CheckpointRecord {
+    pub checkpoint_id: String,
+    pub run_id: String,
+    pub base: String,
+    pub dataset: String,
+    /// Object-store folder holding the checkpoint files.
+    pub location: String,
+    pub sha256: String,
+    pub heldout_agreement_with_teacher: f64,
+    pub majority_baseline: f64,
+    /// "pushing" until every live worker verified it, then "pushed".
+    pub state: String,
+    pub pushed_to: BTreeSet<String>,
+}
+
+struct Shared {
+    meta: MetaStore,
+    config: TrainerConfig,
+    runs: Mutex<HashMap<String, TrainingRun>>,
+    metrics_tx: broadcast::Sender<TrainingMetrics>,
+    pushes: Counter,
+    push_failures: Counter,
+}
+
+/// Runs the trainer until `shutdown`.
+pub async fn run(
+    config: TrainerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    // Datasets and checkpoints are files libtorch reads and writes: the trainer works on the
+    // store's directory itself.
+    std::fs::create_dir_all(config.store.join("checkpoints"))?;
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let (metrics_tx, _) = broadcast::channel(256);
+    let shared = Arc::new(Shared {
+        meta,
+        config: config.clone(),
+        runs: Mutex::new(HashMap::new()),
+        metrics_tx,
+        pushes: Counter::default(),
+        push_failures: Counter::default(),
+    });
+    if let Some(addr) = config.metrics_listen {
+        let s = shared.clone();
+        metrics::serve(
+            addr,
+            Arc::new(move || {
+                let mut out = String::new();
+                write_metric(&mut out, "labelfleet_trainer_pushes_total", "counter", "Checkpoint pushes verified by a worker", s.pushes.get() as f64);
+                write_metric(&mut out, "labelfleet_trainer_push_failures_total", "counter", "Checkpoint pushes that failed", s.push_failures.get() as f64);
+                out
+            }),
+        )
+        .await?;
+    }
+    // Finish pushes a previous trainer left incomplete.
+    {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = resume_pushes(&s).await {
+                tracing::warn!(error = %e, "resuming pushes failed");
+            }
+        });
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| TrainerError::Invalid(format!("reflection: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(bound = %listener.local_addr()?, "trainer serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            TrainerServiceServer::new(TrainerApi(shared))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| TrainerError::Invalid(format!("server: {e}")))?;
+    Ok(())
+}
+
+async fn resume_pushes(s: &Arc<Shared>) -> Result<()> {
+    let prefix = format!("{}/checkpoints/", s.meta.prefix());
+    for (_, value) in s.meta.list(&prefix).await? {
+        let Ok(rec) = serde_json::from_slice::<CheckpointRecord>(&value) else {
+            continue;
+        };
+        if rec.state == "pushing" {
+            tracing::info!(checkpoint = %rec.checkpoint_id, done = rec.pushed_to.len(), "resuming an incomplete push");
+            push_everywhere(s, rec).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Pushes a registered checkpoint to every live worker not yet holding it, recording each
+/// verified push in the registry.
+async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<CheckpointRecord> {
+    let dir = s.config.store.join(&rec.location);
+    let key = keys::checkpoint(s.meta.prefix(), &rec.checkpoint_id);
+    let workers_prefix = keys::workers(s.meta.prefix());
+    let pause = if s.config.push_rate_mib_s > 0.0 {
+        Duration::from_secs_f64(
+            labelfleet_worker::control::CHUNK_BYTES as f64
+                / (s.config.push_rate_mib_s * 1024.0 * 1024.0),
+        )
+    } else {
+        Duration::ZERO
+    };
+    for (k, v) in s.meta.list(&workers_prefix).await? {
+        let worker = k[workers_prefix.len()..].to_string();
+        if rec.pushed_to.contains(&worker) {
+            continue;
+        }
+        let info: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
+        let Some(address) = info["control_address"].as_str() else {
+            continue;
+        };
+        tracing::info!(checkpoint = %rec.checkpoint_id, %worker, %address, "pushing checkpoint");
+        match labelfleet_worker::control::push_checkpoint(address, &dir, &rec.checkpoint_id, pause)
+            .await
+        {
+            Ok(r) if r.verified => {
+                s.pushes.add(1);
+                rec.pushed_to.insert(worker.clone());
+                s.meta
+                    .put(&key, serde_json::to_vec(&rec).unwrap_or_default())
+                    .await?;
+                tracing::info!(checkpoint = %rec.checkpoint_id, %worker, bytes = r.bytes, "push verified");
+            }
+            Ok(_) | Err(_) => {
+                s.push_failures.add(1);
+                tracing::warn!(checkpoint = %rec.checkpoint_id, %worker, "push failed; the worker keeps its models");
+            }
+        }
+    }
+    rec.state = "pushed".into();
+    s.meta
+        .put(&key, serde_json::to_vec(&rec).unwrap_or_default())
+        .await?;
+    Ok(rec)
+}
+
+fn read_dataset(blobs_root: &Path, key: &str) -> Result<Vec<TeacherExample>> {
+    if key.contains("..") || key.starts_with('/') {
+        return Err(TrainerError::Invalid(format!(
+            "dataset `{key}`: must be a key inside the object store"
+        )));
+    }
+    let path = blobs_root.join(key);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| TrainerError::Invalid(format!("dataset `{key}` ({}): {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: TeacherExample = serde_json::from_str(line).map_err(|e| TrainerError::Dataset {
+            key: key.into(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let sum: f32 = ex.distribution.iter().sum();
+        if ex.distribution.iter().any(|p| !p.is_finite() || *p < 0.0) || (sum - 1.0).abs() > 1e-3 {
+            return Err(TrainerError::Dataset {
+                key: key.into(),
+                line: i + 1,
+                message: format!("field `distribution`: not a probability distribution (sum {sum})"),
+            });
+        }
+        out.push(ex);
+    }
+    if out.is_empty() {
+        return Err(TrainerError::Invalid(format!("dataset `{key}`: no examples")));
+    }
+    Ok(out)
+}
+
+/// Held-out split by query, so no query is in both halves.
+fn is_heldout(query: &str, fraction: f64, seed: u64) -> bool {
+    let h = Sha256::digest(format!("{seed}:{query}").as_bytes());
+    let x = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as f64 / u32::MAX as f64;
+    x < fraction
+}
+
+/// Trains, saves and registers a checkpoint. Blocking (runs on its own thread).
+fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointRecord> {
+    if s.config.threads > 0 {
+        tch::set_num_threads(s.config.threads as i32);
+    }
+    let base = match req.base.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(model_ref::Source::LocalPath(p)) => p.clone(),
+        _ => return Err(TrainerError::Invalid("base: a local model (local_path) is required".into())),
+    };
+    let examples = read_dataset(&s.config.store, &req.dataset)?;
+    let student = load_grader(
+        &labelfleet_slm::resolve_model(&base),
+        &default_grade_labels(),
+        s.config.placement,
+        s.config.max_tokens,
+    )?;
+    let fraction = if req.heldout_fraction > 0.0 { req.heldout_fraction } else { 0.2 };
+    let (mut train_set, mut held_set) = (Vec::new(), Vec::new());
+    for (i, ex) in examples.iter().enumerate() {
+        let input = student.encode_pair(&ex.pair).map_err(|e| TrainerError::Dataset {
+            key: req.dataset.clone(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let e = Example {
+            input,
+            target: ex.distribution.clone(),
+        };
+        if is_heldout(&ex.pair.query, fraction, req.seed) {
+            held_set.push(e);
+        } else {
+            train_set.push(e);
+        }
+    }
+    let cfg = TrainConfig {
+        epochs: req.epochs.max(1) as usize,
+        learning_rate: if req.learning_rate > 0.0 { req.learning_rate } else { 5e-5 },
+        seed: req.seed,
+        ..Default::default()
+    };
+    let tx = s.metrics_tx.clone();
+    let run = run_id.to_string();
+    train(student.as_ref(), &train_set, &cfg, &mut |r| {
+        let _ = tx.send(TrainingMetrics {
+            run_id: run.clone(),
+            step: r.step as u32,
+            total_steps: r.total_steps as u32,
+            loss: r.loss,
+            learning_rate: r.learning_rate,
+        });
+    })?;
+    let held = if held_set.is_empty() {
+        f64::NAN
+    } else {
+        evaluate(student.as_ref(), &held_set, 8192)?.agreement
+    };
+    let majority = {
+        let mut counts = HashMap::new();
+        for e in &held_set {
+            let g = e
+                .target
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|x| x.0)
+                .unwrap_or(0);
+            *counts.entry(g).or_insert(0usize) += 1;
+        }
+        counts.values().max().copied().unwrap_or(0) as f64 / held_set.len().max(1) as f64
+    };
+    // The id names what the checkpoint is made of, so the same request gives the same id.
+    let id_hash = Sha256::digest(
+        format!("{base}|{}|{:?}|{}|{}", req.dataset, cfg.epochs, cfg.learning_rate, req.seed).as_bytes(),
+    );
+    let checkpoint_id = format!("ckpt-{}", &hex::encode(id_hash)[..12]);
+    let location = format!("checkpoints/{checkpoint_id}");
+    let dir = s.config.store.join(&location);
+    let staging = s.config.store.join(format!("checkpoints/.staging-{run_id}"));
+    let _ = std::fs::remove_dir_all(&staging);
+    student.save(
+        &staging,
+        serde_json::json!({
+            "base": base, "dataset": req.dataset, "run_id": run_id, "job_id": req.job_id,
+            "train_pairs": train_set.len(), "heldout_pairs": held_set.len(), "train_config": cfg,
+            "heldout_agreement_with_teacher": held, "majority_baseline": majority,
+        }),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&staging, &dir)?;
+    let sha256 = labelfleet_worker::control::checkpoint_digest(&dir)?;
+    Ok(CheckpointRecord {
+        checkpoint_id,
+        run_id: run_id.into(),
+        base,
+        dataset: req.dataset.clone(),
+        location,
+        sha256,
+        heldout_agreement_with_teacher: held,
+        majority_baseline: majority,
+        state: "pushing".into(),
+        pushed_to: BTreeSet::new(),
+    })
+}
+
+#[derive(Clone)]
+struct TrainerApi(Arc<Shared>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+impl TrainerApi {
+    fn set_run(&self, run: TrainingRun) {
+        self.0
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run.run_id.clone(), run);
+    }
+}
+
+#[tonic::async_trait]
+impl TrainerService for TrainerApi {
+    async fn start_distillation(
+        &self,
+        req: Request<DistillRequest>,
+    ) -> std::result::Result<Response<TrainingRun>, Status> {
+        let req = req.into_inner();
+        if req.dataset.is_empty() {
+            return Err(Status::invalid_argument("dataset: required"));
+        }
+        let run_id = format!(
+            "run-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        );
+        let run = TrainingRun {
+            run_id: run_id.clone(),
+            job_id: req.job_id.clone(),
+            state: "training".into(),
+            ..Default::default()
+        };
+        self.set_run(run.clone());
+        let api = self.clone();
+        tokio::spawn(async move {
+            let s = api.0.clone();
+            let (rid, r) = (run_id.clone(), req.clone());
+            let trained = tokio::task::spawn_blocking(move || distill(&s, &rid, &r)).await;
+            let mut run = TrainingRun {
+                run_id: run_id.clone(),
+                job_id: req.job_id.clone(),
+                ..Default::default()
+            };
+            let rec = match trained {
+                Ok(Ok(rec)) => rec,
+                Ok(Err(e)) => {
+                    run.state = "failed".into();
+                    run.error = e.to_string();
+                    tracing::error!(run = %run_id, error = %e, "distillation failed");
+                    api.set_run(run);
+                    return;
+                }
+                Err(e) => {
+                    run.state = "failed".into();
+                    run.error = format!("training thread: {e}");
+                    api.set_run(run);
+                    return;
+                }
+            };
+            run.checkpoint_id = rec.checkpoint_id.clone();
+            run.heldout_agreement_with_teacher = rec.heldout_agreement_with_teacher;
+            run.majority_baseline = rec.majority_baseline;
+            run.state = "pushing".into();
+            api.set_run(run.clone());
+            let key = keys::checkpoint(api.0.meta.prefix(), &rec.checkpoint_id);
+            if let Err(e) = api
+                .0
+                .meta
+                .put(&key, serde_json::to_vec(&rec).unwrap_or_default())
+                .await
+            {
+                run.state = "failed".into();
+                run.error = format!("registering the checkpoint: {e}");
+                api.set_run(run);
+                return;
+            }
+            tracing::info!(checkpoint = %rec.checkpoint_id, agreement = rec.heldout_agreement_with_teacher, "checkpoint registered");
+            match push_everywhere(&api.0, rec).await {
+                Ok(_) => run.state = "done".into(),
+                Err(e) => {
+                    run.state = "failed".into();
+                    run.error = format!("push: {e}");
+                }
+            }
+            api.set_run(run);
+        });
+        Ok(Response::new(run))
+    }
+
+    async fn get_training_run(
+        &self,
+        req: Request<GetTrainingRunRequest>,
+    ) -> std::result::Result<Response<TrainingRun>, Status> {
+        let id = req.into_inner().run_id;
+        self.0
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("run `{id}`: no such run")))
+    }
+
+    type WatchTrainingStream = BoxStream<TrainingMetrics>;
+
+    async fn watch_training(
+        &self,
+        req: Request<GetTrainingRunRequest>,
+    ) -> std::result::Result<Response<Self::WatchTrainingStream>, Status> {
+        let id = req.into_inner().run_id;
+        let mut rx = self.0.metrics_tx.subscribe();
+        let stream = async_stream(move |tx| async move {
+            while let Ok(m) = rx.recv().await {
+                if m.run_id != id {
+                    continue;
+                }
+                let last = m.step + 1 >= m.total_steps;
+                if tx.send(Ok(m)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+fn async_stream<T, F, Fut>(f: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<std::result::Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
