@@ -54,6 +54,18 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
     );
     let missing: Vec<String> = (4300..4400).map(|i| format!("p{i}")).collect();
     check_job(&cluster, &job_id, n, &missing);
+    // The leader's Prometheus metrics agree with the counts.
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let m = cluster.metrics(leader);
+    assert_eq!(m["labelfleet_is_leader"], 1.0);
+    assert_eq!(m["labelfleet_pairs_total"], 9_900.0);
+    assert_eq!(m["labelfleet_tasks_committed_total"], 99.0);
+    assert_eq!(m["labelfleet_tasks_failed_total"], 1.0);
+    assert_eq!(m["labelfleet_queue_depth"], 0.0);
+    assert_eq!(m["labelfleet_tasks_in_flight"], 0.0);
+    assert_eq!(m["labelfleet_workers"], 3.0);
+    let standby = cluster.metrics(1 - leader);
+    assert_eq!(standby["labelfleet_is_leader"], 0.0);
     // Every worker took part (the leader spread the tasks).
     for w in &cluster.workers {
         let log = std::fs::read_to_string(&w.log).unwrap_or_default();
@@ -90,9 +102,13 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     let job_id = cluster.submit(&corpus, &pairs, 50);
     cluster.wait_progress(&job_id, 0.3, TIMEOUT);
     let old = cluster.wait_leader(Duration::from_secs(10));
+    // Only the leader reports SERVING, so a Kubernetes Service routes clients to it alone.
+    assert_eq!(cluster.health(old), "SERVING");
+    assert_eq!(cluster.health(1 - old), "NOT_SERVING");
     cluster.coordinators[old].kill9();
     let new = cluster.wait_leader(Duration::from_secs(60));
     assert_ne!(old, new, "a standby must lead now");
+    assert_eq!(cluster.health(new), "SERVING");
     let job = cluster.wait_finished(&job_id, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     assert_eq!(job.stages[0].done, n as u64);
@@ -249,4 +265,58 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
     assert_eq!(labels.len(), 600);
     assert!(labels.iter().all(|l| l["checkpoint_id"] == ckpt.as_str()));
     check_job(&cluster, &job_b, 600, &[]);
+}
+
+#[test]
+fn embedded_mode_serves_the_same_api_without_etcd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (api, trainer) = (harness::free_port(), harness::free_port());
+    let args: Vec<String> = [
+        "serve", "--listen", &format!("127.0.0.1:{api}"), "--trainer-listen",
+        &format!("127.0.0.1:{trainer}"), "--workers", "2", "--threads", "1", "--device", "cpu",
+        "--store", &dir.path().join("store").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut serve = harness::spawn("serve", &harness::binary(), &args, dir.path());
+    let n = 400;
+    let (corpus, pairs) = cranfield_pairs(dir.path(), n, &[]);
+    let url = format!("http://127.0.0.1:{api}");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(harness::binary())
+            .args(args)
+            .output()
+            .expect("labelfleet");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            serve.log_tail(20)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let submitted = run(&[
+        "submit", "--coordinator", &url, "--corpus", &corpus.display().to_string(), "--pairs",
+        &pairs.display().to_string(), "--task-size", "50", "--max-tokens", "48", "--watch",
+    ]);
+    let job_id = submitted.lines().next().expect("job id").trim().to_string();
+    let out = dir.path().join("labels.jsonl");
+    let qrels = dir.path().join("labels.qrels");
+    run(&[
+        "fetch", "--coordinator", &url, &job_id, "--output", &out.display().to_string(), "--qrels",
+        &qrels.display().to_string(),
+    ]);
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(&out).expect("labels").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("label");
+        *counts.entry(v["id"].as_str().expect("id").to_string()).or_insert(0usize) += 1;
+    }
+    assert_exactly_once(&counts, n, &[], "embedded");
+    let qrel_lines = std::fs::read_to_string(&qrels).expect("qrels");
+    assert_eq!(qrel_lines.lines().count(), n);
+    assert!(qrel_lines.lines().all(|l| l.split_whitespace().count() == 4));
+    serve.sigterm();
+    let status = serve.child.wait().expect("serve exit");
+    assert!(status.success(), "serve stops cleanly on SIGTERM: {status:?}");
 }

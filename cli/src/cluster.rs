@@ -722,3 +722,110 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         }
     })
 }
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC API (the same JobService a cluster serves).
+    #[arg(long, env = "LABELFLEET_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Trainer address.
+    #[arg(long, default_value = "127.0.0.1:7072")]
+    trainer_listen: SocketAddr,
+    /// In-process workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Object store root.
+    #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
+    store: PathBuf,
+    #[arg(long, env = "LABELFLEET_DEVICE", default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// libtorch intra-op threads per worker (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// Embedded mode: the coordinator, in-process workers and the trainer in one process, on one
+/// in-process metadata store and a local directory. No etcd. Clients use it like a cluster.
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let placement = labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?;
+    runtime()?.block_on(async move {
+        let meta = labelfleet_coordinator::meta::MetaStore::memory();
+        // Workers stop first (finishing and committing what they hold), then the rest.
+        let (stop_workers, _) = tokio::sync::broadcast::channel::<()>(1);
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+            let mut rx = tx.subscribe();
+            async move {
+                let _ = rx.recv().await;
+            }
+        };
+        let coordinator = tokio::spawn(labelfleet_coordinator::server::run_with_meta(
+            CoordinatorConfig {
+                listen: a.listen,
+                store: a.store.clone(),
+                metrics_listen: a.metrics_listen,
+                ..Default::default()
+            },
+            meta.clone(),
+            stopped(&stop_tx),
+        ));
+        let mut workers = Vec::new();
+        for i in 0..a.workers.max(1) {
+            let config = WorkerConfig {
+                worker_id: format!("embedded-{i}"),
+                listen: "127.0.0.1:0".parse()?,
+                advertise: None,
+                etcd: Vec::new(),
+                etcd_prefix: "/labelfleet".into(),
+                coordinator: Some(a.listen.to_string()),
+                placement,
+                threads: a.threads,
+                capacity: 2,
+                checkpoints: a.store.join("worker-checkpoints").join(i.to_string()),
+                metrics_listen: None,
+                registration_ttl: Duration::from_secs(10),
+            };
+            let m = meta.clone();
+            let stop = stopped(&stop_workers);
+            workers.push(tokio::spawn(async move {
+                labelfleet_worker::run_with_meta(config, m, stop).await.map_err(anyhow::Error::from)
+            }));
+        }
+        let trainer_config = labelfleet_trainer::TrainerConfig {
+            listen: a.trainer_listen,
+            etcd: Vec::new(),
+            etcd_prefix: "/labelfleet".into(),
+            store: a.store.clone(),
+            placement,
+            threads: a.threads,
+            max_tokens: 256,
+            push_rate_mib_s: 0.0,
+            metrics_listen: None,
+        };
+        let m = meta.clone();
+        let stop = stopped(&stop_tx);
+        let trainer = tokio::spawn(async move {
+            labelfleet_trainer::run_with_meta(trainer_config, m, stop).await.map_err(anyhow::Error::from)
+        });
+        eprintln!(
+            "labelfleet serving on {} ({} in-process worker(s), trainer on {}); Ctrl-C to stop",
+            a.listen,
+            a.workers.max(1),
+            a.trainer_listen
+        );
+        shutdown_signal().await;
+        eprintln!("stopping: workers finish the tasks they hold");
+        let _ = stop_workers.send(());
+        for w in workers {
+            w.await??;
+        }
+        let _ = stop_tx.send(());
+        trainer.await??;
+        coordinator.await??;
+        Ok(())
+    })
+}

@@ -47,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Coordinator dispatch rate and scaling with simulated workers (no GPU needed).
     BenchDispatch(dispatch_bench::DispatchBenchArgs),
+    /// Embedded cluster in one process (coordinator, workers, trainer; no etcd) for a laptop.
+    Serve(cluster::ServeArgs),
     /// Cluster coordinator replica (leader through etcd election, or standby).
     Coordinator(cluster::CoordinatorArgs),
     /// Cluster worker: leases tasks from the leader and runs the engine.
@@ -164,6 +166,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchDispatch(a) => dispatch_bench::run(a),
+        Command::Serve(a) => cluster::serve(a),
         Command::Coordinator(a) => cluster::coordinator(a),
         Command::Worker(a) => cluster::worker(a),
         Command::Trainer(a) => cluster::trainer(a),

@@ -63,6 +63,8 @@ struct JobEntry {
     /// is measured over what this leader saw.
     since: Instant,
     pairs_done_at_since: u64,
+    /// When the job reached a final state: its rate stops there.
+    ended: Option<Instant>,
     first_failure: Option<String>,
 }
 
@@ -187,6 +189,7 @@ impl Scheduler {
             counts,
             since: now,
             pairs_done_at_since: pairs_done,
+            ended: None,
             first_failure,
         };
         let finished = if running {
@@ -401,6 +404,7 @@ impl Scheduler {
         {
             job.job.state = JobState::Cancelled as i32;
             job.job.error = format!("cancelled: {reason}");
+            job.ended = Some(Instant::now());
         }
         Some(&job.job)
     }
@@ -410,7 +414,11 @@ impl Scheduler {
         let entry = self.jobs.get(job_id)?;
         let mut job = entry.job.clone();
         let c = &entry.counts;
-        let elapsed = now.duration_since(entry.since).as_secs_f64();
+        let elapsed = entry
+            .ended
+            .unwrap_or(now)
+            .duration_since(entry.since)
+            .as_secs_f64();
         let rate = if elapsed > 0.0 {
             (c.pairs_done - entry.pairs_done_at_since) as f64 / elapsed
         } else {
@@ -509,6 +517,7 @@ impl Scheduler {
             return None;
         }
         job.job.state = JobState::Succeeded as i32;
+        job.ended = Some(Instant::now());
         if c.tasks_failed > 0 {
             job.job.error = format!(
                 "{} of {} tasks failed ({} pairs); first: {}",

@@ -78,8 +78,17 @@ pub async fn run(
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let blobs = Blobs::local(&config.store)?;
     let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    run_with_meta(config, meta, shutdown).await
+}
+
+/// Runs a replica on a given metadata store (embedded mode shares one among its roles).
+pub async fn run_with_meta(
+    config: CoordinatorConfig,
+    meta: MetaStore,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let blobs = Blobs::local(&config.store)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
     let advertise = config

@@ -73,7 +73,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
+pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
@@ -119,6 +119,7 @@ pub struct Cluster {
     etcd_peer_port: u16,
     pub coordinators: Vec<Proc>,
     pub coordinator_ports: Vec<u16>,
+    pub metrics_ports: Vec<u16>,
     pub workers: Vec<Proc>,
     pub worker_ports: Vec<u16>,
     pub options: Options,
@@ -134,6 +135,7 @@ impl Cluster {
             etcd_peer_port: free_port(),
             coordinators: Vec::new(),
             coordinator_ports: Vec::new(),
+            metrics_ports: Vec::new(),
             workers: Vec::new(),
             worker_ports: Vec::new(),
             options,
@@ -142,6 +144,7 @@ impl Cluster {
         for i in 0..c.options.coordinators {
             let port = free_port();
             c.coordinator_ports.push(port);
+            c.metrics_ports.push(free_port());
             let p = c.spawn_coordinator(i, port);
             c.coordinators.push(p);
             // The first replica campaigns first and leads.
@@ -213,7 +216,7 @@ impl Cluster {
             "--election-ttl-s".into(),
             self.options.election_ttl_s.to_string(),
             "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
         spawn(&format!("coordinator{i}"), &binary(), &args, self.dir.path())
     }
@@ -465,6 +468,33 @@ impl Cluster {
         counts
     }
 
+    /// Scrapes a coordinator's Prometheus metrics: name -> value.
+    pub fn metrics(&self, coordinator: usize) -> HashMap<String, f64> {
+        scrape(self.metrics_ports[coordinator])
+    }
+
+    /// The gRPC health status a coordinator reports for the whole server.
+    pub fn health(&self, coordinator: usize) -> String {
+        let port = self.coordinator_ports[coordinator];
+        runtime().block_on(async {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("endpoint")
+                .connect()
+                .await
+            else {
+                return "UNREACHABLE".to_string();
+            };
+            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+            match c
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+            {
+                Ok(r) => r.into_inner().status().as_str_name().to_string(),
+                Err(s) => format!("ERROR {}", s.message()),
+            }
+        })
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for p in self
@@ -531,4 +561,19 @@ pub fn cranfield_pairs(dir: &Path, n: usize, bad: &[&str]) -> (PathBuf, PathBuf)
     }
     std::fs::write(&path, text).expect("pairs file");
     (corpus, path)
+}
+
+/// `GET /metrics` on a loopback port, parsed into name -> value.
+pub fn scrape(port: u16) -> HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut text = String::new();
+    sock.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        .collect()
 }

@@ -103,10 +103,19 @@ pub async fn run(
     config: TrainerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    run_with_meta(config, meta, shutdown).await
+}
+
+/// Runs the trainer on a given metadata store (embedded mode shares one among its roles).
+pub async fn run_with_meta(
+    config: TrainerConfig,
+    meta: MetaStore,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     // Datasets and checkpoints are files libtorch reads and writes: the trainer works on the
     // store's directory itself.
     std::fs::create_dir_all(config.store.join("checkpoints"))?;
-    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
     let (metrics_tx, _) = broadcast::channel(256);
     let shared = Arc::new(Shared {
         meta,

@@ -64,6 +64,16 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    run_with_meta(config, meta, shutdown).await
+}
+
+/// Runs a worker on a given metadata store (embedded mode shares one among its roles).
+pub async fn run_with_meta(
+    config: WorkerConfig,
+    meta: MetaStore,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
     std::fs::create_dir_all(&config.checkpoints)?;
     let state = Arc::new(ControlState::default());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -129,15 +139,19 @@ pub async fn run(
     }
 
     // Registration: a key under a lease, so the leader re-queues our tasks soon after we die.
-    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let info = serde_json::json!({
+        "control_address": advertise,
+        "device": config.placement.describe(),
+        "capacity": config.capacity,
+    });
+    if let MetaStore::Memory(_) = &meta {
+        // Embedded: the process is the cluster; the key only tells the trainer where we are.
+        meta.put(&keys::worker(meta.prefix(), &config.worker_id), info.to_string().into_bytes())
+            .await?;
+    }
     if let MetaStore::Etcd { client, .. } = &meta {
         let ttl = config.registration_ttl.as_secs().max(1) as i64;
         let lease = client.clone().lease_grant(ttl, None).await?;
-        let info = serde_json::json!({
-            "control_address": advertise,
-            "device": config.placement.describe(),
-            "capacity": config.capacity,
-        });
         meta.put_with_lease(
             &keys::worker(meta.prefix(), &config.worker_id),
             info.to_string().into_bytes(),
