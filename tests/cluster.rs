@@ -46,7 +46,10 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
     let job = cluster.wait_finished(&job_id, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     let stage = &job.stages[0];
-    assert_eq!((stage.total, stage.done, stage.failed), (n as u64, 9_900, 100));
+    assert_eq!(
+        (stage.total, stage.done, stage.failed),
+        (n as u64, 9_900, 100)
+    );
     assert!(
         job.error.contains("p4321") && job.error.contains("query"),
         "the failure names the pair and field: {}",
@@ -69,7 +72,12 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
     // Every worker took part (the leader spread the tasks).
     for w in &cluster.workers {
         let log = std::fs::read_to_string(&w.log).unwrap_or_default();
-        assert!(log.contains("model loaded"), "{} did no work:\n{}", w.name, w.log_tail(20));
+        assert!(
+            log.contains("model loaded"),
+            "{} did no work:\n{}",
+            w.name,
+            w.log_tail(20)
+        );
     }
 }
 
@@ -85,9 +93,16 @@ fn workers_killed_or_drained_mid_job_lose_nothing() {
     cluster.wait_progress(&job_id, 0.5, TIMEOUT);
     cluster.workers[1].sigterm();
     let status = cluster.workers[1].child.wait().expect("worker exit status");
-    assert!(status.success(), "a drained worker exits cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "a drained worker exits cleanly: {status:?}"
+    );
     let log = std::fs::read_to_string(&cluster.workers[1].log).unwrap_or_default();
-    assert!(log.contains("drained; stopping"), "{}", cluster.workers[1].log_tail(10));
+    assert!(
+        log.contains("drained; stopping"),
+        "{}",
+        cluster.workers[1].log_tail(10)
+    );
     let job = cluster.wait_finished(&job_id, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     assert_eq!(job.stages[0].done, n as u64);
@@ -114,7 +129,10 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     assert_eq!(job.stages[0].done, n as u64);
     check_job(&cluster, &job_id, n, &[]);
     let log = std::fs::read_to_string(&cluster.coordinators[new].log).unwrap_or_default();
-    assert!(log.contains("state loaded"), "the new leader reloaded state");
+    assert!(
+        log.contains("state loaded"),
+        "the new leader reloaded state"
+    );
 }
 
 #[test]
@@ -203,7 +221,15 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
     let mut started = false;
     for _ in 0..100 {
         let out = std::process::Command::new(harness::binary())
-            .args(["distill", "--trainer", &url, "--dataset", &dataset, "--epochs", "1"])
+            .args([
+                "distill",
+                "--trainer",
+                &url,
+                "--dataset",
+                &dataset,
+                "--epochs",
+                "1",
+            ])
             .output()
             .expect("distill");
         if out.status.success() {
@@ -212,13 +238,21 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(started, "the trainer accepted the distillation\n{}", trainer.log_tail(20));
+    assert!(
+        started,
+        "the trainer accepted the distillation\n{}",
+        trainer.log_tail(20)
+    );
     let deadline = Instant::now() + TIMEOUT;
     while !std::fs::read_to_string(&trainer.log)
         .unwrap_or_default()
         .contains("pushing checkpoint")
     {
-        assert!(Instant::now() < deadline, "no push started\n{}", trainer.log_tail(20));
+        assert!(
+            Instant::now() < deadline,
+            "no push started\n{}",
+            trainer.log_tail(20)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -234,17 +268,29 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
     let worker_dirs: Vec<PathBuf> = (0..cluster.workers.len())
         .map(|i| cluster.dir.path().join(format!("checkpoints-w{i}")))
         .collect();
-    let discarded = cluster
-        .workers
-        .iter()
-        .any(|w| std::fs::read_to_string(&w.log).unwrap_or_default().contains("checkpoint push discarded"));
-    assert!(discarded, "a worker saw the push cut and discarded it\n{}", cluster.logs());
+    let discarded = cluster.workers.iter().any(|w| {
+        std::fs::read_to_string(&w.log)
+            .unwrap_or_default()
+            .contains("checkpoint push discarded")
+    });
+    assert!(
+        discarded,
+        "a worker saw the push cut and discarded it\n{}",
+        cluster.logs()
+    );
 
     // A new trainer finishes the push to every worker.
     let _trainer2 = cluster.spawn_trainer("trainer2", harness::free_port(), 0.0);
     let deadline = Instant::now() + TIMEOUT;
-    while !worker_dirs.iter().all(|d| d.join(&ckpt).join("config.json").is_file()) {
-        assert!(Instant::now() < deadline, "the push did not resume\n{}", cluster.logs());
+    while !worker_dirs
+        .iter()
+        .all(|d| d.join(&ckpt).join("config.json").is_file())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the push did not resume\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     for d in &worker_dirs {
@@ -253,7 +299,23 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().starts_with(".incoming"))
             .collect();
-        assert!(leftovers.is_empty(), "partial pushes are cleaned up: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "partial pushes are cleaned up: {leftovers:?}"
+        );
+    }
+
+    // A worker that joins later is brought up to date by the trainer.
+    let late = cluster.spawn_worker(3, harness::free_port());
+    let late_dir = cluster.dir.path().join("checkpoints-w3").join(&ckpt);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !late_dir.join("config.json").is_file() {
+        assert!(
+            Instant::now() < deadline,
+            "the late worker never got the checkpoint\n{}",
+            late.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // A job pinned to the pushed checkpoint labels with it.
@@ -272,9 +334,19 @@ fn embedded_mode_serves_the_same_api_without_etcd() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (api, trainer) = (harness::free_port(), harness::free_port());
     let args: Vec<String> = [
-        "serve", "--listen", &format!("127.0.0.1:{api}"), "--trainer-listen",
-        &format!("127.0.0.1:{trainer}"), "--workers", "2", "--threads", "1", "--device", "cpu",
-        "--store", &dir.path().join("store").display().to_string(),
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--trainer-listen",
+        &format!("127.0.0.1:{trainer}"),
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--store",
+        &dir.path().join("store").display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -297,26 +369,49 @@ fn embedded_mode_serves_the_same_api_without_etcd() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let submitted = run(&[
-        "submit", "--coordinator", &url, "--corpus", &corpus.display().to_string(), "--pairs",
-        &pairs.display().to_string(), "--task-size", "50", "--max-tokens", "48", "--watch",
+        "submit",
+        "--coordinator",
+        &url,
+        "--corpus",
+        &corpus.display().to_string(),
+        "--pairs",
+        &pairs.display().to_string(),
+        "--task-size",
+        "50",
+        "--max-tokens",
+        "48",
+        "--watch",
     ]);
     let job_id = submitted.lines().next().expect("job id").trim().to_string();
     let out = dir.path().join("labels.jsonl");
     let qrels = dir.path().join("labels.qrels");
     run(&[
-        "fetch", "--coordinator", &url, &job_id, "--output", &out.display().to_string(), "--qrels",
+        "fetch",
+        "--coordinator",
+        &url,
+        &job_id,
+        "--output",
+        &out.display().to_string(),
+        "--qrels",
         &qrels.display().to_string(),
     ]);
     let mut counts = HashMap::new();
     for line in std::fs::read_to_string(&out).expect("labels").lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("label");
-        *counts.entry(v["id"].as_str().expect("id").to_string()).or_insert(0usize) += 1;
+        *counts
+            .entry(v["id"].as_str().expect("id").to_string())
+            .or_insert(0usize) += 1;
     }
     assert_exactly_once(&counts, n, &[], "embedded");
     let qrel_lines = std::fs::read_to_string(&qrels).expect("qrels");
     assert_eq!(qrel_lines.lines().count(), n);
-    assert!(qrel_lines.lines().all(|l| l.split_whitespace().count() == 4));
+    assert!(qrel_lines
+        .lines()
+        .all(|l| l.split_whitespace().count() == 4));
     serve.sigterm();
     let status = serve.child.wait().expect("serve exit");
-    assert!(status.success(), "serve stops cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "serve stops cleanly on SIGTERM: {status:?}"
+    );
 }

@@ -81,7 +81,10 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         election_ttl: Duration::from_secs(a.election_ttl_s),
     };
     runtime()?
-        .block_on(labelfleet_coordinator::server::run(config, shutdown_signal()))
+        .block_on(labelfleet_coordinator::server::run(
+            config,
+            shutdown_signal(),
+        ))
         .context("coordinator")
 }
 
@@ -153,7 +156,11 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
 #[derive(Args, Clone)]
 pub struct ClientArgs {
     /// Coordinator addresses, comma-separated; the leader among them is found by trying each.
-    #[arg(long, env = "LABELFLEET_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "LABELFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
 }
 
@@ -269,7 +276,10 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
             .context("uploading the corpus")?
             .into_inner();
         for r in uploaded.rejected.iter().take(20) {
-            eprintln!("rejected by the coordinator: {} {} {}: {}", r.location, r.id, r.field, r.message);
+            eprintln!(
+                "rejected by the coordinator: {} {} {}: {}",
+                r.location, r.id, r.field, r.message
+            );
         }
         eprintln!(
             "corpus {}: {} documents ({} rejected here, {} there)",
@@ -318,7 +328,11 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
             .map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?
             .into_inner();
         println!("{}", job.job_id);
-        eprintln!("submitted {} ({} pairs; {rejected} pair lines rejected)", job.job_id, total(&job));
+        eprintln!(
+            "submitted {} ({} pairs; {rejected} pair lines rejected)",
+            job.job_id,
+            total(&job)
+        );
         if a.watch {
             watch_job(&a.client, &job.job_id).await?;
         }
@@ -357,7 +371,11 @@ fn total(job: &Job) -> u64 {
 
 fn state_name(state: i32) -> String {
     JobState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| format!("state {state}"))
 }
 
@@ -375,26 +393,25 @@ async fn watch_job(client_args: &ClientArgs, job_id: &str) -> Result<Job> {
             Err(s) if s.code() == tonic::Code::Unavailable => continue,
             Err(s) => bail!("watch {job_id}: {}", s.message()),
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(job)) => {
-                    let stage = job.stages.first().cloned().unwrap_or_default();
-                    let pb = bar.get_or_insert_with(|| progress::bar(stage.total, "pairs"));
-                    pb.set_position(stage.done + stage.failed);
-                    if job.state >= JobState::Succeeded as i32 {
-                        pb.finish();
-                        eprintln!(
-                            "{job_id}: {} — {} labeled, {} failed{}",
-                            state_name(job.state),
-                            stage.done,
-                            stage.failed,
-                            if job.error.is_empty() { String::new() } else { format!(" ({})", job.error) }
-                        );
-                        return Ok(job);
+        // Until the stream ends or breaks (a leader change): then reconnect and go on.
+        while let Ok(Some(job)) = stream.message().await {
+            let stage = job.stages.first().cloned().unwrap_or_default();
+            let pb = bar.get_or_insert_with(|| progress::bar(stage.total, "pairs"));
+            pb.set_position(stage.done + stage.failed);
+            if job.state >= JobState::Succeeded as i32 {
+                pb.finish();
+                eprintln!(
+                    "{job_id}: {} — {} labeled, {} failed{}",
+                    state_name(job.state),
+                    stage.done,
+                    stage.failed,
+                    if job.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", job.error)
                     }
-                }
-                // The stream broke (leader change): reconnect and go on.
-                Ok(None) | Err(_) => break,
+                );
+                return Ok(job);
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -414,7 +431,9 @@ pub fn status(a: JobArgs) -> Result<()> {
             .client
             .connect()
             .await?
-            .get_job(GetJobRequest { job_id: a.job_id.clone() })
+            .get_job(GetJobRequest {
+                job_id: a.job_id.clone(),
+            })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
@@ -446,7 +465,10 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             .client
             .connect()
             .await?
-            .cancel_job(CancelJobRequest { job_id: a.job_id.clone(), reason: a.reason.clone() })
+            .cancel_job(CancelJobRequest {
+                job_id: a.job_id.clone(),
+                reason: a.reason.clone(),
+            })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
@@ -468,7 +490,11 @@ pub fn list(a: ListArgs) -> Result<()> {
         let mut token = String::new();
         loop {
             let page = client
-                .list_jobs(ListJobsRequest { page_size: 100, page_token: token.clone(), state: 0 })
+                .list_jobs(ListJobsRequest {
+                    page_size: 100,
+                    page_token: token.clone(),
+                    state: 0,
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -495,13 +521,19 @@ fn job_table(jobs: &[Job]) -> String {
                 format!("{}/{}", s.done, s.total),
                 s.failed.to_string(),
                 format!("{:.1}", s.items_per_second),
-                if s.eta_seconds > 0.0 { format!("{:.0}s", s.eta_seconds) } else { "-".into() },
+                if s.eta_seconds > 0.0 {
+                    format!("{:.0}s", s.eta_seconds)
+                } else {
+                    "-".into()
+                },
                 j.error.clone(),
             ]
         })
         .collect();
     progress::table(
-        &["job", "name", "state", "labeled", "failed", "pairs/s", "ETA", "note"],
+        &[
+            "job", "name", "state", "labeled", "failed", "pairs/s", "ETA", "note",
+        ],
         rows,
     )
 }
@@ -607,6 +639,10 @@ pub struct TrainerArgs {
     /// Push bandwidth per worker, MiB/s (0: unlimited).
     #[arg(long, default_value_t = 0.0)]
     push_rate_mib_s: f64,
+    /// Seconds between checks that every live worker holds every registered checkpoint
+    /// (workers that joined later get them then).
+    #[arg(long, default_value_t = 15)]
+    reconcile_interval_s: u64,
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 }
@@ -621,6 +657,7 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
         threads: a.threads,
         max_tokens: a.max_tokens,
         push_rate_mib_s: a.push_rate_mib_s,
+        reconcile_interval: Duration::from_secs(a.reconcile_interval_s.max(1)),
         metrics_listen: a.metrics_listen,
     };
     runtime()?
@@ -631,7 +668,11 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
 #[derive(Args)]
 pub struct DistillArgs {
     /// Trainer address.
-    #[arg(long, env = "LABELFLEET_TRAINER", default_value = "http://127.0.0.1:7072")]
+    #[arg(
+        long,
+        env = "LABELFLEET_TRAINER",
+        default_value = "http://127.0.0.1:7072"
+    )]
     trainer: String,
     /// Base model of the student (bundled name or folder on the trainer).
     #[arg(long, default_value = "minilm")]
@@ -681,7 +722,9 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         }
         let mut bar: Option<indicatif::ProgressBar> = None;
         if let Ok(stream) = client
-            .watch_training(GetTrainingRunRequest { run_id: run.run_id.clone() })
+            .watch_training(GetTrainingRunRequest {
+                run_id: run.run_id.clone(),
+            })
             .await
         {
             let mut stream = stream.into_inner();
@@ -696,7 +739,9 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         }
         loop {
             let run = client
-                .get_training_run(GetTrainingRunRequest { run_id: run.run_id.clone() })
+                .get_training_run(GetTrainingRunRequest {
+                    run_id: run.run_id.clone(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -705,7 +750,12 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                     println!(
                         "{}",
                         progress::table(
-                            &["run", "checkpoint", "held-out agreement with teacher", "majority class"],
+                            &[
+                                "run",
+                                "checkpoint",
+                                "held-out agreement with teacher",
+                                "majority class"
+                            ],
                             vec![vec![
                                 run.run_id.clone(),
                                 run.checkpoint_id.clone(),
@@ -792,7 +842,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             let m = meta.clone();
             let stop = stopped(&stop_workers);
             workers.push(tokio::spawn(async move {
-                labelfleet_worker::run_with_meta(config, m, stop).await.map_err(anyhow::Error::from)
+                labelfleet_worker::run_with_meta(config, m, stop)
+                    .await
+                    .map_err(anyhow::Error::from)
             }));
         }
         let trainer_config = labelfleet_trainer::TrainerConfig {
@@ -804,12 +856,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             threads: a.threads,
             max_tokens: 256,
             push_rate_mib_s: 0.0,
+            reconcile_interval: Duration::from_secs(15),
             metrics_listen: None,
         };
         let m = meta.clone();
         let stop = stopped(&stop_tx);
         let trainer = tokio::spawn(async move {
-            labelfleet_trainer::run_with_meta(trainer_config, m, stop).await.map_err(anyhow::Error::from)
+            labelfleet_trainer::run_with_meta(trainer_config, m, stop)
+                .await
+                .map_err(anyhow::Error::from)
         });
         eprintln!(
             "labelfleet serving on {} ({} in-process worker(s), trainer on {}); Ctrl-C to stop",

@@ -79,12 +79,24 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
         let counts: Vec<usize> = a
             .workers
             .split(',')
-            .map(|s| s.trim().parse().context("--workers: a comma-separated list of counts"))
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .context("--workers: a comma-separated list of counts")
+            })
             .collect::<Result<_>>()?;
-        let meta = if etcd.is_empty() { "embedded store" } else { "etcd" };
-        eprintln!("coordinator on loopback gRPC, {meta}, results in {}", store.display());
+        let meta = if etcd.is_empty() {
+            "embedded store"
+        } else {
+            "etcd"
+        };
+        eprintln!(
+            "coordinator on loopback gRPC, {meta}, results in {}",
+            store.display()
+        );
 
-        let dispatch = measure(&a, &etcd, &store, a.dispatch_workers, a.dispatch_pairs, 0.0).await?;
+        let dispatch =
+            measure(&a, &etcd, &store, a.dispatch_workers, a.dispatch_pairs, 0.0).await?;
         let mut scaling = Vec::new();
         for &n in &counts {
             let pairs = (n as f64 * a.seconds * 1000.0 / a.pair_cost_ms) as usize;
@@ -123,7 +135,14 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
         println!(
             "{}",
             progress::table(
-                &["run", "pairs", "seconds", "pairs/s", "ideal pairs/s", "efficiency"],
+                &[
+                    "run",
+                    "pairs",
+                    "seconds",
+                    "pairs/s",
+                    "ideal pairs/s",
+                    "efficiency"
+                ],
                 rows
             )
         );
@@ -137,7 +156,10 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
                              "seconds": dispatch.seconds, "pairs_per_second": dispatch.rate()},
                 "scaling": json_rows,
             });
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out)?;
             writeln!(f, "{line}")?;
         }
         Ok(())
@@ -153,7 +175,9 @@ async fn measure(
     pairs: usize,
     pair_cost_ms: f64,
 ) -> Result<RunResult> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = CoordinatorConfig {
         listen: format!("127.0.0.1:{port}").parse()?,
         etcd: etcd.to_vec(),
@@ -240,7 +264,11 @@ async fn measure(
         .into_inner();
     let stage = final_job.stages.first().cloned().unwrap_or_default();
     if final_job.state != JobState::Succeeded as i32 || stage.done != pairs as u64 {
-        bail!("bench job ended {:?} with {} of {pairs} pairs", final_job.state, stage.done);
+        bail!(
+            "bench job ended {:?} with {} of {pairs} pairs",
+            final_job.state,
+            stage.done
+        );
     }
     let _ = stop_tx.send(());
     server.await??;
@@ -255,7 +283,12 @@ async fn connect_leader(url: &str) -> Result<JobServiceClient<tonic::transport::
     for _ in 0..200 {
         if let Ok(mut c) = JobServiceClient::connect(url.to_string()).await {
             let c2 = c.clone();
-            match c.get_job(GetJobRequest { job_id: String::new() }).await {
+            match c
+                .get_job(GetJobRequest {
+                    job_id: String::new(),
+                })
+                .await
+            {
                 Err(s) if s.code() == tonic::Code::Unavailable => {}
                 _ => {
                     return Ok(c2

@@ -44,13 +44,19 @@ impl CorpusBuilder {
             let problem = if doc.id.trim().is_empty() {
                 Some(reject("id", "missing or empty".into()))
             } else if self.seen.contains(&doc.id) {
-                Some(reject("id", "duplicate id; the first record is kept".into()))
+                Some(reject(
+                    "id",
+                    "duplicate id; the first record is kept".into(),
+                ))
             } else if doc.body.trim().is_empty() && doc.title.trim().is_empty() {
                 Some(reject("body", "empty (and no title)".into()))
             } else if doc.body.len() > MAX_BODY_BYTES {
                 Some(reject(
                     "body",
-                    format!("{} bytes, over the {MAX_BODY_BYTES}-byte limit", doc.body.len()),
+                    format!(
+                        "{} bytes, over the {MAX_BODY_BYTES}-byte limit",
+                        doc.body.len()
+                    ),
                 ))
             } else {
                 None
@@ -274,7 +280,9 @@ mod tests {
         let mut spec = JobSpec {
             corpus_id: "c1".into(),
             student: Some(ModelRef {
-                source: Some(labelfleet_proto::v1::model_ref::Source::LocalPath("m".into())),
+                source: Some(labelfleet_proto::v1::model_ref::Source::LocalPath(
+                    "m".into(),
+                )),
             }),
             label_pairs: (0..5).map(|i| pair(&format!("p{i}"), "d1")).collect(),
             task_size: 2,
@@ -290,9 +298,15 @@ mod tests {
         ));
         spec.label_pairs.push(pair("p9", "nope"));
         let err = plan_tasks("j", &spec, &corpus).unwrap_err().to_string();
-        assert!(err.contains("label_pairs[5] (pair `p9`).doc_id: `nope`"), "{err}");
+        assert!(
+            err.contains("label_pairs[5] (pair `p9`).doc_id: `nope`"),
+            "{err}"
+        );
         spec.label_pairs.push(pair("p9", "d1"));
         let err = validate_spec(&spec).unwrap_err().to_string();
-        assert!(err.contains("label_pairs[6] (pair `p9`).pair_id: duplicate"), "{err}");
+        assert!(
+            err.contains("label_pairs[6] (pair `p9`).pair_id: duplicate"),
+            "{err}"
+        );
     }
 }

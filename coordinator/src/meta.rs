@@ -101,6 +101,8 @@ pub fn spawn_lease_keeper(client: Client, lease_id: i64, ttl: Duration) -> watch
 }
 
 /// The metadata store.
+// One per process, cloned rarely: the size of the etcd client does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum MetaStore {
     Etcd { client: Client, prefix: String },
@@ -154,9 +156,9 @@ impl MetaStore {
                         }
                     }
                 };
-                let key = won
-                    .leader()
-                    .ok_or_else(|| CoordinatorError::NotLeader("campaign returned no key".into()))?;
+                let key = won.leader().ok_or_else(|| {
+                    CoordinatorError::NotLeader("campaign returned no key".into())
+                })?;
                 Ok(Leadership {
                     fence: Fence {
                         key: key.key().to_vec(),
@@ -178,9 +180,7 @@ impl MetaStore {
                     Ok(resp) => Ok(resp
                         .kv()
                         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
-                    Err(etcd_client::Error::GRpcStatus(s))
-                        if s.message().contains("no leader") =>
-                    {
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("no leader") => {
                         Ok(None)
                     }
                     Err(e) => Err(e.into()),

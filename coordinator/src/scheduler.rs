@@ -149,7 +149,8 @@ impl Scheduler {
         now: Instant,
     ) -> Option<Finished> {
         let job_id = job.job_id.clone();
-        let running = job.state == JobState::Running as i32 || job.state == JobState::Pending as i32;
+        let running =
+            job.state == JobState::Running as i32 || job.state == JobState::Pending as i32;
         let mut entries = Vec::with_capacity(tasks.len());
         let mut counts = JobCounts::default();
         let mut first_failure = None;
@@ -296,7 +297,10 @@ impl Scheduler {
             return (false, None);
         };
         let entry = &mut job.tasks[i];
-        if matches!(entry.state, TaskState::Done { .. } | TaskState::Failed { .. }) {
+        if matches!(
+            entry.state,
+            TaskState::Done { .. } | TaskState::Failed { .. }
+        ) {
             return (false, None);
         }
         entry.state = TaskState::Done { attempt };
@@ -400,8 +404,7 @@ impl Scheduler {
     /// Cancels a running job: its queued tasks are skipped and its leases revoked.
     pub fn cancel(&mut self, job_id: &str, reason: &str) -> Option<&Job> {
         let job = self.jobs.get_mut(job_id)?;
-        if job.job.state == JobState::Running as i32 || job.job.state == JobState::Pending as i32
-        {
+        if job.job.state == JobState::Running as i32 || job.job.state == JobState::Pending as i32 {
             job.job.state = JobState::Cancelled as i32;
             job.job.error = format!("cancelled: {reason}");
             job.ended = Some(Instant::now());
@@ -581,7 +584,9 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(3);
         let (j, t) = job("a", 3);
-        assert!(s.add_job(j, t, &HashMap::new(), &HashMap::new(), now).is_none());
+        assert!(s
+            .add_job(j, t, &HashMap::new(), &HashMap::new(), now)
+            .is_none());
         let got = s.lease("w1", 2, now);
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].attempt, got[0].fencing_token), (1, 7));
@@ -592,9 +597,7 @@ mod tests {
         for t in got.iter().chain(&more) {
             assert_eq!(
                 s.check_completion(&t.task_id),
-                Some(Completion::Accept {
-                    job_id: "a".into()
-                })
+                Some(Completion::Accept { job_id: "a".into() })
             );
         }
         assert_eq!(s.mark_done("a-t0", 1), (true, None));
@@ -658,7 +661,11 @@ mod tests {
         assert_eq!(fin.state, JobState::Succeeded);
         let snap = s.job("a", now).unwrap();
         assert_eq!(snap.stages[0].failed, 10);
-        assert!(snap.error.contains("a-t0: cuda oom (after 2 attempts)"), "{}", snap.error);
+        assert!(
+            snap.error.contains("a-t0: cuda oom (after 2 attempts)"),
+            "{}",
+            snap.error
+        );
     }
 
     #[test]

@@ -154,11 +154,16 @@ pub async fn run_with_meta(
         async move {
             let leadership = meta.campaign(&advertise, config.election_ttl).await?;
             let mut lost = leadership.lost.clone();
-            tracing::info!(token = leadership.fence.token, "elected leader; loading state");
+            tracing::info!(
+                token = leadership.fence.token,
+                "elected leader; loading state"
+            );
             let leader = Arc::new(coord.load(leadership.fence, sched_config).await?);
             *coord.leader.write().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
             for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
-                health.set_service_status(name, ServingStatus::Serving).await;
+                health
+                    .set_service_status(name, ServingStatus::Serving)
+                    .await;
             }
             tracing::info!("leading");
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -173,7 +178,7 @@ pub async fn run_with_meta(
                 }
                 ticks += 1;
                 let reaped = coord.reap(&leader).await;
-                let released = if ticks % 4 == 0 {
+                let released = if ticks.is_multiple_of(4) {
                     coord.release_departed(&leader).await
                 } else {
                     Ok(())
@@ -212,16 +217,76 @@ pub fn render(c: &Coordinator) -> String {
             (s.queue_depth(), s.in_flight())
         })
         .unwrap_or((0, 0));
-    write_metric(&mut out, "labelfleet_is_leader", "gauge", "1 on the elected leader", leader.is_some() as u8 as f64);
-    write_metric(&mut out, "labelfleet_queue_depth", "gauge", "Tasks waiting for a worker", depth as f64);
-    write_metric(&mut out, "labelfleet_tasks_in_flight", "gauge", "Tasks leased to workers", in_flight as f64);
-    write_metric(&mut out, "labelfleet_pairs_total", "counter", "Pairs whose labels were committed", m.pairs_committed.get() as f64);
-    write_metric(&mut out, "labelfleet_tasks_committed_total", "counter", "Tasks committed", m.tasks_committed.get() as f64);
-    write_metric(&mut out, "labelfleet_tasks_leased_total", "counter", "Leases granted", m.tasks_leased.get() as f64);
-    write_metric(&mut out, "labelfleet_duplicates_dropped_total", "counter", "Late or repeated results dropped", m.duplicates_dropped.get() as f64);
-    write_metric(&mut out, "labelfleet_lease_expiries_total", "counter", "Leases that expired and were re-queued", m.lease_expiries.get() as f64);
-    write_metric(&mut out, "labelfleet_tasks_failed_total", "counter", "Tasks that failed for good", m.tasks_failed.get() as f64);
+    write_metric(
+        &mut out,
+        "labelfleet_is_leader",
+        "gauge",
+        "1 on the elected leader",
+        leader.is_some() as u8 as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_queue_depth",
+        "gauge",
+        "Tasks waiting for a worker",
+        depth as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_tasks_in_flight",
+        "gauge",
+        "Tasks leased to workers",
+        in_flight as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_pairs_total",
+        "counter",
+        "Pairs whose labels were committed",
+        m.pairs_committed.get() as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_tasks_committed_total",
+        "counter",
+        "Tasks committed",
+        m.tasks_committed.get() as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_tasks_leased_total",
+        "counter",
+        "Leases granted",
+        m.tasks_leased.get() as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_duplicates_dropped_total",
+        "counter",
+        "Late or repeated results dropped",
+        m.duplicates_dropped.get() as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_lease_expiries_total",
+        "counter",
+        "Leases that expired and were re-queued",
+        m.lease_expiries.get() as f64,
+    );
+    write_metric(
+        &mut out,
+        "labelfleet_tasks_failed_total",
+        "counter",
+        "Tasks that failed for good",
+        m.tasks_failed.get() as f64,
+    );
     let workers = c.workers.lock().unwrap_or_else(|p| p.into_inner()).len();
-    write_metric(&mut out, "labelfleet_workers", "gauge", "Workers known to this coordinator", workers as f64);
+    write_metric(
+        &mut out,
+        "labelfleet_workers",
+        "gauge",
+        "Workers known to this coordinator",
+        workers as f64,
+    );
     out
 }

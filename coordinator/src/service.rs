@@ -99,7 +99,11 @@ impl Coordinator {
 
     /// Loads every job from the metadata store and the object store into a fresh scheduler:
     /// what a standby does when it wins the election.
-    pub async fn load(&self, fence: Fence, config: crate::scheduler::SchedulerConfig) -> Result<Leader> {
+    pub async fn load(
+        &self,
+        fence: Fence,
+        config: crate::scheduler::SchedulerConfig,
+    ) -> Result<Leader> {
         let prefix = self.meta.prefix().to_string();
         let entries = self.meta.list(&keys::jobs(&prefix)).await?;
         let mut records = Vec::new();
@@ -110,12 +114,11 @@ impl Coordinator {
             let parts: Vec<&str> = rest.splitn(3, '/').collect();
             match parts.as_slice() {
                 [_, "record"] => {
-                    let rec: JobRecord = serde_json::from_slice(&value).map_err(|e| {
-                        CoordinatorError::Decode {
+                    let rec: JobRecord =
+                        serde_json::from_slice(&value).map_err(|e| CoordinatorError::Decode {
                             key: key.clone(),
                             message: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     records.push(rec);
                 }
                 [job, "done", task] => {
@@ -125,10 +128,10 @@ impl Coordinator {
                         .insert(task.to_string(), attempt);
                 }
                 [job, "failed", task] => {
-                    failed
-                        .entry(job.to_string())
-                        .or_default()
-                        .insert(task.to_string(), String::from_utf8_lossy(&value).into_owned());
+                    failed.entry(job.to_string()).or_default().insert(
+                        task.to_string(),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    );
                 }
                 _ => {}
             }
@@ -212,11 +215,19 @@ impl Coordinator {
         };
         let key = keys::job(self.meta.prefix(), job_id);
         self.meta
-            .put_fenced(&leader.fence, &key, serde_json::to_vec(&rec).unwrap_or_default())
+            .put_fenced(
+                &leader.fence,
+                &key,
+                serde_json::to_vec(&rec).unwrap_or_default(),
+            )
             .await
     }
 
-    pub async fn persist_finished(&self, leader: &Leader, finished: Option<Finished>) -> Result<()> {
+    pub async fn persist_finished(
+        &self,
+        leader: &Leader,
+        finished: Option<Finished>,
+    ) -> Result<()> {
         if let Some(f) = finished {
             tracing::info!(job = %f.job_id, state = ?f.state, "job finished");
             self.persist_job(leader, &f.job_id).await?;
@@ -225,7 +236,12 @@ impl Coordinator {
     }
 
     /// Records a task's failure for good (fenced) so a new leader does not run it again.
-    pub async fn persist_failure(&self, leader: &Leader, job_id: &str, task_id: &str) -> Result<()> {
+    pub async fn persist_failure(
+        &self,
+        leader: &Leader,
+        job_id: &str,
+        task_id: &str,
+    ) -> Result<()> {
         let reason = leader
             .sched()
             .task_states(job_id)
@@ -291,7 +307,9 @@ impl Coordinator {
     }
 
     async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
-        let leader = self.leader().map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let leader = self
+            .leader()
+            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
         let spec = req
             .spec
             .ok_or_else(|| CoordinatorError::Invalid("spec: missing".into()))?;
@@ -359,13 +377,10 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
             .insert(job_id.clone(), created);
         let n = tasks.len();
-        let finished = leader.sched().add_job(
-            job,
-            tasks,
-            &HashMap::new(),
-            &HashMap::new(),
-            Instant::now(),
-        );
+        let finished =
+            leader
+                .sched()
+                .add_job(job, tasks, &HashMap::new(), &HashMap::new(), Instant::now());
         self.persist_finished(&leader, finished).await?;
         tracing::info!(job = %job_id, tasks = n, "job submitted");
         let job = leader.sched().job(&job_id, Instant::now());
@@ -373,7 +388,9 @@ impl Coordinator {
     }
 
     async fn complete(&self, req: CompleteTaskRequest) -> Result<CompleteTaskResponse> {
-        let leader = self.leader().map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let leader = self
+            .leader()
+            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
         let decision = leader.sched().check_completion(&req.task_id);
         let job_id = match decision {
             None => {
@@ -400,7 +417,10 @@ impl Coordinator {
         // Commit point: the result object is created once; a second attempt finds it there.
         let created = self
             .blobs
-            .put_once(&jobs::result_key(&job_id, &req.task_id), batch.encode_to_vec())
+            .put_once(
+                &jobs::result_key(&job_id, &req.task_id),
+                batch.encode_to_vec(),
+            )
             .await?;
         let mark = keys::done(self.meta.prefix(), &job_id, &req.task_id);
         self.meta
@@ -428,7 +448,12 @@ impl Coordinator {
 
     /// A completion must label exactly the task's pairs: a buggy worker cannot drop, add or
     /// repeat labels.
-    fn check_results(&self, leader: &Leader, job_id: &str, req: &CompleteTaskRequest) -> Result<()> {
+    fn check_results(
+        &self,
+        leader: &Leader,
+        job_id: &str,
+        req: &CompleteTaskRequest,
+    ) -> Result<()> {
         let sched = leader.sched();
         let Some(expected) = sched.task_pair_ids(job_id, &req.task_id) else {
             return Ok(());
@@ -463,11 +488,21 @@ pub struct JobApi(pub Arc<Coordinator>);
 
 #[tonic::async_trait]
 impl JobService for JobApi {
-    async fn submit_job(&self, req: Request<SubmitJobRequest>) -> std::result::Result<Response<Job>, Status> {
-        self.0.submit(req.into_inner()).await.map(Response::new).map_err(status)
+    async fn submit_job(
+        &self,
+        req: Request<SubmitJobRequest>,
+    ) -> std::result::Result<Response<Job>, Status> {
+        self.0
+            .submit(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
-    async fn get_job(&self, req: Request<GetJobRequest>) -> std::result::Result<Response<Job>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<GetJobRequest>,
+    ) -> std::result::Result<Response<Job>, Status> {
         let leader = self.0.leader()?;
         let id = req.into_inner().job_id;
         let job = leader.sched().job(&id, Instant::now());
@@ -475,10 +510,17 @@ impl JobService for JobApi {
             .ok_or_else(|| Status::not_found(format!("job `{id}`: no such job")))
     }
 
-    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> std::result::Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<ListJobsRequest>,
+    ) -> std::result::Result<Response<ListJobsResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let page = if req.page_size == 0 { 100 } else { req.page_size as usize };
+        let page = if req.page_size == 0 {
+            100
+        } else {
+            req.page_size as usize
+        };
         let sched = leader.sched();
         let now = Instant::now();
         let mut jobs: Vec<Job> = sched
@@ -501,14 +543,23 @@ impl JobService for JobApi {
         }))
     }
 
-    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> std::result::Result<Response<Job>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<CancelJobRequest>,
+    ) -> std::result::Result<Response<Job>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let found = leader.sched().cancel(&req.job_id, &req.reason).is_some();
         if !found {
-            return Err(Status::not_found(format!("job `{}`: no such job", req.job_id)));
+            return Err(Status::not_found(format!(
+                "job `{}`: no such job",
+                req.job_id
+            )));
         }
-        self.0.persist_job(&leader, &req.job_id).await.map_err(status)?;
+        self.0
+            .persist_job(&leader, &req.job_id)
+            .await
+            .map_err(status)?;
         let job = leader.sched().job(&req.job_id, Instant::now());
         job.map(Response::new)
             .ok_or_else(|| Status::not_found("job vanished"))
@@ -516,19 +567,20 @@ impl JobService for JobApi {
 
     type WatchJobStream = BoxStream<Job>;
 
-    async fn watch_job(&self, req: Request<WatchJobRequest>) -> std::result::Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        req: Request<WatchJobRequest>,
+    ) -> std::result::Result<Response<Self::WatchJobStream>, Status> {
         let coord = self.0.clone();
         let id = req.into_inner().job_id;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
-                let snap = coord
-                    .leader()
-                    .and_then(|l| {
-                        l.sched()
-                            .job(&id, Instant::now())
-                            .ok_or_else(|| Status::not_found(format!("job `{id}`: no such job")))
-                    });
+                let snap = coord.leader().and_then(|l| {
+                    l.sched()
+                        .job(&id, Instant::now())
+                        .ok_or_else(|| Status::not_found(format!("job `{id}`: no such job")))
+                });
                 let terminal = match &snap {
                     Ok(j) => j.state >= JobState::Succeeded as i32,
                     Err(_) => true,
@@ -539,17 +591,25 @@ impl JobService for JobApi {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type FetchResultsStream = BoxStream<ResultBatch>;
 
-    async fn fetch_results(&self, req: Request<FetchResultsRequest>) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
+    async fn fetch_results(
+        &self,
+        req: Request<FetchResultsRequest>,
+    ) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let tasks = leader.sched().task_states(&req.job_id);
         if tasks.is_empty() {
-            return Err(Status::not_found(format!("job `{}`: no such job", req.job_id)));
+            return Err(Status::not_found(format!(
+                "job `{}`: no such job",
+                req.job_id
+            )));
         }
         let blobs = self.0.blobs.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -561,8 +621,9 @@ impl JobService for JobApi {
                 }
                 let key = jobs::result_key(&req.job_id, &task_id);
                 let batch = match blobs.get(&key).await {
-                    Ok(Some(b)) => ResultBatch::decode(b)
-                        .map_err(|e| Status::data_loss(format!("{key}: {e}"))),
+                    Ok(Some(b)) => {
+                        ResultBatch::decode(b).map_err(|e| Status::data_loss(format!("{key}: {e}")))
+                    }
                     Ok(None) => Err(Status::data_loss(format!("{key}: committed but missing"))),
                     Err(e) => Err(status(e)),
                 };
@@ -590,10 +651,15 @@ impl JobService for JobApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn upload_corpus(&self, req: Request<Streaming<CorpusChunk>>) -> std::result::Result<Response<UploadCorpusResponse>, Status> {
+    async fn upload_corpus(
+        &self,
+        req: Request<Streaming<CorpusChunk>>,
+    ) -> std::result::Result<Response<UploadCorpusResponse>, Status> {
         self.0.leader()?;
         let mut stream = req.into_inner();
         let mut builder = CorpusBuilder::default();
@@ -617,7 +683,10 @@ pub struct TaskApi(pub Arc<Coordinator>);
 
 #[tonic::async_trait]
 impl TaskService for TaskApi {
-    async fn register_worker(&self, req: Request<RegisterWorkerRequest>) -> std::result::Result<Response<RegisterWorkerResponse>, Status> {
+    async fn register_worker(
+        &self,
+        req: Request<RegisterWorkerRequest>,
+    ) -> std::result::Result<Response<RegisterWorkerResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
         tracing::info!(worker = %req.worker_id, device = %req.device, capacity = req.capacity, "worker registered");
@@ -633,22 +702,31 @@ impl TaskService for TaskApi {
         }))
     }
 
-    async fn lease_tasks(&self, req: Request<LeaseTasksRequest>) -> std::result::Result<Response<LeaseTasksResponse>, Status> {
+    async fn lease_tasks(
+        &self,
+        req: Request<LeaseTasksRequest>,
+    ) -> std::result::Result<Response<LeaseTasksResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let tasks = leader
-            .sched()
-            .lease(&req.worker_id, req.max_tasks.min(64) as usize, Instant::now());
+        let tasks = leader.sched().lease(
+            &req.worker_id,
+            req.max_tasks.min(64) as usize,
+            Instant::now(),
+        );
         self.0.metrics.tasks_leased.add(tasks.len() as u64);
         Ok(Response::new(LeaseTasksResponse { tasks }))
     }
 
-    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> std::result::Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> std::result::Result<Response<HeartbeatResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let (extended, revoked) = leader
-            .sched()
-            .heartbeat(&req.worker_id, &req.leases, Instant::now());
+        let (extended, revoked) =
+            leader
+                .sched()
+                .heartbeat(&req.worker_id, &req.leases, Instant::now());
         Ok(Response::new(HeartbeatResponse {
             extended,
             revoked,
@@ -656,11 +734,21 @@ impl TaskService for TaskApi {
         }))
     }
 
-    async fn complete_task(&self, req: Request<CompleteTaskRequest>) -> std::result::Result<Response<CompleteTaskResponse>, Status> {
-        self.0.complete(req.into_inner()).await.map(Response::new).map_err(status)
+    async fn complete_task(
+        &self,
+        req: Request<CompleteTaskRequest>,
+    ) -> std::result::Result<Response<CompleteTaskResponse>, Status> {
+        self.0
+            .complete(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
-    async fn fail_task(&self, req: Request<FailTaskRequest>) -> std::result::Result<Response<FailTaskResponse>, Status> {
+    async fn fail_task(
+        &self,
+        req: Request<FailTaskRequest>,
+    ) -> std::result::Result<Response<FailTaskResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let (will_retry, finished) =
@@ -683,7 +771,10 @@ impl TaskService for TaskApi {
                     .map_err(status)?;
             }
         }
-        self.0.persist_finished(&leader, finished).await.map_err(status)?;
+        self.0
+            .persist_finished(&leader, finished)
+            .await
+            .map_err(status)?;
         Ok(Response::new(FailTaskResponse { will_retry }))
     }
 }

@@ -218,10 +218,15 @@ impl Cluster {
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
-        spawn(&format!("coordinator{i}"), &binary(), &args, self.dir.path())
+        spawn(
+            &format!("coordinator{i}"),
+            &binary(),
+            &args,
+            self.dir.path(),
+        )
     }
 
-    fn spawn_worker(&self, i: usize, port: u16) -> Proc {
+    pub fn spawn_worker(&self, i: usize, port: u16) -> Proc {
         let args: Vec<String> = vec![
             "worker".into(),
             "--id".into(),
@@ -237,7 +242,11 @@ impl Cluster {
             "--capacity".into(),
             "2".into(),
             "--checkpoints".into(),
-            self.dir.path().join(format!("checkpoints-w{i}")).display().to_string(),
+            self.dir
+                .path()
+                .join(format!("checkpoints-w{i}"))
+                .display()
+                .to_string(),
             "--registration-ttl-s".into(),
             self.options.registration_ttl_s.to_string(),
         ];
@@ -261,7 +270,12 @@ impl Cluster {
                 else {
                     return false;
                 };
-                match c.get_job(GetJobRequest { job_id: String::new() }).await {
+                match c
+                    .get_job(GetJobRequest {
+                        job_id: String::new(),
+                    })
+                    .await
+                {
                     Err(s) => s.code() != tonic::Code::Unavailable,
                     Ok(_) => true,
                 }
@@ -279,7 +293,11 @@ impl Cluster {
             if let Some(i) = self.leader() {
                 return i;
             }
-            assert!(Instant::now() < deadline, "no leader elected\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no leader elected\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -296,7 +314,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "labelfleet {args:?} failed:\n{text}\n{}", self.logs());
+        assert!(
+            out.status.success(),
+            "labelfleet {args:?} failed:\n{text}\n{}",
+            self.logs()
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -306,7 +328,13 @@ impl Cluster {
     }
 
     /// Submits with a model choice (`--model NAME` or `--checkpoint ID`).
-    pub fn submit_with(&self, corpus: &Path, pairs: &Path, task_size: usize, model: &[&str]) -> String {
+    pub fn submit_with(
+        &self,
+        corpus: &Path,
+        pairs: &Path,
+        task_size: usize,
+        model: &[&str],
+    ) -> String {
         let task_size = task_size.to_string();
         let corpus = corpus.display().to_string();
         let pairs = pairs.display().to_string();
@@ -347,6 +375,8 @@ impl Cluster {
             "48".into(),
             "--push-rate-mib-s".into(),
             push_rate_mib_s.to_string(),
+            "--reconcile-interval-s".into(),
+            "2".into(),
         ];
         spawn(name, &binary(), &args, self.dir.path())
     }
@@ -431,7 +461,10 @@ impl Cluster {
             assert_eq!(dist.len(), 4, "{line}");
             assert!((dist.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{line}");
             for field in ["query_id", "doc_id", "model", "prompt_version"] {
-                assert!(v[field].as_str().is_some_and(|s| !s.is_empty()), "{field} in {line}");
+                assert!(
+                    v[field].as_str().is_some_and(|s| !s.is_empty()),
+                    "{field} in {line}"
+                );
             }
             labels.push(v);
         }
@@ -477,16 +510,19 @@ impl Cluster {
     pub fn health(&self, coordinator: usize) -> String {
         let port = self.coordinator_ports[coordinator];
         runtime().block_on(async {
-            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .expect("endpoint")
-                .connect()
-                .await
+            let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .expect("endpoint")
+                    .connect()
+                    .await
             else {
                 return "UNREACHABLE".to_string();
             };
             let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
             match c
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
             {
                 Ok(r) => r.into_inner().status().as_str_name().to_string(),
@@ -552,7 +588,11 @@ pub fn cranfield_pairs(dir: &Path, n: usize, bad: &[&str]) -> (PathBuf, PathBuf)
         // A fixed stride walks every (query, document) combination without repeats.
         let d = &doc_ids[(i * 7 + i / queries.len()) % doc_ids.len()];
         let id = format!("p{i}");
-        let query = if bad.contains(&id.as_str()) { "" } else { q.as_str() };
+        let query = if bad.contains(&id.as_str()) {
+            ""
+        } else {
+            q.as_str()
+        };
         text.push_str(
             &serde_json::json!({"id": id, "query_id": qid, "query": query, "doc_id": d})
                 .to_string(),
@@ -567,7 +607,8 @@ pub fn cranfield_pairs(dir: &Path, n: usize, bad: &[&str]) -> (PathBuf, PathBuf)
 pub fn scrape(port: u16) -> HashMap<String, f64> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
     let mut text = String::new();
     sock.read_to_string(&mut text).expect("response");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");

@@ -61,6 +61,8 @@ pub struct TrainerConfig {
     pub max_tokens: usize,
     /// Push bandwidth per worker in MiB/s (0: unlimited), so a push does not starve labeling.
     pub push_rate_mib_s: f64,
+    /// How often to check that every live worker holds every registered checkpoint.
+    pub reconcile_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -96,6 +98,8 @@ struct Shared {
     metrics_tx: broadcast::Sender<TrainingMetrics>,
     pushes: Counter,
     push_failures: Counter,
+    /// One push campaign at a time, so two never rewrite the same registry record.
+    pushing: tokio::sync::Mutex<()>,
 }
 
 /// Runs the trainer until `shutdown`.
@@ -124,6 +128,7 @@ pub async fn run_with_meta(
         metrics_tx,
         pushes: Counter::default(),
         push_failures: Counter::default(),
+        pushing: tokio::sync::Mutex::new(()),
     });
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
@@ -131,19 +136,35 @@ pub async fn run_with_meta(
             addr,
             Arc::new(move || {
                 let mut out = String::new();
-                write_metric(&mut out, "labelfleet_trainer_pushes_total", "counter", "Checkpoint pushes verified by a worker", s.pushes.get() as f64);
-                write_metric(&mut out, "labelfleet_trainer_push_failures_total", "counter", "Checkpoint pushes that failed", s.push_failures.get() as f64);
+                write_metric(
+                    &mut out,
+                    "labelfleet_trainer_pushes_total",
+                    "counter",
+                    "Checkpoint pushes verified by a worker",
+                    s.pushes.get() as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_trainer_push_failures_total",
+                    "counter",
+                    "Checkpoint pushes that failed",
+                    s.push_failures.get() as f64,
+                );
                 out
             }),
         )
         .await?;
     }
-    // Finish pushes a previous trainer left incomplete.
+    // Finish pushes a previous trainer left incomplete, and bring workers that joined later
+    // up to date, now and then every `reconcile_interval`.
     {
         let s = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = resume_pushes(&s).await {
-                tracing::warn!(error = %e, "resuming pushes failed");
+            loop {
+                if let Err(e) = reconcile_pushes(&s).await {
+                    tracing::warn!(error = %e, "reconciling pushes failed; retrying");
+                }
+                tokio::time::sleep(s.config.reconcile_interval).await;
             }
         });
     }
@@ -172,14 +193,23 @@ pub async fn run_with_meta(
     Ok(())
 }
 
-async fn resume_pushes(s: &Arc<Shared>) -> Result<()> {
+/// Pushes every registered checkpoint to the live workers that have not verified it.
+async fn reconcile_pushes(s: &Arc<Shared>) -> Result<()> {
     let prefix = format!("{}/checkpoints/", s.meta.prefix());
+    let workers_prefix = keys::workers(s.meta.prefix());
+    let live: BTreeSet<String> = s
+        .meta
+        .list(&workers_prefix)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k[workers_prefix.len()..].to_string())
+        .collect();
     for (_, value) in s.meta.list(&prefix).await? {
         let Ok(rec) = serde_json::from_slice::<CheckpointRecord>(&value) else {
             continue;
         };
-        if rec.state == "pushing" {
-            tracing::info!(checkpoint = %rec.checkpoint_id, done = rec.pushed_to.len(), "resuming an incomplete push");
+        if rec.state == "pushing" || !live.is_subset(&rec.pushed_to) {
+            tracing::info!(checkpoint = %rec.checkpoint_id, verified = rec.pushed_to.len(), live = live.len(), "pushing to workers that lack the checkpoint");
             push_everywhere(s, rec).await?;
         }
     }
@@ -189,8 +219,15 @@ async fn resume_pushes(s: &Arc<Shared>) -> Result<()> {
 /// Pushes a registered checkpoint to every live worker not yet holding it, recording each
 /// verified push in the registry.
 async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<CheckpointRecord> {
-    let dir = s.config.store.join(&rec.location);
+    let _one_at_a_time = s.pushing.lock().await;
+    // Re-read the record under the lock: another campaign may have pushed meanwhile.
     let key = keys::checkpoint(s.meta.prefix(), &rec.checkpoint_id);
+    if let Some(current) = s.meta.get(&key).await? {
+        if let Ok(current) = serde_json::from_slice::<CheckpointRecord>(&current) {
+            rec.pushed_to.extend(current.pushed_to);
+        }
+    }
+    let dir = s.config.store.join(&rec.location);
     let workers_prefix = keys::workers(s.meta.prefix());
     let pause = if s.config.push_rate_mib_s > 0.0 {
         Duration::from_secs_f64(
@@ -258,13 +295,17 @@ fn read_dataset(blobs_root: &Path, key: &str) -> Result<Vec<TeacherExample>> {
             return Err(TrainerError::Dataset {
                 key: key.into(),
                 line: i + 1,
-                message: format!("field `distribution`: not a probability distribution (sum {sum})"),
+                message: format!(
+                    "field `distribution`: not a probability distribution (sum {sum})"
+                ),
             });
         }
         out.push(ex);
     }
     if out.is_empty() {
-        return Err(TrainerError::Invalid(format!("dataset `{key}`: no examples")));
+        return Err(TrainerError::Invalid(format!(
+            "dataset `{key}`: no examples"
+        )));
     }
     Ok(out)
 }
@@ -283,7 +324,11 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
     }
     let base = match req.base.as_ref().and_then(|m| m.source.as_ref()) {
         Some(model_ref::Source::LocalPath(p)) => p.clone(),
-        _ => return Err(TrainerError::Invalid("base: a local model (local_path) is required".into())),
+        _ => {
+            return Err(TrainerError::Invalid(
+                "base: a local model (local_path) is required".into(),
+            ))
+        }
     };
     let examples = read_dataset(&s.config.store, &req.dataset)?;
     let student = load_grader(
@@ -292,14 +337,20 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
         s.config.placement,
         s.config.max_tokens,
     )?;
-    let fraction = if req.heldout_fraction > 0.0 { req.heldout_fraction } else { 0.2 };
+    let fraction = if req.heldout_fraction > 0.0 {
+        req.heldout_fraction
+    } else {
+        0.2
+    };
     let (mut train_set, mut held_set) = (Vec::new(), Vec::new());
     for (i, ex) in examples.iter().enumerate() {
-        let input = student.encode_pair(&ex.pair).map_err(|e| TrainerError::Dataset {
-            key: req.dataset.clone(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
+        let input = student
+            .encode_pair(&ex.pair)
+            .map_err(|e| TrainerError::Dataset {
+                key: req.dataset.clone(),
+                line: i + 1,
+                message: e.to_string(),
+            })?;
         let e = Example {
             input,
             target: ex.distribution.clone(),
@@ -312,7 +363,11 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
     }
     let cfg = TrainConfig {
         epochs: req.epochs.max(1) as usize,
-        learning_rate: if req.learning_rate > 0.0 { req.learning_rate } else { 5e-5 },
+        learning_rate: if req.learning_rate > 0.0 {
+            req.learning_rate
+        } else {
+            5e-5
+        },
         seed: req.seed,
         ..Default::default()
     };
@@ -348,12 +403,19 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
     };
     // The id names what the checkpoint is made of, so the same request gives the same id.
     let id_hash = Sha256::digest(
-        format!("{base}|{}|{:?}|{}|{}", req.dataset, cfg.epochs, cfg.learning_rate, req.seed).as_bytes(),
+        format!(
+            "{base}|{}|{:?}|{}|{}",
+            req.dataset, cfg.epochs, cfg.learning_rate, req.seed
+        )
+        .as_bytes(),
     );
     let checkpoint_id = format!("ckpt-{}", &hex::encode(id_hash)[..12]);
     let location = format!("checkpoints/{checkpoint_id}");
     let dir = s.config.store.join(&location);
-    let staging = s.config.store.join(format!("checkpoints/.staging-{run_id}"));
+    let staging = s
+        .config
+        .store
+        .join(format!("checkpoints/.staging-{run_id}"));
     let _ = std::fs::remove_dir_all(&staging);
     student.save(
         &staging,

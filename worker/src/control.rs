@@ -4,9 +4,7 @@
 use crate::engine::checkpoint_dir;
 use labelfleet_proto::v1::worker_control_client::WorkerControlClient;
 use labelfleet_proto::v1::worker_control_server::WorkerControl;
-use labelfleet_proto::v1::{
-    CheckpointChunk, DrainRequest, DrainResponse, PushCheckpointResponse,
-};
+use labelfleet_proto::v1::{CheckpointChunk, DrainRequest, DrainResponse, PushCheckpointResponse};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,8 +78,8 @@ impl WorkerControl for ControlApi {
                     .ok_or_else(|| Status::aborted("push ended before its last chunk"))?;
                 if id.is_empty() {
                     id = chunk.checkpoint_id.clone();
-                    let final_dir = checkpoint_dir(&self.checkpoints, &id)
-                        .map_err(Status::invalid_argument)?;
+                    let final_dir =
+                        checkpoint_dir(&self.checkpoints, &id).map_err(Status::invalid_argument)?;
                     let dir = self.checkpoints.join(format!(
                         ".incoming-{id}-{}",
                         std::process::id() as u64 * 1_000_000 + rand_suffix()
@@ -130,8 +128,8 @@ impl WorkerControl for ControlApi {
                             chunk.sha256
                         )));
                     }
-                    let final_dir = checkpoint_dir(&self.checkpoints, &id)
-                        .map_err(Status::invalid_argument)?;
+                    let final_dir =
+                        checkpoint_dir(&self.checkpoints, &id).map_err(Status::invalid_argument)?;
                     if final_dir.exists() {
                         // Already installed (a repeated push): keep the installed copy.
                         let _ = std::fs::remove_dir_all(dir);
@@ -150,7 +148,9 @@ impl WorkerControl for ControlApi {
         .await;
         match &result {
             Ok(_) => {
-                self.state.checkpoints_installed.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .checkpoints_installed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(checkpoint = %id, bytes = total, "checkpoint installed");
             }
             Err(e) => {

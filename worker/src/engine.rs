@@ -21,9 +21,15 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// What grading a task came to.
 #[derive(Debug)]
 pub enum Outcome {
-    Labels { labels: Vec<Label>, seconds: f64 },
+    Labels {
+        labels: Vec<Label>,
+        seconds: f64,
+    },
     /// `retryable` false: the input itself is bad, another attempt would fail the same way.
-    Failed { reason: String, retryable: bool },
+    Failed {
+        reason: String,
+        retryable: bool,
+    },
 }
 
 struct Request {
@@ -103,7 +109,12 @@ impl Host {
         let start = Instant::now();
         let (dir, checkpoint_id) = match self.model_dir(task) {
             Ok(d) => d,
-            Err(reason) => return Outcome::Failed { reason, retryable: true },
+            Err(reason) => {
+                return Outcome::Failed {
+                    reason,
+                    retryable: true,
+                }
+            }
         };
         let max_len = match task.max_tokens {
             0 => DEFAULT_MAX_TOKENS,
@@ -196,7 +207,9 @@ impl Host {
     /// The folder of the task's model, and the checkpoint id when it is one.
     fn model_dir(&self, task: &Task) -> Result<(PathBuf, String), String> {
         match task.model.as_ref().and_then(|m| m.source.as_ref()) {
-            Some(model_ref::Source::LocalPath(p)) => Ok((labelfleet_slm::resolve_model(p), String::new())),
+            Some(model_ref::Source::LocalPath(p)) => {
+                Ok((labelfleet_slm::resolve_model(p), String::new()))
+            }
             Some(model_ref::Source::CheckpointId(id)) => {
                 let dir = checkpoint_dir(&self.sources.checkpoints, id)?;
                 if !dir.join("config.json").is_file() {

@@ -78,7 +78,10 @@ pub async fn run_with_meta(
     let state = Arc::new(ControlState::default());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -125,12 +128,48 @@ pub async fn run_with_meta(
                 let mut out = String::new();
                 let pairs = eng.pairs.load(Ordering::Relaxed);
                 let pps = rate.lock().map(|mut r| r.rate(pairs)).unwrap_or(0.0);
-                write_metric(&mut out, "labelfleet_worker_pairs_total", "counter", "Pairs graded", pairs as f64);
-                write_metric(&mut out, "labelfleet_worker_pairs_per_second", "gauge", "Pairs graded per second, last minute", pps);
-                write_metric(&mut out, "labelfleet_worker_tasks_in_flight", "gauge", "Tasks held", st.in_flight.load(Ordering::Relaxed) as f64);
-                write_metric(&mut out, "labelfleet_worker_checkpoints_installed_total", "counter", "Checkpoint pushes installed", st.checkpoints_installed.load(Ordering::Relaxed) as f64);
-                write_metric(&mut out, "labelfleet_worker_pushes_rejected_total", "counter", "Checkpoint pushes discarded (aborted or bad checksum)", st.pushes_rejected.load(Ordering::Relaxed) as f64);
-                write_metric(&mut out, "labelfleet_worker_draining", "gauge", "1 while draining", st.draining.load(Ordering::Relaxed) as u8 as f64);
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_pairs_total",
+                    "counter",
+                    "Pairs graded",
+                    pairs as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_pairs_per_second",
+                    "gauge",
+                    "Pairs graded per second, last minute",
+                    pps,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_tasks_in_flight",
+                    "gauge",
+                    "Tasks held",
+                    st.in_flight.load(Ordering::Relaxed) as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_checkpoints_installed_total",
+                    "counter",
+                    "Checkpoint pushes installed",
+                    st.checkpoints_installed.load(Ordering::Relaxed) as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_pushes_rejected_total",
+                    "counter",
+                    "Checkpoint pushes discarded (aborted or bad checksum)",
+                    st.pushes_rejected.load(Ordering::Relaxed) as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_draining",
+                    "gauge",
+                    "1 while draining",
+                    st.draining.load(Ordering::Relaxed) as u8 as f64,
+                );
                 out
             }),
         )
@@ -146,8 +185,11 @@ pub async fn run_with_meta(
     });
     if let MetaStore::Memory(_) = &meta {
         // Embedded: the process is the cluster; the key only tells the trainer where we are.
-        meta.put(&keys::worker(meta.prefix(), &config.worker_id), info.to_string().into_bytes())
-            .await?;
+        meta.put(
+            &keys::worker(meta.prefix(), &config.worker_id),
+            info.to_string().into_bytes(),
+        )
+        .await?;
     }
     if let MetaStore::Etcd { client, .. } = &meta {
         let ttl = config.registration_ttl.as_secs().max(1) as i64;
@@ -159,7 +201,12 @@ pub async fn run_with_meta(
         )
         .await?;
         let lost = spawn_lease_keeper(client.clone(), lease.id(), config.registration_ttl);
-        let (c, m, id, info) = (client.clone(), meta.clone(), config.worker_id.clone(), info.to_string());
+        let (c, m, id, info) = (
+            client.clone(),
+            meta.clone(),
+            config.worker_id.clone(),
+            info.to_string(),
+        );
         // If the lease is lost (etcd was down longer than the TTL), register again.
         tokio::spawn(reregister(c, m, id, info, config.registration_ttl, lost));
     }
@@ -246,7 +293,9 @@ pub async fn run_with_meta(
         for task in tasks {
             state.in_flight.fetch_add(1, Ordering::SeqCst);
             let key = (task.task_id.clone(), task.attempt);
-            held.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+            held.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone());
             let (engine, link, state, held, revoked, worker) = (
                 engine.clone(),
                 link.clone(),
@@ -256,7 +305,10 @@ pub async fn run_with_meta(
                 config.worker_id.clone(),
             );
             running.spawn(async move {
-                let skip = revoked.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                let skip = revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 if !skip {
                     let outcome = engine.run(task.clone()).await;
                     report(&link, &worker, &task, outcome).await;
@@ -287,10 +339,17 @@ async fn reregister(
         }
         loop {
             let attempt = async {
-                let lease = client.clone().lease_grant(ttl.as_secs().max(1) as i64, None).await?;
-                meta.put_with_lease(&keys::worker(meta.prefix(), &worker_id), info.clone().into_bytes(), lease.id())
-                    .await
-                    .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+                let lease = client
+                    .clone()
+                    .lease_grant(ttl.as_secs().max(1) as i64, None)
+                    .await?;
+                meta.put_with_lease(
+                    &keys::worker(meta.prefix(), &worker_id),
+                    info.clone().into_bytes(),
+                    lease.id(),
+                )
+                .await
+                .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
                 Ok::<_, etcd_client::Error>(lease.id())
             }
             .await;
@@ -348,7 +407,10 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
         };
         match result {
             Ok(()) => return,
-            Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::NotFound => {
+            Err(s)
+                if s.code() == tonic::Code::InvalidArgument
+                    || s.code() == tonic::Code::NotFound =>
+            {
                 tracing::error!(task = %task.task_id, error = %s.message(), "leader refused the results");
                 return;
             }
@@ -430,7 +492,12 @@ impl LeaderLink {
     }
 
     pub async fn client(&self) -> Option<(String, TaskServiceClient<Channel>)> {
-        if let Some(c) = self.cached.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(c) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Some(c);
         }
         let address = match &self.fixed {
@@ -450,7 +517,8 @@ impl LeaderLink {
         let client = TaskServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((address.clone(), client.clone()));
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((address.clone(), client.clone()));
         Some((address, client))
     }
 
