@@ -25,6 +25,7 @@ test: setup
 
 bench: build
 	bash scripts/bench_engine.sh
+	bash scripts/bench_dispatch.sh
 
 clippy: setup
 	$(CARGO) clippy --release --workspace --all-targets
