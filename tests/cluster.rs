@@ -38,6 +38,8 @@ fn check_job(cluster: &Cluster, job_id: &str, n: usize, missing: &[String]) {
 #[test]
 fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
     let cluster = Cluster::start(Options::default());
+    // The full cast: leader, standby, three workers and a trainer.
+    let mut trainer = cluster.spawn_trainer("trainer", harness::free_port(), 0.0);
     let n = 10_000;
     // p4321 has an empty query: its task (pairs 4300..4399 at 100 per task) must fail with the
     // reason recorded, and every other pair must be labeled.
@@ -69,6 +71,11 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
     assert_eq!(m["labelfleet_workers"], 3.0);
     let standby = cluster.metrics(1 - leader);
     assert_eq!(standby["labelfleet_is_leader"], 0.0);
+    assert!(
+        trainer.alive(),
+        "the trainer ran throughout\n{}",
+        trainer.log_tail(10)
+    );
     // Every worker took part (the leader spread the tasks).
     for w in &cluster.workers {
         let log = std::fs::read_to_string(&w.log).unwrap_or_default();
@@ -408,6 +415,59 @@ fn embedded_mode_serves_the_same_api_without_etcd() {
     assert!(qrel_lines
         .lines()
         .all(|l| l.split_whitespace().count() == 4));
+
+    // A query-synthesis job: workers write queries for sampled seed documents with SmolLM2.
+    let submitted = run(&[
+        "synthesize",
+        "--coordinator",
+        &url,
+        "--corpus",
+        &corpus.display().to_string(),
+        "--seed-documents",
+        "4",
+        "--queries-per-document",
+        "2",
+        "--task-size",
+        "2",
+        "--watch",
+    ]);
+    let job_id = submitted.lines().next().expect("job id").trim().to_string();
+    let out = dir.path().join("queries.jsonl");
+    run(&[
+        "fetch",
+        "--coordinator",
+        &url,
+        &job_id,
+        "--output",
+        &out.display().to_string(),
+    ]);
+    let mut per_doc: HashMap<String, usize> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for line in std::fs::read_to_string(&out).expect("queries").lines() {
+        let q: serde_json::Value = serde_json::from_str(line).expect("query");
+        assert!(
+            ids.insert(q["query_id"].as_str().expect("query_id").to_string()),
+            "{line}"
+        );
+        assert!(
+            q["query"].as_str().is_some_and(|t| !t.trim().is_empty()),
+            "{line}"
+        );
+        assert_eq!(q["prompt_version"], "query-v1");
+        *per_doc
+            .entry(q["doc_id"].as_str().expect("doc_id").to_string())
+            .or_insert(0) += 1;
+    }
+    assert!(
+        per_doc.len() <= 4 && per_doc.values().all(|&n| n <= 2),
+        "{per_doc:?}"
+    );
+    let status_out = run(&["status", "--coordinator", &url, &job_id]);
+    assert!(
+        status_out.contains("succeeded") && status_out.contains("4/4"),
+        "{status_out}"
+    );
+
     serve.sigterm();
     let status = serve.child.wait().expect("serve exit");
     assert!(

@@ -256,38 +256,7 @@ pub struct SubmitArgs {
 pub fn submit(a: SubmitArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut client = a.client.connect().await?;
-        let report = labelfleet_corpus::ingest::ingest_jsonl(&a.corpus, Default::default())?;
-        for r in report.rejected.iter().take(20) {
-            eprintln!("rejected: {r}");
-        }
-        let docs: Vec<Document> = report.accepted.iter().map(to_proto_document).collect();
-        let name = a.corpus.display().to_string();
-        let chunks: Vec<CorpusChunk> = docs
-            .chunks(500)
-            .enumerate()
-            .map(|(i, c)| CorpusChunk {
-                corpus_name: if i == 0 { name.clone() } else { String::new() },
-                documents: c.to_vec(),
-            })
-            .collect();
-        let uploaded = client
-            .upload_corpus(tokio_stream::iter(chunks))
-            .await
-            .context("uploading the corpus")?
-            .into_inner();
-        for r in uploaded.rejected.iter().take(20) {
-            eprintln!(
-                "rejected by the coordinator: {} {} {}: {}",
-                r.location, r.id, r.field, r.message
-            );
-        }
-        eprintln!(
-            "corpus {}: {} documents ({} rejected here, {} there)",
-            uploaded.corpus_id,
-            uploaded.accepted,
-            report.rejected.len(),
-            uploaded.rejected.len()
-        );
+        let corpus_id = upload_corpus(&mut client, &a.corpus).await?;
         let mut pairs = Vec::new();
         let mut rejected = 0usize;
         for r in jsonl::read::<PairRecord>(&a.pairs)? {
@@ -312,7 +281,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         });
         let spec = JobSpec {
             name: a.name.clone(),
-            corpus_id: uploaded.corpus_id,
+            corpus_id,
             student,
             label_pairs: pairs,
             task_size: a.task_size,
@@ -338,6 +307,109 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         }
         if rejected > 0 {
             return Err(crate::Rejected(rejected).into());
+        }
+        Ok(())
+    })
+}
+
+/// Validates a corpus file here, uploads the accepted documents, and returns the corpus id.
+async fn upload_corpus(
+    client: &mut JobServiceClient<Channel>,
+    path: &std::path::Path,
+) -> Result<String> {
+    let report = labelfleet_corpus::ingest::ingest_jsonl(path, Default::default())?;
+    for r in report.rejected.iter().take(20) {
+        eprintln!("rejected: {r}");
+    }
+    let docs: Vec<Document> = report.accepted.iter().map(to_proto_document).collect();
+    let name = path.display().to_string();
+    let chunks: Vec<CorpusChunk> = docs
+        .chunks(500)
+        .enumerate()
+        .map(|(i, c)| CorpusChunk {
+            corpus_name: if i == 0 { name.clone() } else { String::new() },
+            documents: c.to_vec(),
+        })
+        .collect();
+    let uploaded = client
+        .upload_corpus(tokio_stream::iter(chunks))
+        .await
+        .context("uploading the corpus")?
+        .into_inner();
+    for r in uploaded.rejected.iter().take(20) {
+        eprintln!(
+            "rejected by the coordinator: {} {} {}: {}",
+            r.location, r.id, r.field, r.message
+        );
+    }
+    eprintln!(
+        "corpus {}: {} documents ({} rejected here, {} there)",
+        uploaded.corpus_id,
+        uploaded.accepted,
+        report.rejected.len(),
+        uploaded.rejected.len()
+    );
+    Ok(uploaded.corpus_id)
+}
+
+#[derive(Args)]
+pub struct SynthesizeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Corpus JSONL, uploaded first; seed documents are sampled from it.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Seed documents to sample.
+    #[arg(long, default_value_t = 24)]
+    seed_documents: u32,
+    #[arg(long, default_value_t = 3)]
+    queries_per_document: u32,
+    /// Generator on the workers (a local decoder LM).
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Documents per task.
+    #[arg(long, default_value_t = 8)]
+    task_size: u32,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "")]
+    name: String,
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Submits a query-synthesis job: workers write queries for sampled seed documents.
+pub fn synthesize(a: SynthesizeArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = a.client.connect().await?;
+        let corpus_id = upload_corpus(&mut client, &a.corpus).await?;
+        let spec = JobSpec {
+            name: a.name.clone(),
+            corpus_id,
+            seed_documents: a.seed_documents,
+            queries_per_document: a.queries_per_document,
+            teacher: Some(ModelRef {
+                source: Some(model_ref::Source::LocalPath(a.model.clone())),
+            }),
+            task_size: a.task_size,
+            max_tokens: a.max_tokens,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let job = client
+            .submit_job(SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?
+            .into_inner();
+        println!("{}", job.job_id);
+        eprintln!("submitted {} ({} seed documents)", job.job_id, total(&job));
+        if a.watch {
+            watch_job(&a.client, &job.job_id).await?;
         }
         Ok(())
     })
@@ -400,10 +472,16 @@ async fn watch_job(client_args: &ClientArgs, job_id: &str) -> Result<Job> {
             pb.set_position(stage.done + stage.failed);
             if job.state >= JobState::Succeeded as i32 {
                 pb.finish();
+                let what = if stage.stage == "synthesize" {
+                    "documents given queries"
+                } else {
+                    "pairs labeled"
+                };
                 eprintln!(
-                    "{job_id}: {} — {} labeled, {} failed{}",
+                    "{job_id}: {} — {}/{} {what}, {} failed{}",
                     state_name(job.state),
                     stage.done,
+                    stage.total,
                     stage.failed,
                     if job.error.is_empty() {
                         String::new()
@@ -568,6 +646,7 @@ struct LabelRecord<'a> {
 pub fn fetch(a: FetchArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut labels: Vec<Label> = Vec::new();
+        let mut queries: Vec<SyntheticQuery> = Vec::new();
         // Resumes from the count already received after a broken stream (leader change).
         'outer: for _ in 0..20 {
             let mut client = a.client.connect().await?;
@@ -575,14 +654,17 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
                 .fetch_results(FetchResultsRequest {
                     job_id: a.job_id.clone(),
                     stage: "labels".into(),
-                    offset: labels.len() as u64,
+                    offset: (labels.len() + queries.len()) as u64,
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("fetch {}: {}", a.job_id, s.message()))?
                 .into_inner();
             loop {
                 match stream.message().await {
-                    Ok(Some(batch)) => labels.extend(batch.labels),
+                    Ok(Some(batch)) => {
+                        labels.extend(batch.labels);
+                        queries.extend(batch.queries);
+                    }
                     Ok(None) => break 'outer,
                     Err(s) if s.code() == tonic::Code::DataLoss => bail!("{}", s.message()),
                     Err(_) => continue 'outer,
@@ -590,6 +672,12 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             }
         }
         let mut out = jsonl::Writer::create(&a.output)?;
+        for q in &queries {
+            out.write(&serde_json::json!({
+                "query_id": q.query_id, "doc_id": q.doc_id, "query": q.text,
+                "prompt_version": q.prompt_version,
+            }))?;
+        }
         for l in &labels {
             out.write(&LabelRecord {
                 id: &l.pair_id,
@@ -611,7 +699,12 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             }
             std::fs::write(path, text).with_context(|| path.display().to_string())?;
         }
-        eprintln!("{} labels written to {}", labels.len(), a.output.display());
+        eprintln!(
+            "{} labels and {} queries written to {}",
+            labels.len(),
+            queries.len(),
+            a.output.display()
+        );
         Ok(())
     })
 }

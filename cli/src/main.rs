@@ -57,6 +57,8 @@ enum Command {
     Trainer(cluster::TrainerArgs),
     /// Ask the trainer to distill a student from teacher labels, and push it.
     Distill(cluster::DistillArgs),
+    /// Upload a corpus and submit a query-synthesis job to the cluster.
+    Synthesize(cluster::SynthesizeArgs),
     /// Upload a corpus and submit a labeling job to the cluster.
     Submit(cluster::SubmitArgs),
     /// Show a job.
@@ -171,6 +173,7 @@ fn main() {
         Command::Worker(a) => cluster::worker(a),
         Command::Trainer(a) => cluster::trainer(a),
         Command::Distill(a) => cluster::distill(a),
+        Command::Synthesize(a) => cluster::synthesize(a),
         Command::Submit(a) => cluster::submit(a),
         Command::Status(a) => cluster::status(a),
         Command::Watch(a) => cluster::watch(a),

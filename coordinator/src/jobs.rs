@@ -4,7 +4,8 @@
 use crate::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
 use labelfleet_proto::v1::{
-    pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task, TaskKind,
+    model_ref, pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task,
+    TaskKind,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -121,12 +122,43 @@ pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, 
     Ok(docs)
 }
 
+/// Documents per query-synthesis task by default.
+pub const DEFAULT_SYNTHESIS_TASK_SIZE: usize = 8;
+/// The generator of a synthesis job when the spec names none.
+pub const DEFAULT_GENERATOR: &str = "smollm2";
+
+/// A job that writes queries for seed documents (no pairs given).
+pub fn is_synthesis(spec: &JobSpec) -> bool {
+    spec.label_pairs.is_empty() && spec.seed_documents > 0
+}
+
 /// Checks a spec before anything is stored; errors name the field (and the pair).
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    if is_synthesis(spec) {
+        if spec.corpus_id.is_empty() {
+            return invalid(
+                "spec.corpus_id: a synthesis job samples seed documents from a corpus".into(),
+            );
+        }
+        if let Some(model_ref::Source::Openai(_)) =
+            spec.teacher.as_ref().and_then(|m| m.source.as_ref())
+        {
+            return invalid(
+                "spec.teacher: query synthesis on workers runs the local engine".into(),
+            );
+        }
+        if spec.queries_per_document > 16 {
+            return invalid(format!(
+                "spec.queries_per_document: {} is over the limit of 16",
+                spec.queries_per_document
+            ));
+        }
+        return Ok(());
+    }
     match spec.student.as_ref().and_then(|m| m.source.as_ref()) {
         None => return invalid("spec.student: a model is required (local_path or checkpoint_id)".into()),
-        Some(labelfleet_proto::v1::model_ref::Source::Openai(_)) => {
+        Some(model_ref::Source::Openai(_)) => {
             return invalid("spec.student: labeling runs on the local engine; an OpenAI endpoint can only be a teacher".into())
         }
         Some(_) => {}
@@ -197,6 +229,53 @@ pub fn plan_tasks(
             prompt_version: spec.grade_prompt_version.clone(),
             grade_labels: spec.grade_labels.clone(),
             pairs: chunk.to_vec(),
+            seed: spec.seed,
+            max_tokens: spec.max_tokens,
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// Samples the seed documents of a synthesis job (deterministic in `spec.seed`) and splits them
+/// into query-synthesis tasks.
+pub fn plan_synthesis_tasks(
+    job_id: &str,
+    spec: &JobSpec,
+    corpus: &HashMap<String, Document>,
+) -> Result<Vec<Task>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut ids: Vec<&String> = corpus.keys().collect();
+    ids.sort();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+    ids.shuffle(&mut rng);
+    let n = (spec.seed_documents as usize).min(ids.len());
+    let mut seeds: Vec<&String> = ids[..n].to_vec();
+    seeds.sort();
+    let size = match spec.task_size as usize {
+        0 => DEFAULT_SYNTHESIS_TASK_SIZE,
+        n => n,
+    };
+    let model = spec.teacher.clone().or_else(|| {
+        Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath(DEFAULT_GENERATOR.into())),
+        })
+    });
+    let per_doc = match spec.queries_per_document {
+        0 => 3,
+        n => n,
+    };
+    Ok(seeds
+        .chunks(size)
+        .enumerate()
+        .map(|(k, chunk)| Task {
+            task_id: format!("{job_id}-t{k:05}"),
+            job_id: job_id.to_string(),
+            kind: TaskKind::SynthesizeQueries as i32,
+            model: model.clone(),
+            prompt_version: spec.query_prompt_version.clone(),
+            documents: chunk.iter().map(|id| corpus[*id].clone()).collect(),
+            queries_per_document: per_doc,
             seed: spec.seed,
             max_tokens: spec.max_tokens,
             ..Default::default()
@@ -308,5 +387,55 @@ mod tests {
             err.contains("label_pairs[6] (pair `p9`).pair_id: duplicate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn synthesis_samples_seed_documents_deterministically() {
+        let corpus: HashMap<String, Document> = (0..50)
+            .map(|i| (format!("d{i}"), doc(&format!("d{i}"), "text")))
+            .collect();
+        let spec = JobSpec {
+            corpus_id: "c".into(),
+            seed_documents: 10,
+            queries_per_document: 2,
+            task_size: 4,
+            seed: 7,
+            ..Default::default()
+        };
+        assert!(is_synthesis(&spec));
+        validate_spec(&spec).unwrap();
+        let a = plan_synthesis_tasks("j", &spec, &corpus).unwrap();
+        let b = plan_synthesis_tasks("j", &spec, &corpus).unwrap();
+        assert_eq!(a, b, "same seed, same sample");
+        assert_eq!(
+            a.iter().map(|t| t.documents.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        assert!(a
+            .iter()
+            .all(|t| t.kind == TaskKind::SynthesizeQueries as i32 && t.queries_per_document == 2));
+        let ids: HashSet<&str> = a
+            .iter()
+            .flat_map(|t| t.documents.iter().map(|d| d.id.as_str()))
+            .collect();
+        assert_eq!(ids.len(), 10);
+        let other = plan_synthesis_tasks(
+            "j",
+            &JobSpec {
+                seed: 8,
+                ..spec.clone()
+            },
+            &corpus,
+        )
+        .unwrap();
+        assert_ne!(a, other, "another seed, another sample");
+        let no_corpus = JobSpec {
+            corpus_id: String::new(),
+            ..spec
+        };
+        assert!(validate_spec(&no_corpus)
+            .unwrap_err()
+            .to_string()
+            .contains("spec.corpus_id"));
     }
 }

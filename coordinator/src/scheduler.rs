@@ -12,7 +12,7 @@
 //!   the same inputs on the same pinned model), and the first one wins: later ones are duplicates;
 //! - a non-retryable failure (bad input) fails that task alone; the job goes on.
 
-use labelfleet_proto::v1::{Job, JobState, StageProgress, Task, TaskLease};
+use labelfleet_proto::v1::{Job, JobState, StageProgress, Task, TaskKind, TaskLease};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -428,8 +428,13 @@ impl Scheduler {
             0.0
         };
         let remaining = c.pairs - c.pairs_done - c.pairs_failed;
+        let synthesis = entry
+            .tasks
+            .first()
+            .is_some_and(|t| t.task.kind == TaskKind::SynthesizeQueries as i32);
         job.stages = vec![StageProgress {
-            stage: "label".into(),
+            // Synthesis counts documents; labeling counts pairs.
+            stage: if synthesis { "synthesize" } else { "label" }.into(),
             done: c.pairs_done,
             total: c.pairs,
             failed: c.pairs_failed,
@@ -448,14 +453,13 @@ impl Scheduler {
         self.index.get(task_id).map(|(j, _)| j.clone())
     }
 
-    /// The pair ids a task must label.
-    pub fn task_pair_ids(&self, job_id: &str, task_id: &str) -> Option<Vec<String>> {
+    /// A task's inputs.
+    pub fn task(&self, job_id: &str, task_id: &str) -> Option<&Task> {
         let (j, i) = self.index.get(task_id)?;
         if j != job_id {
             return None;
         }
-        let task = &self.jobs.get(j)?.tasks[*i].task;
-        Some(task.pairs.iter().map(|p| p.pair_id.clone()).collect())
+        Some(&self.jobs.get(j)?.tasks[*i].task)
     }
 
     pub fn job_ids(&self) -> Vec<String> {

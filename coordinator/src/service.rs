@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Debug, Default)]
 pub struct CoordinatorMetrics {
     pub pairs_committed: Counter,
+    pub queries_committed: Counter,
     pub tasks_committed: Counter,
     pub duplicates_dropped: Counter,
     pub lease_expiries: Counter,
@@ -334,7 +335,11 @@ impl Coordinator {
         } else {
             jobs::load_corpus(&self.blobs, &spec.corpus_id).await?
         };
-        let tasks = jobs::plan_tasks(&job_id, &spec, &corpus)?;
+        let tasks = if jobs::is_synthesis(&spec) {
+            jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
+        } else {
+            jobs::plan_tasks(&job_id, &spec, &corpus)?
+        };
         for t in &tasks {
             self.blobs
                 .put(&jobs::task_key(&job_id, &t.task_id), t.encode_to_vec())
@@ -436,6 +441,7 @@ impl Coordinator {
         if made_done {
             self.metrics.tasks_committed.add(1);
             self.metrics.pairs_committed.add(req.labels.len() as u64);
+            self.metrics.queries_committed.add(req.queries.len() as u64);
         } else {
             self.metrics.duplicates_dropped.add(1);
         }
@@ -446,8 +452,8 @@ impl Coordinator {
         })
     }
 
-    /// A completion must label exactly the task's pairs: a buggy worker cannot drop, add or
-    /// repeat labels.
+    /// A completion must label exactly the task's pairs, or (synthesis) write queries only for
+    /// the task's documents: a buggy worker cannot drop, add or repeat results.
     fn check_results(
         &self,
         leader: &Leader,
@@ -455,21 +461,39 @@ impl Coordinator {
         req: &CompleteTaskRequest,
     ) -> Result<()> {
         let sched = leader.sched();
-        let Some(expected) = sched.task_pair_ids(job_id, &req.task_id) else {
+        let Some(task) = sched.task(job_id, &req.task_id) else {
             return Ok(());
         };
-        let got: Vec<&str> = req.labels.iter().map(|l| l.pair_id.as_str()).collect();
-        let mut a = expected.clone();
-        let mut b: Vec<String> = got.iter().map(|s| s.to_string()).collect();
-        a.sort();
-        b.sort();
+        if task.kind == TaskKind::SynthesizeQueries as i32 {
+            let docs: HashSet<&str> = task.documents.iter().map(|d| d.id.as_str()).collect();
+            let mut ids = HashSet::new();
+            for q in &req.queries {
+                if !docs.contains(q.doc_id.as_str()) || !ids.insert(q.query_id.as_str()) {
+                    return Err(CoordinatorError::Invalid(format!(
+                        "task `{}` attempt {}: query `{}` names document `{}`, not one of the task's, or repeats an id",
+                        req.task_id, req.attempt, q.query_id, q.doc_id
+                    )));
+                }
+            }
+            if !req.labels.is_empty() {
+                return Err(CoordinatorError::Invalid(format!(
+                    "task `{}`: a synthesis task returns queries, not labels",
+                    req.task_id
+                )));
+            }
+            return Ok(());
+        }
+        let mut a: Vec<&str> = task.pairs.iter().map(|p| p.pair_id.as_str()).collect();
+        let mut b: Vec<&str> = req.labels.iter().map(|l| l.pair_id.as_str()).collect();
+        a.sort_unstable();
+        b.sort_unstable();
         if a != b {
             return Err(CoordinatorError::Invalid(format!(
                 "task `{}` attempt {}: results label {} pairs, the task has {} (they must match one to one)",
                 req.task_id,
                 req.attempt,
-                got.len(),
-                expected.len()
+                b.len(),
+                a.len()
             )));
         }
         Ok(())

@@ -3,11 +3,15 @@
 //! and kept; a pushed checkpoint is picked up by the next task that names it, so a swap never
 //! happens in the middle of a task.
 
-use labelfleet_proto::v1::{model_ref, pair_input, Label, Task};
+use labelfleet_proto::v1::{model_ref, pair_input, Label, SyntheticQuery, Task, TaskKind};
+use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{
     default_grade_labels, grade, load_grader, BatchOptions, Grader, Pair, GRADE_PROMPT_VERSION,
 };
+use labelfleet_slm::querygen::{prompt_ids, synthesize, SeedDocument};
 use labelfleet_slm::Placement;
+use labelfleet_slm::{DecoderLm, TextTokenizer};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,18 +22,17 @@ use tokio::sync::{mpsc, oneshot};
 /// Default input length when a task does not set one.
 pub const DEFAULT_MAX_TOKENS: usize = 512;
 
-/// What grading a task came to.
+/// What running a task came to.
 #[derive(Debug)]
 pub enum Outcome {
-    Labels {
+    /// Labels of a grading task, or queries of a synthesis task.
+    Done {
         labels: Vec<Label>,
+        queries: Vec<SyntheticQuery>,
         seconds: f64,
     },
     /// `retryable` false: the input itself is bad, another attempt would fail the same way.
-    Failed {
-        reason: String,
-        retryable: bool,
-    },
+    Failed { reason: String, retryable: bool },
 }
 
 struct Request {
@@ -68,11 +71,16 @@ impl Engine {
                     placement,
                     sources,
                     graders: HashMap::new(),
+                    generators: HashMap::new(),
                 };
                 while let Some(req) = rx.blocking_recv() {
                     let n = req.task.pairs.len() as u64;
-                    let outcome = host.run(&req.task);
-                    if matches!(outcome, Outcome::Labels { .. }) {
+                    let outcome = if req.task.kind == TaskKind::SynthesizeQueries as i32 {
+                        host.synthesize(&req.task)
+                    } else {
+                        host.run(&req.task)
+                    };
+                    if matches!(outcome, Outcome::Done { .. }) {
                         counter.fetch_add(n, Ordering::Relaxed);
                     }
                     let _ = req.reply.send(outcome);
@@ -102,9 +110,108 @@ struct Host {
     placement: Placement,
     sources: ModelSources,
     graders: HashMap<(PathBuf, usize), Box<dyn Grader>>,
+    generators: HashMap<(PathBuf, usize), (DecoderLm, TextTokenizer)>,
 }
 
+/// New tokens per generated query.
+pub const QUERY_MAX_NEW_TOKENS: usize = 32;
+
 impl Host {
+    /// Writes queries for the task's documents with a local decoder LM.
+    fn synthesize(&mut self, task: &Task) -> Outcome {
+        let start = Instant::now();
+        let (dir, _) = match self.model_dir(task) {
+            Ok(d) => d,
+            Err(reason) => {
+                return Outcome::Failed {
+                    reason,
+                    retryable: true,
+                }
+            }
+        };
+        let max_len = match task.max_tokens {
+            0 => DEFAULT_MAX_TOKENS,
+            n => n as usize,
+        };
+        if max_len < QUERY_MAX_NEW_TOKENS + 64 {
+            return Outcome::Failed {
+                reason: format!(
+                    "max_tokens {max_len} leaves no room for a prompt and {QUERY_MAX_NEW_TOKENS} new tokens"
+                ),
+                retryable: false,
+            };
+        }
+        let key = (dir.clone(), max_len);
+        if !self.generators.contains_key(&key) {
+            let loaded = DecoderLm::load(&dir, self.placement, max_len)
+                .and_then(|lm| Ok((lm, TextTokenizer::from_dir(&dir)?)));
+            match loaded {
+                Ok(g) => {
+                    tracing::info!(model = %dir.display(), "generator loaded");
+                    self.generators.clear();
+                    self.generators.insert(key.clone(), g);
+                }
+                Err(e) => {
+                    return Outcome::Failed {
+                        reason: format!("loading generator {}: {e}", dir.display()),
+                        retryable: true,
+                    }
+                }
+            }
+        }
+        let (lm, tok) = &self.generators[&key];
+        let max_prompt = max_len - QUERY_MAX_NEW_TOKENS;
+        let mut seeds = Vec::with_capacity(task.documents.len());
+        for (i, d) in task.documents.iter().enumerate() {
+            let seed = to_seed(d);
+            if let Err(e) = prompt_ids(tok, &seed, max_prompt) {
+                return Outcome::Failed {
+                    reason: format!("document `{}` (#{i}): {e}", d.id),
+                    retryable: false,
+                };
+            }
+            seeds.push(seed);
+        }
+        // The same task gives the same queries on any worker and any attempt.
+        let digest = Sha256::digest(task.task_id.as_bytes());
+        let salt = u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+        let params = SamplingParams {
+            max_new_tokens: QUERY_MAX_NEW_TOKENS,
+            temperature: 0.8,
+            top_p: 0.95,
+            seed: task.seed ^ salt,
+        };
+        let per_doc = task.queries_per_document.max(1) as usize;
+        let generated = match synthesize(lm, tok, &seeds, per_doc, &params, max_prompt) {
+            Ok(g) => g,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: format!("generation: {e}"),
+                    retryable: true,
+                }
+            }
+        };
+        let mut per_doc_count: HashMap<String, usize> = HashMap::new();
+        let queries = generated
+            .into_iter()
+            .map(|g| {
+                let n = per_doc_count.entry(g.doc_id.clone()).or_insert(0);
+                *n += 1;
+                SyntheticQuery {
+                    query_id: format!("{}-q{}", g.doc_id, n),
+                    doc_id: g.doc_id,
+                    text: g.query,
+                    prompt_version: g.prompt_version,
+                }
+            })
+            .collect();
+        Outcome::Done {
+            labels: Vec::new(),
+            queries,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+
     fn run(&mut self, task: &Task) -> Outcome {
         let start = Instant::now();
         let (dir, checkpoint_id) = match self.model_dir(task) {
@@ -198,8 +305,9 @@ impl Host {
                 prompt_version: prompt_version.clone(),
             })
             .collect();
-        Outcome::Labels {
+        Outcome::Done {
             labels,
+            queries: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -248,6 +356,26 @@ fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
         Some(pair_input::Document::DocId(id)) => id.clone(),
         Some(pair_input::Document::Inline(d)) => d.id.clone(),
         None => String::new(),
+    }
+}
+
+/// The generator's view of a seed document.
+fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
+    let mut metadata = BTreeMap::new();
+    if !d.author.is_empty() {
+        metadata.insert("author".to_string(), d.author.clone());
+    }
+    if !d.path.is_empty() {
+        metadata.insert("path".to_string(), d.path.clone());
+    }
+    for (k, v) in &d.metadata {
+        metadata.insert(k.clone(), v.clone());
+    }
+    SeedDocument {
+        id: d.id.clone(),
+        title: (!d.title.is_empty()).then(|| d.title.clone()),
+        body: d.body.clone(),
+        metadata,
     }
 }
 

@@ -274,7 +274,7 @@ pub async fn run_with_meta(
         let req = LeaseTasksRequest {
             worker_id: config.worker_id.clone(),
             max_tasks: room as u32,
-            kinds: vec![TaskKind::Grade as i32],
+            kinds: vec![TaskKind::Grade as i32, TaskKind::SynthesizeQueries as i32],
         };
         let tasks = match client.lease_tasks(req).await {
             Ok(r) => r.into_inner().tasks,
@@ -379,14 +379,18 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
             continue;
         };
         let result = match &outcome {
-            Outcome::Labels { labels, seconds } => client
+            Outcome::Done {
+                labels,
+                queries,
+                seconds,
+            } => client
                 .complete_task(CompleteTaskRequest {
                     worker_id: worker.to_string(),
                     task_id: task.task_id.clone(),
                     attempt: task.attempt,
                     fencing_token: task.fencing_token,
                     labels: labels.clone(),
-                    queries: Vec::new(),
+                    queries: queries.clone(),
                     seconds: *seconds,
                 })
                 .await
