@@ -645,6 +645,23 @@ struct LabelRecord<'a> {
 
 pub fn fetch(a: FetchArgs) -> Result<()> {
     runtime()?.block_on(async {
+        let job = a
+            .client
+            .connect()
+            .await?
+            .get_job(GetJobRequest {
+                job_id: a.job_id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        if job.state < JobState::Succeeded as i32 {
+            eprintln!(
+                "warning: {} is still {}: these are the results committed so far",
+                a.job_id,
+                state_name(job.state)
+            );
+        }
         let mut labels: Vec<Label> = Vec::new();
         let mut queries: Vec<SyntheticQuery> = Vec::new();
         // Resumes from the count already received after a broken stream (leader change).

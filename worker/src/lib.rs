@@ -223,7 +223,10 @@ pub async fn run_with_meta(
     let link = Arc::new(LeaderLink::new(meta, config.coordinator.clone()));
     let held: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
     let revoked: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
+    // The leader says how often to heartbeat (a third of its task lease).
+    let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(1000));
     let hb = tokio::spawn(heartbeat_loop(
+        heartbeat_ms.clone(),
         link.clone(),
         config.worker_id.clone(),
         held.clone(),
@@ -262,7 +265,11 @@ pub async fn run_with_meta(
                 checkpoints: Vec::new(),
             };
             match client.register_worker(req).await {
-                Ok(_) => registered_with = Some(address.clone()),
+                Ok(r) => {
+                    let ms = r.into_inner().heartbeat_interval_ms.clamp(100, 10_000);
+                    heartbeat_ms.store(ms as u64, Ordering::Relaxed);
+                    registered_with = Some(address.clone());
+                }
                 Err(e) => {
                     link.forget(&address);
                     tracing::debug!(error = %e.message(), "register failed; finding the leader again");
@@ -432,6 +439,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
 }
 
 async fn heartbeat_loop(
+    interval_ms: Arc<std::sync::atomic::AtomicU64>,
     link: Arc<LeaderLink>,
     worker: String,
     held: Arc<Mutex<HashSet<(String, u32)>>>,
@@ -439,9 +447,8 @@ async fn heartbeat_loop(
     rate: Arc<Mutex<RateMeter>>,
     engine: Engine,
 ) {
-    let mut interval = Duration::from_millis(1000);
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(Duration::from_millis(interval_ms.load(Ordering::Relaxed))).await;
         let leases: Vec<TaskLease> = held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -475,7 +482,6 @@ async fn heartbeat_loop(
             }
             Err(_) => link.forget(&address),
         }
-        interval = Duration::from_millis(1000).min(interval);
     }
 }
 
