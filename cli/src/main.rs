@@ -6,6 +6,7 @@ mod bench;
 mod cache;
 mod cluster;
 mod dispatch_bench;
+mod embedded;
 mod evaluate;
 mod jsonl;
 mod progress;
