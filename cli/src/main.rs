@@ -6,7 +6,6 @@ mod bench;
 mod cache;
 mod cluster;
 mod dispatch_bench;
-mod embedded;
 mod evaluate;
 mod jsonl;
 mod progress;

@@ -3,12 +3,10 @@
 //! corpus -> seed documents -> synthetic queries (SmolLM2) -> BM25 hard negatives (tantivy)
 //! -> teacher grades (SmolLM2, local) -> distilled student (MiniLM cross-encoder)
 //! -> agreement of BM25, teacher and student with human judgments on an evaluation pool.
-//! Grading runs as jobs on an embedded cluster (coordinator and worker in this process).
 //!
 //! Human judgments are read only by the evaluation stage: nothing trains on them.
 
 use crate::cache::{self, Cache};
-use crate::embedded::Embedded;
 use crate::{jsonl, progress, EngineArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -17,10 +15,12 @@ use labelfleet_corpus::{ingest_dir, ingest_jsonl, Bm25Index, Document, IngestLim
 use labelfleet_eval::{agreement, Agreement, Judgment};
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::GRADE_PROMPT_VERSION;
-use labelfleet_slm::grading::{default_grade_labels, DecoderGrader, EncoderGrader};
+use labelfleet_slm::grading::{
+    default_grade_labels, grade, BatchOptions, DecoderGrader, EncoderGrader,
+};
 use labelfleet_slm::querygen::{synthesize, GeneratedQuery, SeedDocument, QUERY_PROMPT_VERSION};
 use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
-use labelfleet_slm::{DecoderLm, Grader, Grading, Pair, TextTokenizer};
+use labelfleet_slm::{DecoderLm, EncodedPair, Grader, Grading, Pair, TextTokenizer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -105,9 +105,6 @@ struct Graded {
     rate: Option<f64>,
 }
 
-/// Longest student input in tokens.
-const STUDENT_MAX_TOKENS: usize = 256;
-
 fn pair_key(model: &str, p: &Pair) -> String {
     let meta = serde_json::to_string(&p.metadata).unwrap_or_default();
     cache::key(&[
@@ -120,14 +117,12 @@ fn pair_key(model: &str, p: &Pair) -> String {
 }
 
 /// Grades pairs with a progress bar, taking what it can from the cache (keyed by `model`, the
-/// grader's fingerprint and prompt version, and the pair's content). What is not cached is
-/// graded as one job on the embedded cluster, by the model in `model_dir`.
+/// grader's fingerprint and prompt version, and the pair's content).
 fn grade_all(
-    cluster: &mut Embedded,
-    model_dir: &Path,
-    max_tokens: usize,
+    grader: &dyn Grader,
     model: &str,
     pairs: &[Pair],
+    opts: BatchOptions,
     cache: &mut Cache<Grading>,
     what: &str,
 ) -> Result<Graded> {
@@ -137,9 +132,14 @@ fn grade_all(
         .collect();
     let mut rate = None;
     if !todo.is_empty() {
-        let batch: Vec<Pair> = todo.iter().map(|&i| pairs[i].clone()).collect();
+        let encoded: Vec<EncodedPair> = todo
+            .iter()
+            .map(|&i| grader.encode_pair(&pairs[i]))
+            .collect::<Result<_, _>>()?;
+        let pb = progress::bar(encoded.len() as u64, what);
         let start = Instant::now();
-        let grades = cluster.grade(model_dir, &batch, max_tokens, what)?;
+        let grades = grade(grader, &encoded, opts, &mut |n| pb.inc(n as u64))?;
+        pb.finish();
         rate = Some(grades.len() as f64 / start.elapsed().as_secs_f64().max(1e-9));
         for (&i, g) in todo.iter().zip(grades) {
             cache.insert(keys[i].clone(), g)?;
@@ -205,13 +205,6 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut work: Vec<String> = vec![];
     let mut grade_cache: Cache<Grading> = Cache::open(&a.out.join("cache/grades.jsonl"))?;
-    // Grading runs as jobs on the embedded cluster: the same coordinator and worker as a
-    // cluster, in this process, with its store under the output folder.
-    let mut cluster = Embedded::start(
-        &a.out.join("cluster"),
-        placement,
-        a.engine.threads.unwrap_or(0).max(0) as usize,
-    )?;
 
     // 1. corpus
     let report = if a.corpus.is_dir() {
@@ -369,11 +362,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     )?;
     let teacher_id = format!("{teacher_fp}:{GRADE_PROMPT_VERSION}");
     let graded = grade_all(
-        &mut cluster,
-        &teacher_dir,
-        a.engine.max_len,
+        &teacher,
         &teacher_id,
         &train_pairs,
+        opts,
         &mut grade_cache,
         "teacher",
     )?;
@@ -399,13 +391,8 @@ pub fn run(a: RunArgs) -> Result<()> {
 
     // 5. distillation, with a held-out split by query
     let student_dir = labelfleet_slm::resolve_model(&a.student);
-    let student = EncoderGrader::load(
-        &student_dir,
-        &default_grade_labels(),
-        placement,
-        STUDENT_MAX_TOKENS,
-    )
-    .with_context(|| format!("loading student {}", student_dir.display()))?;
+    let student = EncoderGrader::load(&student_dir, &default_grade_labels(), placement, 256)
+        .with_context(|| format!("loading student {}", student_dir.display()))?;
     let mut qids: Vec<usize> = (0..queries.len()).collect();
     qids.shuffle(&mut rng);
     let n_held = ((queries.len() as f64) * a.heldout).round().max(1.0) as usize;
@@ -464,12 +451,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 .as_f64()
                 .unwrap_or(f64::NAN);
             (
-                EncoderGrader::load(
-                    &ckpt,
-                    &default_grade_labels(),
-                    placement,
-                    STUDENT_MAX_TOKENS,
-                )?,
+                EncoderGrader::load(&ckpt, &default_grade_labels(), placement, 256)?,
                 agreement,
             )
         }
@@ -597,20 +579,18 @@ pub fn run(a: RunArgs) -> Result<()> {
         };
         let bm25 = agreement(&judgments(&|i| (0, bm25_score[i])), 4)?;
         let t = grade_all(
-            &mut cluster,
-            &teacher_dir,
-            a.engine.max_len,
+            &teacher,
             &teacher_id,
             &pool_pairs,
+            opts,
             &mut grade_cache,
             "teacher",
         )?;
         let s = grade_all(
-            &mut cluster,
-            &ckpt,
-            STUDENT_MAX_TOKENS,
+            &student,
             &student_id,
             &pool_pairs,
+            opts,
             &mut grade_cache,
             "student",
         )?;
@@ -644,7 +624,6 @@ pub fn run(a: RunArgs) -> Result<()> {
         eprintln!("[6/6] no --eval-queries/--eval-qrels: agreement with humans not measured");
     }
     print_report(&rows);
-    cluster.shutdown()?;
     let json = serde_json::json!({
         "corpus_documents": docs.len(), "queries": queries.len(), "candidate_pairs": cand.len(),
         "teacher_pairs_per_s": teacher_rate,
