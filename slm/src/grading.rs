@@ -292,6 +292,37 @@ Answer with the grade only, a single digit.";
 
 const DOC_MARKER: &str = "\u{1}DOCUMENT\u{1}";
 
+/// The chat messages of the `grade-v1` prompt for a pair: the one definition of the grading
+/// prompt, shared by the local decoder grader and the API teacher (`labelfleet-openai`).
+/// `sanitize` strips whatever the model would read as control tokens from user text (the local
+/// grader passes its tokenizer's `sanitize`). The document body goes in whole; a caller with a
+/// token budget cuts it first.
+pub fn grade_messages(
+    pair: &Pair,
+    n_grades: usize,
+    sanitize: impl Fn(&str) -> String,
+) -> Vec<ChatMessage> {
+    let body = sanitize(pair.body.trim());
+    grade_messages_with_body(pair, n_grades, &sanitize, &body)
+}
+
+/// [`grade_messages`] with `body` put in place as it is (already sanitized, or a marker).
+fn grade_messages_with_body(
+    pair: &Pair,
+    n_grades: usize,
+    sanitize: &dyn Fn(&str) -> String,
+    body: &str,
+) -> Vec<ChatMessage> {
+    let user = format!(
+        "Query: {}\n\nDocument:\n{}{}\n\nGrade (0-{}):",
+        sanitize(pair.query.trim()),
+        sanitize(&document_header(pair)),
+        body,
+        n_grades.saturating_sub(1)
+    );
+    vec![ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)]
+}
+
 /// Renders the document part of a prompt, minus the body: title and metadata lines.
 fn document_header(pair: &Pair) -> String {
     let mut s = String::new();
@@ -434,26 +465,20 @@ impl DecoderGrader {
 
     /// The chat prompt for a pair, as text, with the document body in place.
     pub fn prompt_text(&self, pair: &Pair) -> String {
-        let (prefix, suffix) = self.prompt_parts(pair);
-        format!(
-            "{prefix}{}{suffix}",
-            self.tokenizer.sanitize(pair.body.trim())
-        )
+        let t = &self.tokenizer;
+        let messages = grade_messages(pair, self.grade_labels.len(), |s| t.sanitize(s));
+        t.render_chat(&messages, true)
     }
 
     fn prompt_parts(&self, pair: &Pair) -> (String, String) {
         let t = &self.tokenizer;
-        let user = format!(
-            "Query: {}\n\nDocument:\n{}{}\n\nGrade (0-{}):",
-            t.sanitize(pair.query.trim()),
-            t.sanitize(&document_header(pair)),
+        let messages = grade_messages_with_body(
+            pair,
+            self.grade_labels.len(),
+            &|s: &str| t.sanitize(s),
             DOC_MARKER,
-            self.grade_labels.len().saturating_sub(1)
         );
-        let text = t.render_chat(
-            &[ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)],
-            true,
-        );
+        let text = t.render_chat(&messages, true);
         let (a, b) = text
             .split_once(DOC_MARKER)
             .expect("marker is in the prompt");
@@ -849,6 +874,29 @@ mod tests {
         let g = Grading::from_distribution(vec![0.1, 0.2, 0.6, 0.1]);
         assert_eq!(g.grade, 2);
         assert!((g.expected - 1.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grade_prompt_bytes_are_grade_v1() {
+        // The prompt version is a promise: these bytes may only change with a new version.
+        let pair = Pair {
+            id: "p".into(),
+            query: " vpn setup ".into(),
+            title: Some("IT guide".into()),
+            body: " Install the client. <|im_end|> ".into(),
+            metadata: [("author".to_string(), "Jane Doe".to_string())].into(),
+        };
+        let messages = grade_messages(&pair, 4, |s| s.replace("<|im_end|>", ""));
+        let text = crate::ChatTemplate::ChatMl {
+            default_system: None,
+        }
+        .render(&messages, true);
+        let expected = format!(
+            "<|im_start|>system\n{GRADE_SYSTEM}<|im_end|>\n<|im_start|>user\nQuery: vpn setup\n\n\
+             Document:\nTitle: IT guide\nauthor: Jane Doe\nInstall the client. \n\nGrade (0-3):\
+             <|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(text, expected);
     }
 
     #[test]

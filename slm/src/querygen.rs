@@ -35,6 +35,36 @@ pub struct GeneratedQuery {
 
 const BODY_MARKER: &str = "\u{1}BODY\u{1}";
 
+/// The chat messages of the `query-v1` prompt for a document: the one definition of the query
+/// synthesis prompt, shared by the local engine and the API teacher (`labelfleet-openai`).
+/// `sanitize` strips whatever the model would read as control tokens from user text. The body
+/// goes in whole; a caller with a token budget cuts it first.
+pub fn query_messages(doc: &SeedDocument, sanitize: impl Fn(&str) -> String) -> Vec<ChatMessage> {
+    let body = sanitize(doc.body.trim());
+    query_messages_with_body(doc, &sanitize, &body)
+}
+
+/// [`query_messages`] with `body` put in place as it is (already sanitized, or a marker).
+fn query_messages_with_body(
+    doc: &SeedDocument,
+    sanitize: &dyn Fn(&str) -> String,
+    body: &str,
+) -> Vec<ChatMessage> {
+    let mut header = String::new();
+    if let Some(t) = doc.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        header.push_str(&format!("Title: {}\n", sanitize(t.trim())));
+    }
+    for (k, v) in &doc.metadata {
+        header.push_str(&format!("{k}: {}\n", sanitize(v.trim())));
+    }
+    let user = format!(
+        "Here is a document from the company intranet.\n\n{header}{body}\n\n\
+         Write one short search query (2 to 10 words) that an employee looking for this document \
+         would type. Reply with the query only."
+    );
+    vec![ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)]
+}
+
 /// Builds the chat prompt ids for a document within `max_prompt_tokens`: the body is cut to
 /// fit, the title, metadata and instructions never are.
 pub fn prompt_ids(
@@ -49,22 +79,8 @@ pub fn prompt_ids(
             "empty document (no body and no title)",
         ));
     }
-    let mut header = String::new();
-    if let Some(t) = doc.title.as_deref().filter(|t| !t.trim().is_empty()) {
-        header.push_str(&format!("Title: {}\n", tok.sanitize(t.trim())));
-    }
-    for (k, v) in &doc.metadata {
-        header.push_str(&format!("{k}: {}\n", tok.sanitize(v.trim())));
-    }
-    let user = format!(
-        "Here is a document from the company intranet.\n\n{header}{BODY_MARKER}\n\n\
-         Write one short search query (2 to 10 words) that an employee looking for this document \
-         would type. Reply with the query only."
-    );
-    let text = tok.render_chat(
-        &[ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)],
-        true,
-    );
+    let messages = query_messages_with_body(doc, &|s: &str| tok.sanitize(s), BODY_MARKER);
+    let text = tok.render_chat(&messages, true);
     let (prefix, suffix) = text
         .split_once(BODY_MARKER)
         .expect("marker is in the prompt");
@@ -206,6 +222,30 @@ mod tests {
             clean_query("see https://example.com/report for details", &d),
             None
         );
+    }
+
+    #[test]
+    fn query_prompt_bytes_are_query_v1() {
+        // The prompt version is a promise: these bytes may only change with a new version.
+        let d = SeedDocument {
+            id: "d".into(),
+            title: Some(" Travel policy ".into()),
+            body: " Book trains for trips under 4 hours. <|im_end|>".into(),
+            metadata: [("path".to_string(), "hr/travel.md".to_string())].into(),
+        };
+        let messages = query_messages(&d, |s| s.replace("<|im_end|>", ""));
+        let text = crate::ChatTemplate::ChatMl {
+            default_system: None,
+        }
+        .render(&messages, true);
+        let expected = format!(
+            "<|im_start|>system\n{QUERY_SYSTEM}<|im_end|>\n<|im_start|>user\n\
+             Here is a document from the company intranet.\n\nTitle: Travel policy\n\
+             path: hr/travel.md\nBook trains for trips under 4 hours. \n\n\
+             Write one short search query (2 to 10 words) that an employee looking for this \
+             document would type. Reply with the query only.<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(text, expected);
     }
 
     #[test]
