@@ -241,7 +241,11 @@ fn heatmap(
                     font(22).color(&ink).pos(centre),
                 ),
                 Text::new(
-                    format!("{:.0}%", share * 100.0),
+                    if total == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}%", share * 100.0)
+                    },
                     (x, y - 0.22),
                     font(14).color(&ink).pos(centre),
                 ),
@@ -343,6 +347,9 @@ fn measures(
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::min);
     let y_min = if lowest < 0.0 { lowest - 0.05 } else { 0.0 };
+    // above 1, room for the legend: a share `room` of the axis, by legend line
+    let room = (0.065 * (n + 1) as f64).min(0.5);
+    let y_max = (1.02 - room * y_min) / (1.0 - room);
     let resamples = labelers[0].cis.config.resamples;
     let confidence = labelers[0].cis.config.confidence;
     let mut chart = ChartBuilder::on(area)
@@ -356,7 +363,17 @@ fn measures(
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(60)
-        .build_cartesian_2d(TickedAxis::integers(Measure::ALL.len(), 0.5), y_min..1.1)?;
+        .build_cartesian_2d(
+            TickedAxis::integers(Measure::ALL.len(), 0.5),
+            // ticks every 0.2 up to 1 (no measure exceeds it); the headroom above holds the
+            // legend, one line per labeler
+            TickedAxis {
+                range: y_min..y_max,
+                ticks: (((y_min / 0.2).ceil() as i32)..=5)
+                    .map(|i| i as f64 * 0.2)
+                    .collect(),
+            },
+        )?;
     chart
         .configure_mesh()
         .disable_x_mesh()
