@@ -201,13 +201,24 @@ fn cranfield_docs(n: usize) -> Vec<SeedDocument> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synthesis_writes_clean_distinct_queries_with_per_request_seeds() {
+async fn synthesis_writes_clean_distinct_queries_reproducibly_from_seeds() {
     let Some(bin) = llama_server_bin() else {
         return;
     };
-    let server = LlamaServer::start(&bin, 4, 2048);
+    // One slot and no prompt-cache reuse: every request is computed alone and from scratch,
+    // so the server's arithmetic, and with the seed its sampling, repeat exactly.
+    let server = LlamaServer::start_with(&bin, 1, 2048, &["--no-cache-prompt"]);
     let proxy = Proxy::start(server.addr, |_, _| Action::Forward).await;
-    let docs = cranfield_docs(3);
+    // SmolLM2-135M mostly answers with the title, and the engine's rules drop a copied span of
+    // 8 words or more: documents with short titles (and an author) give it a fair chance
+    let docs: Vec<SeedDocument> = common::cranfield_seed_documents()
+        .into_iter()
+        .filter(|d| {
+            let words = d.title.as_deref().unwrap_or("").split_whitespace().count();
+            (3..=7).contains(&words) && d.metadata.contains_key("author")
+        })
+        .take(3)
+        .collect();
     let params = SamplingParams {
         max_new_tokens: 32,
         temperature: 0.8,
@@ -215,7 +226,7 @@ async fn synthesis_writes_clean_distinct_queries_with_per_request_seeds() {
         seed: 11,
     };
     let client = ApiClient::new(config(proxy.base_url())).unwrap();
-    let results = client.synthesize(&docs, 8, 1, &params, &no_progress).await;
+    let results = client.synthesize(&docs, 6, 1, &params, &no_progress).await;
     assert_eq!(results.len(), 3);
     for (doc, r) in docs.iter().zip(&results) {
         let queries = r.as_ref().unwrap();
@@ -247,13 +258,10 @@ async fn synthesis_writes_clean_distinct_queries_with_per_request_seeds() {
             );
         }
     }
-    // one request per query (8 topic, 1 metadata for a document with an author), each with the
+    // one request per query (6 topic, 1 metadata for a document with an author), each with the
     // seed derived from (document, index, run seed)
-    let per_doc: Vec<usize> = docs.iter().map(|d| sample_intents(d, 8, 1).len()).collect();
-    assert!(
-        per_doc.contains(&9),
-        "a document with an author: {per_doc:?}"
-    );
+    let per_doc: Vec<usize> = docs.iter().map(|d| sample_intents(d, 6, 1).len()).collect();
+    assert_eq!(per_doc, vec![7, 7, 7]);
     let seen = proxy.seen();
     assert_eq!(seen.len(), per_doc.iter().sum::<usize>());
     let mut expected: Vec<u64> = docs
@@ -275,6 +283,16 @@ async fn synthesis_writes_clean_distinct_queries_with_per_request_seeds() {
     sent.sort();
     assert_eq!(sent, expected);
     assert_eq!(client.usage().requests as usize, seen.len());
+
+    // a re-run without any cache asks the same seeds and, from this server, gets the same
+    // queries back
+    let again = ApiClient::new(config(server.base_url()))
+        .unwrap()
+        .synthesize(&docs, 6, 1, &params, &no_progress)
+        .await;
+    for (a, b) in results.iter().zip(&again) {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

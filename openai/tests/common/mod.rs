@@ -81,6 +81,16 @@ impl LlamaServer {
     /// Starts the server with one thread, `slots` parallel sequences and `ctx` tokens of context
     /// per slot, and waits until `/health` answers 200.
     pub fn start(bin: &std::path::Path, slots: usize, ctx_per_slot: usize) -> Self {
+        Self::start_with(bin, slots, ctx_per_slot, &[])
+    }
+
+    /// [`Self::start`] with more server flags.
+    pub fn start_with(
+        bin: &std::path::Path,
+        slots: usize,
+        ctx_per_slot: usize,
+        extra: &[&str],
+    ) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("labelfleet-llama-server-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("server log file");
@@ -93,6 +103,7 @@ impl LlamaServer {
             .args(["-c", &(slots * ctx_per_slot).to_string()])
             .arg("--jinja")
             .arg("--no-webui")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
@@ -195,12 +206,13 @@ pub enum Action {
     },
 }
 
-/// One request the proxy saw: its number, its body, and the status it answered.
+/// One request the proxy saw: its number, its body, and the status and body it answered.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub n: usize,
     pub body: String,
     pub status: u16,
+    pub response: String,
 }
 
 type Rule = dyn Fn(usize, &str) -> Action + Send + Sync;
@@ -364,10 +376,14 @@ async fn serve(
             (status, response)
         }
     };
+    let text = String::from_utf8_lossy(&response);
     seen.lock().unwrap().push(Seen {
         n,
         body: body_text,
         status,
+        response: text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string()),
     });
     conn.write_all(&response).await?;
     conn.shutdown().await?;
@@ -403,6 +419,24 @@ fn doc_pair(id: String, query: &str, doc: &serde_json::Value) -> Pair {
         body: text("body").unwrap_or_default(),
         metadata,
     }
+}
+
+/// Cranfield documents as seed documents (author as metadata), in corpus order.
+pub fn cranfield_seed_documents() -> Vec<labelfleet_slm::querygen::SeedDocument> {
+    std::fs::read_to_string(data_dir().join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let p = doc_pair(String::new(), "", &v);
+            labelfleet_slm::querygen::SeedDocument {
+                id: v["id"].as_str().unwrap().to_string(),
+                title: p.title,
+                body: p.body,
+                metadata: p.metadata,
+            }
+        })
+        .collect()
 }
 
 /// `n_queries` Cranfield queries, each paired with its most relevant judged document and with
