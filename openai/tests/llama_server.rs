@@ -487,6 +487,39 @@ async fn a_malformed_response_fails_only_its_pair() {
     assert_eq!(client.usage().failures, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let Some(bin) = llama_server_bin() else {
+        return;
+    };
+    let server = LlamaServer::start(&bin, 1, 2048);
+    // the first request gets no answer at all; the rest are forwarded
+    let proxy = Proxy::start(server.addr, |n, _| {
+        if n == 0 {
+            Action::Stall(Duration::from_secs(30))
+        } else {
+            Action::Forward
+        }
+    })
+    .await;
+    let mut c = config(proxy.base_url());
+    c.timeout_s = 10.0;
+    c.concurrency = 1;
+    let client = ApiClient::new(c).unwrap();
+    let pairs = cranfield_pairs(1);
+    let start = Instant::now();
+    let results = client.grade_pairs(&pairs, &no_progress).await;
+    let secs = start.elapsed().as_secs_f64();
+    for r in &results {
+        assert_eq!(r.as_ref().unwrap().source, GradeSource::Logprobs);
+    }
+    let usage = client.usage();
+    assert_eq!((usage.requests, usage.retries, usage.failures), (3, 1, 0));
+    assert_eq!(proxy.requests(), 3);
+    // it waited for the timeout, not for the stall
+    assert!((10.0..30.0).contains(&secs), "took {secs:.1} s");
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_retried_then_named() {
     // a port with nothing behind it: connect errors every time

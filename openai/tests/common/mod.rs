@@ -199,6 +199,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 /// What the proxy does with one request.
 pub enum Action {
     Forward,
+    /// Answer nothing for this long, then close the connection.
+    Stall(Duration),
     Respond {
         status: u16,
         headers: Vec<(String, String)>,
@@ -335,6 +337,10 @@ async fn serve(
     let body_text = String::from_utf8_lossy(&body).to_string();
     let request_line = head.lines().next().unwrap_or_default().to_string();
     let (status, response) = match rule(n, &body_text) {
+        Action::Stall(wait) => {
+            tokio::time::sleep(wait).await;
+            (0, vec![])
+        }
         Action::Respond {
             status,
             headers,
