@@ -6,6 +6,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use labelfleet_openai::{ApiClient, ApiConfig, Usage};
+use labelfleet_slm::grading::GradePrompt;
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug, Default)]
@@ -102,11 +103,17 @@ impl ApiArgs {
     }
 
     /// The client, with the response cache when `--api-cache` is given; `None` without
-    /// `--api-base`.
+    /// `--api-base`. It grades with the default prompt (`grade-v1`).
     pub fn client(&self) -> Result<Option<ApiClient>> {
-        let Some(config) = self.config()? else {
+        self.client_with_prompt(GradePrompt::default())
+    }
+
+    /// [`Self::client`] grading with the given prompt version.
+    pub fn client_with_prompt(&self, prompt: GradePrompt) -> Result<Option<ApiClient>> {
+        let Some(mut config) = self.config()? else {
             return Ok(None);
         };
+        config.grade_prompt = prompt;
         let mut client = ApiClient::new(config)?;
         if let Some(path) = &self.api_cache {
             client = client.with_cache(path)?;

@@ -2,6 +2,7 @@
 //! every field but `base_url` and `model` has a default.
 
 use crate::error::ApiError;
+use labelfleet_slm::grading::GradePrompt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub struct ApiConfig {
     /// Grades 0..N-1, each answered as one digit.
     #[serde(default = "default_num_grades")]
     pub num_grades: usize,
+    /// The grading prompt version (`grade-v1`, `grade-v2`), as the local engine's.
+    #[serde(default)]
+    pub grade_prompt: GradePrompt,
     /// Document bodies are cut to this many bytes (on a character boundary) before they go
     /// into a prompt; a grade records whether its document was cut.
     #[serde(default = "default_max_document_bytes")]
@@ -101,6 +105,7 @@ impl ApiConfig {
             price_output_per_mtok: 0.0,
             top_logprobs: default_top_logprobs(),
             num_grades: default_num_grades(),
+            grade_prompt: GradePrompt::default(),
             max_document_bytes: default_max_document_bytes(),
         }
     }
@@ -211,6 +216,12 @@ mod tests {
             serde_json::from_str(r#"{"base_url": "http://127.0.0.1:8080/v1/", "model": "m"}"#)
                 .unwrap();
         assert_eq!(c, ApiConfig::new("http://127.0.0.1:8080/v1/", "m"));
+        assert_eq!(c.grade_prompt, GradePrompt::V1);
+        let v2: ApiConfig = serde_json::from_str(
+            r#"{"base_url": "http://h/v1", "model": "m", "grade_prompt": "grade-v2"}"#,
+        )
+        .unwrap();
+        assert_eq!(v2.grade_prompt, GradePrompt::V2);
         assert_eq!(c.chat_url(), "http://127.0.0.1:8080/v1/chat/completions");
         c.validate().unwrap();
         let e = serde_json::from_str::<ApiConfig>(

@@ -11,7 +11,7 @@ use crate::client::ApiClient;
 use crate::error::ApiError;
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
-use labelfleet_slm::grading::{grade_messages, InputLimits};
+use labelfleet_slm::grading::{grade_messages_for, GradePrompt, InputLimits};
 use labelfleet_slm::{ChatMessage, Grading, Pair};
 use serde::{Deserialize, Serialize};
 
@@ -105,10 +105,11 @@ pub(crate) fn check_field(record: &str, field: &str, text: &str) -> Result<(), A
     Ok(())
 }
 
-/// The `grade-v1` messages for a pair, with the body cut to `max_document_bytes`; and whether
-/// it was cut. Errors name the pair and field, like the local grader's.
+/// The messages of the `prompt` version for a pair, with the body cut to `max_document_bytes`;
+/// and whether it was cut. Errors name the pair and field, like the local grader's.
 pub fn grade_request_messages(
     pair: &Pair,
+    prompt: GradePrompt,
     num_grades: usize,
     max_document_bytes: usize,
 ) -> Result<(Vec<ChatMessage>, bool), ApiError> {
@@ -139,7 +140,7 @@ pub fn grade_request_messages(
         ..pair.clone()
     };
     Ok((
-        grade_messages(&clipped, num_grades, strip_special_tokens),
+        grade_messages_for(prompt, &clipped, num_grades, strip_special_tokens),
         truncated,
     ))
 }
@@ -247,8 +248,12 @@ impl ApiClient {
     /// Grades one pair.
     pub async fn grade_pair(&self, pair: &Pair) -> Result<ApiGrading, ApiError> {
         let config = self.config();
-        let (messages, truncated) =
-            grade_request_messages(pair, config.num_grades, config.max_document_bytes)?;
+        let (messages, truncated) = grade_request_messages(
+            pair,
+            config.grade_prompt,
+            config.num_grades,
+            config.max_document_bytes,
+        )?;
         let mut request = ChatRequest::new(&config.model, &messages, 1);
         request.logprobs = Some(true);
         request.top_logprobs = Some(config.top_logprobs);
@@ -347,10 +352,20 @@ mod tests {
             body: "é".repeat(100),
             metadata: Default::default(),
         };
-        let (m, truncated) = grade_request_messages(&pair, 4, 1000).unwrap();
+        let v1 = GradePrompt::V1;
+        let (m, truncated) = grade_request_messages(&pair, v1, 4, 1000).unwrap();
         assert!(!truncated);
-        assert_eq!(m, grade_messages(&pair, 4, |s| s.to_string()));
-        let (m, truncated) = grade_request_messages(&pair, 4, 101).unwrap();
+        assert_eq!(
+            m,
+            labelfleet_slm::grading::grade_messages(&pair, 4, |s| s.to_string())
+        );
+        let (m2, _) = grade_request_messages(&pair, GradePrompt::V2, 4, 1000).unwrap();
+        assert_eq!(
+            m2,
+            grade_messages_for(GradePrompt::V2, &pair, 4, |s| s.to_string())
+        );
+        assert_ne!(m2, m);
+        let (m, truncated) = grade_request_messages(&pair, v1, 4, 101).unwrap();
         assert!(truncated);
         assert!(m[1]
             .content
@@ -359,7 +374,7 @@ mod tests {
             query: " ".into(),
             ..pair.clone()
         };
-        let e = grade_request_messages(&empty, 4, 1000).unwrap_err();
+        let e = grade_request_messages(&empty, v1, 4, 1000).unwrap_err();
         assert_eq!(e.to_string(), "record q1-d2: field `query`: empty");
     }
 
