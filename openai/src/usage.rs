@@ -10,7 +10,7 @@ pub struct Usage {
     /// Requests that were retries of an earlier attempt (after a connect error, a timeout,
     /// 429 or 5xx).
     pub retries: u64,
-    /// Calls (one pair, or one query) that went to the server and ended in an error, after any
+    /// Calls (one pair, or one query) that sent a request and ended in an error, after any
     /// retries. Input the client refuses before sending (an empty query) is not counted.
     pub failures: u64,
     /// Calls answered from the response cache, without a request.
