@@ -1,14 +1,38 @@
-//! Content-keyed result cache of the pipeline: a re-run reuses every result whose inputs did not
-//! change (document text, prompt version, model fingerprint, sampling parameters), and redoes
-//! only what a change invalidates. One append-only JSONL file per kind of result, so a run cut
-//! short keeps everything it finished.
+//! Content-keyed result cache: a re-run reuses every result whose inputs did not change
+//! (document text, prompt version, model fingerprint, sampling parameters, request body), and
+//! redoes only what a change invalidates. One append-only JSONL file per kind of result, so a
+//! run cut short keeps everything it finished.
 
-use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cache entry does not serialize: {source}")]
+    Serialize {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// SHA-256 (first 128 bits, hex) over the parts, each followed by a separator byte.
 pub fn key(parts: &[&str]) -> String {
@@ -23,15 +47,16 @@ pub fn key(parts: &[&str]) -> String {
 /// Identifies a model folder's weights without hashing gigabytes: its config, and the size and
 /// modification time of each weight file.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
-    let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))
-        .with_context(|| dir.display().to_string())?];
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+    let config = dir.join("config.json");
+    let mut parts = vec![std::fs::read_to_string(&config).map_err(io(&config))?];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
     for f in files {
-        let m = std::fs::metadata(&f)?;
+        let m = std::fs::metadata(&f).map_err(io(&f))?;
         let mtime = m
             .modified()
             .ok()
@@ -65,11 +90,11 @@ impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
     /// skipped, not an error.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
         let mut entries = HashMap::new();
         if path.exists() {
-            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            let text = std::fs::read_to_string(path).map_err(io(path))?;
             for line in text.lines() {
                 if let Ok(e) = serde_json::from_str::<Entry<V>>(line) {
                     entries.insert(e.key, e.value);
@@ -80,11 +105,11 @@ impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| path.display().to_string())?;
+            .map_err(io(path))?;
         // after a torn last line, start the next entry on a line of its own
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > 0 && std::fs::read(path).ok().and_then(|b| b.last().copied()) != Some(b'\n') {
-            writeln!(file).with_context(|| path.display().to_string())?;
+            writeln!(file).map_err(io(path))?;
         }
         Ok(Cache {
             path: path.to_path_buf(),
@@ -98,16 +123,18 @@ impl<V: Serialize + DeserializeOwned + Clone> Cache<V> {
     }
 
     pub fn insert(&mut self, key: String, value: V) -> Result<()> {
-        let line = serde_json::json!({"key": key, "value": value});
-        writeln!(self.file, "{line}").with_context(|| self.path.display().to_string())?;
+        let value_json = serde_json::to_value(&value).map_err(|source| CacheError::Serialize {
+            path: self.path.clone(),
+            source,
+        })?;
+        let line = serde_json::json!({"key": key, "value": value_json});
+        writeln!(self.file, "{line}").map_err(io(&self.path))?;
         self.entries.insert(key, value);
         Ok(())
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.file
-            .flush()
-            .with_context(|| self.path.display().to_string())
+        self.file.flush().map_err(io(&self.path))
     }
 }
 
