@@ -279,14 +279,71 @@ fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64
 // Decoder grader
 
 /// Prompt templates are versioned: a label records the version it was made with, and a cache
-/// keyed by it re-grades only when the prompt changes.
+/// keyed by it re-grades only when the prompt changes. This is the default version.
 pub const GRADE_PROMPT_VERSION: &str = "grade-v1";
+
+/// The grading prompts, by version. A version's text never changes; a new text is a new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum GradePrompt {
+    /// The 0-3 rubric on the query and the document.
+    #[default]
+    #[serde(rename = "grade-v1")]
+    V1,
+    /// The same rubric, plus how enterprise searches name metadata: a query that names the
+    /// author, file name or path is answered only by a document whose metadata matches.
+    #[serde(rename = "grade-v2")]
+    V2,
+}
+
+impl GradePrompt {
+    pub const ALL: [GradePrompt; 2] = [GradePrompt::V1, GradePrompt::V2];
+
+    pub fn version(self) -> &'static str {
+        match self {
+            GradePrompt::V1 => "grade-v1",
+            GradePrompt::V2 => "grade-v2",
+        }
+    }
+
+    /// The prompt of a version name; empty means the default.
+    pub fn parse(version: &str) -> Result<GradePrompt> {
+        if version.is_empty() {
+            return Ok(GradePrompt::default());
+        }
+        GradePrompt::ALL
+            .into_iter()
+            .find(|p| p.version() == version)
+            .ok_or_else(|| SlmError::UnknownPrompt {
+                version: version.to_string(),
+                known: GradePrompt::ALL.map(|p| p.version()).join(", "),
+            })
+    }
+
+    fn system(self) -> &'static str {
+        match self {
+            GradePrompt::V1 => GRADE_SYSTEM,
+            GradePrompt::V2 => GRADE_SYSTEM_V2,
+        }
+    }
+}
 
 const GRADE_SYSTEM: &str = "You are a search quality rater for an enterprise search engine. \
 Given a search query and a document, rate how relevant the document is to the query:\n\
 3 = perfectly relevant: the document is exactly what the query looks for\n\
 2 = highly relevant: the document answers the query in large part\n\
 1 = related: on the topic of the query, but does not answer it\n\
+0 = not relevant\n\
+Answer with the grade only, a single digit.";
+
+const GRADE_SYSTEM_V2: &str = "You are a search quality rater for an enterprise search engine. \
+Employees search for documents by topic, and also by who wrote them, their file name or their \
+folder. Given a search query and a document with its metadata, rate how relevant the document is \
+to the query:\n\
+3 = perfectly relevant: the document is exactly what the query looks for, topic and any author, \
+file name or path the query names\n\
+2 = highly relevant: the document answers the query in large part\n\
+1 = related: on the topic of the query, but does not answer it, or the query names an author or \
+path the document does not have\n\
 0 = not relevant\n\
 Answer with the grade only, a single digit.";
 
@@ -302,12 +359,23 @@ pub fn grade_messages(
     n_grades: usize,
     sanitize: impl Fn(&str) -> String,
 ) -> Vec<ChatMessage> {
-    let body = sanitize(pair.body.trim());
-    grade_messages_with_body(pair, n_grades, &sanitize, &body)
+    grade_messages_for(GradePrompt::V1, pair, n_grades, sanitize)
 }
 
-/// [`grade_messages`] with `body` put in place as it is (already sanitized, or a marker).
+/// The chat messages of a pair for the given prompt version.
+pub fn grade_messages_for(
+    prompt: GradePrompt,
+    pair: &Pair,
+    n_grades: usize,
+    sanitize: impl Fn(&str) -> String,
+) -> Vec<ChatMessage> {
+    let body = sanitize(pair.body.trim());
+    grade_messages_with_body(prompt, pair, n_grades, &sanitize, &body)
+}
+
+/// [`grade_messages_for`] with `body` put in place as it is (already sanitized, or a marker).
 fn grade_messages_with_body(
+    prompt: GradePrompt,
     pair: &Pair,
     n_grades: usize,
     sanitize: &dyn Fn(&str) -> String,
@@ -320,7 +388,7 @@ fn grade_messages_with_body(
         body,
         n_grades.saturating_sub(1)
     );
-    vec![ChatMessage::system(GRADE_SYSTEM), ChatMessage::user(user)]
+    vec![ChatMessage::system(prompt.system()), ChatMessage::user(user)]
 }
 
 /// Renders the document part of a prompt, minus the body: title and metadata lines.
@@ -350,6 +418,7 @@ pub struct DecoderGrader {
     /// Keys/values of `shared_prefix` for inference, computed on first use and dropped by
     /// any training step (the weights change).
     prefix_cache: std::sync::Mutex<Option<KvCache>>,
+    prompt: GradePrompt,
 }
 
 impl DecoderGrader {
@@ -397,10 +466,26 @@ impl DecoderGrader {
             shared_prefix_text: String::new(),
             shared_prefix: vec![],
             prefix_cache: std::sync::Mutex::new(None),
+            prompt: GradePrompt::default(),
         };
         grader.shared_prefix_text = grader.probe_shared_prefix();
         grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text)?;
         Ok(grader)
+    }
+
+    /// Grades with another prompt version from now on.
+    pub fn set_prompt(&mut self, prompt: GradePrompt) -> Result<()> {
+        if prompt != self.prompt {
+            self.prompt = prompt;
+            self.shared_prefix_text = self.probe_shared_prefix();
+            self.shared_prefix = self.tokenizer.encode(&self.shared_prefix_text)?;
+            *self.prefix_cache.lock().expect("prefix cache lock") = None;
+        }
+        Ok(())
+    }
+
+    pub fn prompt(&self) -> GradePrompt {
+        self.prompt
     }
 
     /// The part of every prompt before the query: it ends a special token and a newline, so
@@ -466,13 +551,15 @@ impl DecoderGrader {
     /// The chat prompt for a pair, as text, with the document body in place.
     pub fn prompt_text(&self, pair: &Pair) -> String {
         let t = &self.tokenizer;
-        let messages = grade_messages(pair, self.grade_labels.len(), |s| t.sanitize(s));
+        let messages =
+            grade_messages_for(self.prompt, pair, self.grade_labels.len(), |s| t.sanitize(s));
         t.render_chat(&messages, true)
     }
 
     fn prompt_parts(&self, pair: &Pair) -> (String, String) {
         let t = &self.tokenizer;
         let messages = grade_messages_with_body(
+            self.prompt,
             pair,
             self.grade_labels.len(),
             &|s: &str| t.sanitize(s),
@@ -488,7 +575,7 @@ impl DecoderGrader {
 
 impl Grader for DecoderGrader {
     fn describe(&self) -> String {
-        format!("decoder:{} prompt={GRADE_PROMPT_VERSION}", self.name)
+        format!("decoder:{} prompt={}", self.name, self.prompt.version())
     }
     fn num_grades(&self) -> usize {
         self.grade_labels.len()
@@ -592,7 +679,7 @@ impl Grader for DecoderGrader {
             &serde_json::json!({
                 "kind": "decoder",
                 "grade_labels": self.grade_labels,
-                "prompt_version": GRADE_PROMPT_VERSION,
+                "prompt_version": self.prompt.version(),
                 "provenance": provenance,
             }),
         )
@@ -625,7 +712,18 @@ impl EncoderGrader {
         placement: Placement,
         max_len: usize,
     ) -> Result<Self> {
-        let model = CrossEncoder::load(dir, grade_labels.len(), placement)?;
+        Self::load_layers(dir, grade_labels, placement, max_len, None)
+    }
+
+    /// Loads keeping only the bottom `keep_layers` layers (see [`CrossEncoder::load_layers`]).
+    pub fn load_layers(
+        dir: &Path,
+        grade_labels: &[String],
+        placement: Placement,
+        max_len: usize,
+        keep_layers: Option<usize>,
+    ) -> Result<Self> {
+        let model = CrossEncoder::load_layers(dir, grade_labels.len(), placement, keep_layers)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         check_vocab(&tokenizer, model.config.vocab_size)?;
         let special = |s: &str| {
@@ -811,6 +909,37 @@ pub fn detect_kind(dir: &Path) -> Result<GraderKind> {
         )),
         None => Err(SlmError::config(&path, "no `model_type`")),
     }
+}
+
+/// Loads whichever grader a folder holds, with the grade labels of its `labelfleet.json` when
+/// it is a checkpoint we wrote, else `grade_labels`. A decoder grades with `prompt`; an encoder
+/// has no prompt and ignores it.
+pub fn load_grader_with_prompt(
+    dir: &Path,
+    grade_labels: &[String],
+    placement: Placement,
+    max_len: usize,
+    prompt: GradePrompt,
+) -> Result<Box<dyn Grader>> {
+    if detect_kind(dir)? == GraderKind::Decoder {
+        let labels = checkpoint_labels(dir)?.unwrap_or_else(|| grade_labels.to_vec());
+        let mut g = DecoderGrader::load(dir, &labels, placement, max_len)?;
+        g.set_prompt(prompt)?;
+        return Ok(Box::new(g));
+    }
+    load_grader(dir, grade_labels, placement, max_len)
+}
+
+/// The grade labels a checkpoint we wrote records in its `labelfleet.json`.
+fn checkpoint_labels(dir: &Path) -> Result<Option<Vec<String>>> {
+    let meta = dir.join("labelfleet.json");
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let v = crate::config::read_json(&meta)?;
+    serde_json::from_value(v["grade_labels"].clone())
+        .map(Some)
+        .map_err(|e| SlmError::config(&meta, format!("grade_labels: {e}")))
 }
 
 /// Loads whichever grader a folder holds, with the grade labels of its `labelfleet.json` when

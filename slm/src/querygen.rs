@@ -26,11 +26,67 @@ pub struct SeedDocument {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Prompt version of metadata queries: a query that finds the document by one of its metadata
+/// fields (author, path, file name, source) as well as its topic.
+pub const METADATA_QUERY_PROMPT_VERSION: &str = "query-meta-v1";
+
+/// Metadata fields a metadata query may name, in this order of preference.
+pub const METADATA_FIELDS: &[&str] = &["author", "path", "filename", "file_name", "source"];
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GeneratedQuery {
     pub doc_id: String,
     pub query: String,
     pub prompt_version: String,
+    /// The metadata field a metadata query names (`author`, `path`, ...); none for a topic query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_field: Option<String>,
+}
+
+/// What a query is asked to find the document by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryIntent {
+    /// Its topic (`query-v1`).
+    Topic,
+    /// One metadata field and its topic (`query-meta-v1`).
+    Metadata { field: String },
+}
+
+impl QueryIntent {
+    pub fn prompt_version(&self) -> &'static str {
+        match self {
+            QueryIntent::Topic => QUERY_PROMPT_VERSION,
+            QueryIntent::Metadata { .. } => METADATA_QUERY_PROMPT_VERSION,
+        }
+    }
+}
+
+/// The metadata fields of `doc` a metadata query can name, in [`METADATA_FIELDS`] order.
+pub fn metadata_fields(doc: &SeedDocument) -> Vec<&'static str> {
+    METADATA_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| doc.metadata.get(*f).is_some_and(|v| !value_tokens(v).is_empty()))
+        .collect()
+}
+
+/// The distinctive tokens of a metadata value: "kendall,j.m." -> ["kendall"],
+/// "hr/policies/travel.md" -> ["policies", "travel"].
+fn value_tokens(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| t.chars().count() >= 3 && !matches!(*t, "txt" | "pdf" | "doc" | "docx"))
+        .map(|t| t.to_lowercase())
+        .collect()
+}
+
+/// Whether `query` names the metadata value (one of its distinctive tokens, as a word).
+pub fn mentions_value(query: &str, value: &str) -> bool {
+    let words: std::collections::HashSet<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .collect();
+    value_tokens(value).iter().any(|t| words.contains(t))
 }
 
 const BODY_MARKER: &str = "\u{1}BODY\u{1}";
@@ -41,12 +97,23 @@ const BODY_MARKER: &str = "\u{1}BODY\u{1}";
 /// goes in whole; a caller with a token budget cuts it first.
 pub fn query_messages(doc: &SeedDocument, sanitize: impl Fn(&str) -> String) -> Vec<ChatMessage> {
     let body = sanitize(doc.body.trim());
-    query_messages_with_body(doc, &sanitize, &body)
+    query_messages_with_body(doc, &QueryIntent::Topic, &sanitize, &body)
 }
 
-/// [`query_messages`] with `body` put in place as it is (already sanitized, or a marker).
+/// The chat messages for a query of the given intent (`query-v1` or `query-meta-v1`).
+pub fn intent_messages(
+    doc: &SeedDocument,
+    intent: &QueryIntent,
+    sanitize: impl Fn(&str) -> String,
+) -> Vec<ChatMessage> {
+    let body = sanitize(doc.body.trim());
+    query_messages_with_body(doc, intent, &sanitize, &body)
+}
+
+/// [`intent_messages`] with `body` put in place as it is (already sanitized, or a marker).
 fn query_messages_with_body(
     doc: &SeedDocument,
+    intent: &QueryIntent,
     sanitize: &dyn Fn(&str) -> String,
     body: &str,
 ) -> Vec<ChatMessage> {
@@ -57,11 +124,22 @@ fn query_messages_with_body(
     for (k, v) in &doc.metadata {
         header.push_str(&format!("{k}: {}\n", sanitize(v.trim())));
     }
-    let user = format!(
-        "Here is a document from the company intranet.\n\n{header}{body}\n\n\
-         Write one short search query (2 to 10 words) that an employee looking for this document \
-         would type. Reply with the query only."
-    );
+    let user = match intent {
+        QueryIntent::Topic => format!(
+            "Here is a document from the company intranet.\n\n{header}{body}\n\n\
+             Write one short search query (2 to 10 words) that an employee looking for this document \
+             would type. Reply with the query only."
+        ),
+        QueryIntent::Metadata { field } => {
+            let value = doc.metadata.get(field).map(|v| sanitize(v.trim())).unwrap_or_default();
+            format!(
+                "Here is a document from the company intranet.\n\n{header}{body}\n\n\
+                 Write one short search query (2 to 10 words) that an employee would type to find \
+                 this document by its {field} ({value}) and its topic. The query must contain the \
+                 {field}. Reply with the query only."
+            )
+        }
+    };
     vec![ChatMessage::system(QUERY_SYSTEM), ChatMessage::user(user)]
 }
 
@@ -72,6 +150,16 @@ pub fn prompt_ids(
     doc: &SeedDocument,
     max_prompt_tokens: usize,
 ) -> Result<Vec<i64>> {
+    intent_prompt_ids(tok, doc, &QueryIntent::Topic, max_prompt_tokens)
+}
+
+/// [`prompt_ids`] for a query of the given intent.
+pub fn intent_prompt_ids(
+    tok: &TextTokenizer,
+    doc: &SeedDocument,
+    intent: &QueryIntent,
+    max_prompt_tokens: usize,
+) -> Result<Vec<i64>> {
     if doc.body.trim().is_empty() && doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
         return Err(SlmError::input(
             &doc.id,
@@ -79,7 +167,7 @@ pub fn prompt_ids(
             "empty document (no body and no title)",
         ));
     }
-    let messages = query_messages_with_body(doc, &|s: &str| tok.sanitize(s), BODY_MARKER);
+    let messages = query_messages_with_body(doc, intent, &|s: &str| tok.sanitize(s), BODY_MARKER);
     let text = tok.render_chat(&messages, true);
     let (prefix, suffix) = text
         .split_once(BODY_MARKER)
@@ -136,6 +224,11 @@ pub fn clean_query(raw: &str, doc: &SeedDocument) -> Option<String> {
     if lower.contains("http://") || lower.contains("https://") || lower.contains("www.") {
         return None;
     }
+    // talk about the task instead of a query: "Here's a more polished search query:", "Excuse
+    // me for the last one."
+    if line.ends_with(':') || CHATTER.iter().any(|c| lower.contains(c)) {
+        return None;
+    }
     let words = line.split_whitespace().count();
     if !(2..=16).contains(&words) || line.len() > 160 {
         return None;
@@ -143,38 +236,125 @@ pub fn clean_query(raw: &str, doc: &SeedDocument) -> Option<String> {
     if words >= 8 && doc.body.to_lowercase().contains(&lower) {
         return None;
     }
+    if !grounded(&lower, doc) {
+        return None;
+    }
     Some(line.to_string())
 }
 
-/// Writes up to `per_doc` distinct queries per document, sampling `per_doc` continuations each.
+/// Phrases of a model talking about its answer rather than giving it.
+const CHATTER: &[&str] = &[
+    "search query",
+    "this document",
+    "the document",
+    "this note",
+    "here is",
+    "here's",
+    "excuse me",
+    "response",
+    "i cannot",
+    "i can't",
+    "sorry",
+    "as an ai",
+];
+
+/// Words too common to show that a query is about its document.
+const STOPWORDS: &[&str] = &[
+    "about", "after", "also", "been", "between", "both", "does", "each", "find", "from", "have",
+    "into", "more", "most", "other", "over", "same", "some", "such", "than", "that", "their",
+    "them", "then", "there", "these", "they", "this", "under", "used", "using", "very", "what",
+    "when", "where", "which", "while", "with", "within", "without", "would", "your",
+];
+
+/// A query is grounded when one of its content words (4+ letters, not a stop word) occurs in
+/// the document's title, body or metadata; words match on their first 4 letters, so "flows"
+/// finds "flow" and "jumping" finds "jumps".
+fn grounded(query_lower: &str, doc: &SeedDocument) -> bool {
+    let stem = |w: &str| w.chars().take(4).collect::<String>();
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 4 && w.chars().all(char::is_alphabetic))
+            .map(|w| w.to_lowercase())
+            .filter(|w| !STOPWORDS.contains(&w.as_str()))
+            .collect()
+    };
+    let mut text = doc.title.clone().unwrap_or_default();
+    text.push(' ');
+    text.push_str(&doc.body);
+    for v in doc.metadata.values() {
+        text.push(' ');
+        text.push_str(v);
+    }
+    let doc_stems: std::collections::HashSet<String> =
+        words(&text).iter().map(|w| stem(w)).collect();
+    words(query_lower).iter().any(|w| doc_stems.contains(&stem(w)))
+}
+
+/// Cleans a generation for `intent`: a metadata query must also name its field's value.
+pub fn clean_intent_query(raw: &str, doc: &SeedDocument, intent: &QueryIntent) -> Option<String> {
+    let q = clean_query(raw, doc)?;
+    match intent {
+        QueryIntent::Topic => Some(q),
+        QueryIntent::Metadata { field } => doc
+            .metadata
+            .get(field)
+            .filter(|v| mentions_value(&q, v))
+            .map(|_| q),
+    }
+}
+
+/// The intents of the samples drawn for one document: `per_doc` topic queries, then
+/// `metadata_per_doc` metadata queries that rotate over the fields the document has.
+pub fn sample_intents(
+    doc: &SeedDocument,
+    per_doc: usize,
+    metadata_per_doc: usize,
+) -> Vec<QueryIntent> {
+    let fields = metadata_fields(doc);
+    let mut intents = vec![QueryIntent::Topic; per_doc];
+    if !fields.is_empty() {
+        intents.extend((0..metadata_per_doc).map(|j| QueryIntent::Metadata {
+            field: fields[j % fields.len()].to_string(),
+        }));
+    }
+    intents
+}
+
+/// Writes up to `per_doc` distinct topic queries and `metadata_per_doc` distinct metadata
+/// queries per document (one sample each; unusable samples and duplicates are dropped).
 pub fn synthesize(
     lm: &DecoderLm,
     tok: &TextTokenizer,
     docs: &[SeedDocument],
     per_doc: usize,
+    metadata_per_doc: usize,
     params: &SamplingParams,
     max_prompt_tokens: usize,
 ) -> Result<Vec<GeneratedQuery>> {
-    let mut prompts = Vec::with_capacity(docs.len() * per_doc);
-    for d in docs {
-        let ids = prompt_ids(tok, d, max_prompt_tokens)?;
-        for _ in 0..per_doc {
-            prompts.push(ids.clone());
+    let mut prompts = vec![];
+    let mut owners = vec![];
+    for (i, d) in docs.iter().enumerate() {
+        for intent in sample_intents(d, per_doc, metadata_per_doc) {
+            prompts.push(intent_prompt_ids(tok, d, &intent, max_prompt_tokens)?);
+            owners.push((i, intent));
         }
     }
     let outs = generate(lm, &prompts, params, &tok.stop_ids, tok.pad_id)?;
     let mut result = vec![];
-    for (i, d) in docs.iter().enumerate() {
-        let mut seen = std::collections::HashSet::new();
-        for out in &outs[i * per_doc..(i + 1) * per_doc] {
-            if let Some(q) = clean_query(&tok.decode(out, true)?, d) {
-                if seen.insert(q.to_lowercase()) {
-                    result.push(GeneratedQuery {
-                        doc_id: d.id.clone(),
-                        query: q,
-                        prompt_version: QUERY_PROMPT_VERSION.into(),
-                    });
-                }
+    let mut seen = std::collections::HashSet::new();
+    for (out, (i, intent)) in outs.iter().zip(owners) {
+        let d = &docs[i];
+        if let Some(q) = clean_intent_query(&tok.decode(out, true)?, d, &intent) {
+            if seen.insert((i, q.to_lowercase())) {
+                result.push(GeneratedQuery {
+                    doc_id: d.id.clone(),
+                    query: q,
+                    prompt_version: intent.prompt_version().into(),
+                    metadata_field: match intent {
+                        QueryIntent::Topic => None,
+                        QueryIntent::Metadata { field } => Some(field),
+                    },
+                });
             }
         }
     }
@@ -196,7 +376,7 @@ mod tests {
 
     #[test]
     fn cleans_quotes_bullets_and_prefixes() {
-        let d = doc("anything");
+        let d = doc("The EMEA revenue report; the VPN setup guide; stagnation-point heat transfer.");
         assert_eq!(
             clean_query("\"EMEA revenue report Q3\"\nmore", &d).as_deref(),
             Some("EMEA revenue report Q3")
@@ -222,6 +402,85 @@ mod tests {
             clean_query("see https://example.com/report for details", &d),
             None
         );
+    }
+
+    #[test]
+    fn metadata_queries_name_their_field() {
+        let d = SeedDocument {
+            id: "d".into(),
+            title: Some("Supersonic blunt-body flows".into()),
+            body: "Experiments on supersonic flows past blunt bodies.".into(),
+            metadata: [
+                ("author".to_string(), "kendall,j.m.".to_string()),
+                ("path".to_string(), "aero/reports/blunt-body.md".to_string()),
+                ("year".to_string(), "1958".to_string()),
+            ]
+            .into(),
+        };
+        assert_eq!(metadata_fields(&d), vec!["author", "path"]);
+        let intents = sample_intents(&d, 2, 3);
+        assert_eq!(intents.len(), 5);
+        assert_eq!(intents[..2], [QueryIntent::Topic, QueryIntent::Topic]);
+        let fields: Vec<_> = intents[2..]
+            .iter()
+            .map(|i| match i {
+                QueryIntent::Metadata { field } => field.as_str(),
+                QueryIntent::Topic => "topic",
+            })
+            .collect();
+        assert_eq!(fields, ["author", "path", "author"], "fields rotate");
+        let author = QueryIntent::Metadata {
+            field: "author".into(),
+        };
+        assert_eq!(
+            clean_intent_query("kendall supersonic flow experiments", &d, &author).as_deref(),
+            Some("kendall supersonic flow experiments")
+        );
+        assert_eq!(
+            clean_intent_query("supersonic flow experiments", &d, &author),
+            None,
+            "a metadata query must name the value"
+        );
+        let path = QueryIntent::Metadata {
+            field: "path".into(),
+        };
+        assert!(clean_intent_query("blunt body reports folder", &d, &path).is_some());
+        // the metadata prompt names the field and its value
+        let m = intent_messages(&d, &author, |s| s.to_string());
+        assert!(m[1].content.contains("by its author (kendall,j.m.)"));
+        assert_eq!(author.prompt_version(), "query-meta-v1");
+        // a document without such metadata gets topic queries only
+        let bare = doc("Experiments on supersonic flows.");
+        assert_eq!(sample_intents(&bare, 2, 3), vec![QueryIntent::Topic; 2]);
+    }
+
+    #[test]
+    fn drops_chatter_and_ungrounded_queries() {
+        let d = SeedDocument {
+            id: "d".into(),
+            title: Some("Buckling of conical shells".into()),
+            body: "Experiments on supersonic flows past blunt bodies.".into(),
+            metadata: [("author".to_string(), "kendall,j.m.".to_string())].into(),
+        };
+        for chatter in [
+            "Excuse me for the last one.",
+            "What a great find! Here's a more polished search query:",
+            "The document can be found here.",
+            "A single query:",
+            "Could be found in:",
+        ] {
+            assert_eq!(clean_query(chatter, &d), None, "{chatter}");
+        }
+        // no content word of the document: not a query for it
+        assert_eq!(clean_query("quarterly revenue forecast", &d), None);
+        // grounded in the body, the title (by stem) or the author
+        for ok in [
+            "supersonic blunt body flow",
+            "conical shell buckle",
+            "papers by kendall",
+        ] {
+            assert_eq!(clean_query(ok, &d).as_deref(), Some(ok));
+        }
     }
 
     #[test]
