@@ -148,6 +148,12 @@ pub fn validate_spec(spec: &JobSpec) -> Result<()> {
                 "spec.teacher: query synthesis on workers runs the local engine".into(),
             );
         }
+        if spec.metadata_queries_per_document > 16 {
+            return invalid(format!(
+                "spec.metadata_queries_per_document: {} is over the limit of 16",
+                spec.metadata_queries_per_document
+            ));
+        }
         if spec.queries_per_document > 16 {
             return invalid(format!(
                 "spec.queries_per_document: {} is over the limit of 16",
@@ -276,6 +282,7 @@ pub fn plan_synthesis_tasks(
             prompt_version: spec.query_prompt_version.clone(),
             documents: chunk.iter().map(|id| corpus[*id].clone()).collect(),
             queries_per_document: per_doc,
+            metadata_queries_per_document: spec.metadata_queries_per_document,
             seed: spec.seed,
             max_tokens: spec.max_tokens,
             ..Default::default()

@@ -11,7 +11,9 @@ use labelfleet_proto::v1::trainer_service_server::{TrainerService, TrainerServic
 use labelfleet_proto::v1::{
     model_ref, DistillRequest, GetTrainingRunRequest, TrainingMetrics, TrainingRun,
 };
-use labelfleet_slm::grading::{default_grade_labels, load_grader, Pair};
+use labelfleet_slm::grading::{
+    default_grade_labels, detect_kind, load_grader, EncoderGrader, Grader, GraderKind, Pair,
+};
 use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
 use labelfleet_slm::Placement;
 use serde::{Deserialize, Serialize};
@@ -86,6 +88,12 @@ pub struct CheckpointRecord {
     pub sha256: String,
     pub heldout_agreement_with_teacher: f64,
     pub majority_baseline: f64,
+    /// Mean |student expected grade - teacher expected grade| on the held-out pairs.
+    #[serde(default)]
+    pub heldout_expected_grade_mae: f64,
+    /// The same for the majority-class baseline (always the most frequent teacher grade).
+    #[serde(default)]
+    pub majority_expected_grade_mae: f64,
     /// "pushing" until every live worker verified it, then "pushed".
     pub state: String,
     pub pushed_to: BTreeSet<String>,
@@ -331,12 +339,27 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
         }
     };
     let examples = read_dataset(&s.config.store, &req.dataset)?;
-    let student = load_grader(
-        &labelfleet_slm::resolve_model(&base),
-        &default_grade_labels(),
-        s.config.placement,
-        s.config.max_tokens,
-    )?;
+    let base_dir = labelfleet_slm::resolve_model(&base);
+    let student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
+        (0, _) => load_grader(
+            &base_dir,
+            &default_grade_labels(),
+            s.config.placement,
+            s.config.max_tokens,
+        )?,
+        (k, GraderKind::CrossEncoder) => Box::new(EncoderGrader::load_layers(
+            &base_dir,
+            &default_grade_labels(),
+            s.config.placement,
+            s.config.max_tokens,
+            Some(k as usize),
+        )?),
+        (_, GraderKind::Decoder) => {
+            return Err(TrainerError::Invalid(
+                "keep_layers: only a cross-encoder student can drop layers".into(),
+            ))
+        }
+    };
     let fraction = if req.heldout_fraction > 0.0 {
         req.heldout_fraction
     } else {
@@ -369,6 +392,11 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
             5e-5
         },
         seed: req.seed,
+        batch_size: if req.batch_size > 0 {
+            req.batch_size as usize
+        } else {
+            TrainConfig::default().batch_size
+        },
         ..Default::default()
     };
     let tx = s.metrics_tx.clone();
@@ -382,12 +410,13 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
             learning_rate: r.learning_rate,
         });
     })?;
-    let held = if held_set.is_empty() {
-        f64::NAN
+    let (held, held_mae) = if held_set.is_empty() {
+        (f64::NAN, f64::NAN)
     } else {
-        evaluate(student.as_ref(), &held_set, 8192)?.agreement
+        let r = evaluate(student.as_ref(), &held_set, 8192)?;
+        (r.agreement, r.expected_grade_mae)
     };
-    let majority = {
+    let (majority, majority_mae) = {
         let mut counts = HashMap::new();
         for e in &held_set {
             let g = e
@@ -399,13 +428,38 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
                 .unwrap_or(0);
             *counts.entry(g).or_insert(0usize) += 1;
         }
-        counts.values().max().copied().unwrap_or(0) as f64 / held_set.len().max(1) as f64
+        let (grade, top) = counts
+            .iter()
+            .max_by_key(|(g, n)| (**n, std::cmp::Reverse(**g)))
+            .map(|(g, n)| (*g, *n))
+            .unwrap_or((0, 0));
+        let n = held_set.len().max(1) as f64;
+        let mae = held_set
+            .iter()
+            .map(|e| {
+                let expected: f64 = e
+                    .target
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| i as f64 * *p as f64)
+                    .sum();
+                (grade as f64 - expected).abs()
+            })
+            .sum::<f64>()
+            / n;
+        (top as f64 / n, mae)
     };
     // The id names what the checkpoint is made of, so the same request gives the same id.
     let id_hash = Sha256::digest(
         format!(
-            "{base}|{}|{:?}|{}|{}",
-            req.dataset, cfg.epochs, cfg.learning_rate, req.seed
+            "{base}|{}|{:?}|{}|{}|{}|{}|{}",
+            req.dataset,
+            cfg.epochs,
+            cfg.learning_rate,
+            req.seed,
+            req.keep_layers,
+            cfg.batch_size,
+            s.config.max_tokens
         )
         .as_bytes(),
     );
@@ -423,6 +477,7 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
             "base": base, "dataset": req.dataset, "run_id": run_id, "job_id": req.job_id,
             "train_pairs": train_set.len(), "heldout_pairs": held_set.len(), "train_config": cfg,
             "heldout_agreement_with_teacher": held, "majority_baseline": majority,
+            "heldout_expected_grade_mae": held_mae, "majority_expected_grade_mae": majority_mae,
         }),
     )?;
     if dir.exists() {
@@ -439,6 +494,8 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
         sha256,
         heldout_agreement_with_teacher: held,
         majority_baseline: majority,
+        heldout_expected_grade_mae: held_mae,
+        majority_expected_grade_mae: majority_mae,
         state: "pushing".into(),
         pushed_to: BTreeSet::new(),
     })
@@ -512,6 +569,8 @@ impl TrainerService for TrainerApi {
             run.checkpoint_id = rec.checkpoint_id.clone();
             run.heldout_agreement_with_teacher = rec.heldout_agreement_with_teacher;
             run.majority_baseline = rec.majority_baseline;
+            run.heldout_expected_grade_mae = rec.heldout_expected_grade_mae;
+            run.majority_expected_grade_mae = rec.majority_expected_grade_mae;
             run.state = "pushing".into();
             api.set_run(run.clone());
             let key = keys::checkpoint(api.0.meta.prefix(), &rec.checkpoint_id);

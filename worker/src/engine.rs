@@ -6,7 +6,7 @@
 use labelfleet_proto::v1::{model_ref, pair_input, Label, SyntheticQuery, Task, TaskKind};
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{
-    default_grade_labels, grade, load_grader, BatchOptions, Grader, Pair, GRADE_PROMPT_VERSION,
+    default_grade_labels, grade, load_grader_with_prompt, BatchOptions, GradePrompt, Grader, Pair,
 };
 use labelfleet_slm::querygen::{prompt_ids, synthesize, SeedDocument};
 use labelfleet_slm::Placement;
@@ -109,7 +109,7 @@ impl Engine {
 struct Host {
     placement: Placement,
     sources: ModelSources,
-    graders: HashMap<(PathBuf, usize), Box<dyn Grader>>,
+    graders: HashMap<(PathBuf, usize, GradePrompt), Box<dyn Grader>>,
     generators: HashMap<(PathBuf, usize), (DecoderLm, TextTokenizer)>,
 }
 
@@ -172,8 +172,14 @@ impl Host {
             }
             seeds.push(seed);
         }
-        // The same task gives the same queries on any worker and any attempt.
-        let digest = Sha256::digest(task.task_id.as_bytes());
+        // The same documents give the same queries on any worker, any attempt and in any job
+        // with the same seed: the sampling seed is salted by the task's document ids.
+        let mut hasher = Sha256::new();
+        for d in &task.documents {
+            hasher.update(d.id.as_bytes());
+            hasher.update([0x1f]);
+        }
+        let digest = hasher.finalize();
         let salt = u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]));
         let params = SamplingParams {
             max_new_tokens: QUERY_MAX_NEW_TOKENS,
@@ -182,7 +188,16 @@ impl Host {
             seed: task.seed ^ salt,
         };
         let per_doc = task.queries_per_document.max(1) as usize;
-        let generated = match synthesize(lm, tok, &seeds, per_doc, &params, max_prompt) {
+        let metadata_per_doc = task.metadata_queries_per_document as usize;
+        let generated = match synthesize(
+            lm,
+            tok,
+            &seeds,
+            per_doc,
+            metadata_per_doc,
+            &params,
+            max_prompt,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 return Outcome::Failed {
@@ -202,6 +217,7 @@ impl Host {
                     doc_id: g.doc_id,
                     text: g.query,
                     prompt_version: g.prompt_version,
+                    metadata_field: g.metadata_field.unwrap_or_default(),
                 }
             })
             .collect();
@@ -227,14 +243,23 @@ impl Host {
             0 => DEFAULT_MAX_TOKENS,
             n => n as usize,
         };
-        let key = (dir.clone(), max_len);
+        let prompt = match GradePrompt::parse(&task.prompt_version) {
+            Ok(p) => p,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: format!("prompt_version: {e}"),
+                    retryable: false,
+                }
+            }
+        };
+        let key = (dir.clone(), max_len, prompt);
         if !self.graders.contains_key(&key) {
             let labels = if task.grade_labels.is_empty() {
                 default_grade_labels()
             } else {
                 task.grade_labels.clone()
             };
-            match load_grader(&dir, &labels, self.placement, max_len) {
+            match load_grader_with_prompt(&dir, &labels, self.placement, max_len, prompt) {
                 Ok(g) => {
                     tracing::info!(model = %g.describe(), "model loaded");
                     // Keep at most two models resident: the pinned student and one other.
@@ -284,11 +309,7 @@ impl Host {
             }
         };
         let model = grader.describe();
-        let prompt_version = if task.prompt_version.is_empty() {
-            GRADE_PROMPT_VERSION.to_string()
-        } else {
-            task.prompt_version.clone()
-        };
+        let prompt_version = prompt.version().to_string();
         let labels = task
             .pairs
             .iter()
