@@ -364,6 +364,9 @@ pub struct SynthesizeArgs {
     seed_documents: u32,
     #[arg(long, default_value_t = 3)]
     queries_per_document: u32,
+    /// Metadata queries (naming the author, path, file name or source) per seed document.
+    #[arg(long, default_value_t = 1)]
+    metadata_queries_per_document: u32,
     /// Generator on the workers (a local decoder LM).
     #[arg(long, default_value = "smollm2")]
     model: String,
@@ -390,6 +393,7 @@ pub fn synthesize(a: SynthesizeArgs) -> Result<()> {
             corpus_id,
             seed_documents: a.seed_documents,
             queries_per_document: a.queries_per_document,
+            metadata_queries_per_document: a.metadata_queries_per_document,
             teacher: Some(ModelRef {
                 source: Some(model_ref::Source::LocalPath(a.model.clone())),
             }),
@@ -415,7 +419,7 @@ pub fn synthesize(a: SynthesizeArgs) -> Result<()> {
     })
 }
 
-fn to_proto_document(d: &labelfleet_corpus::ingest::Document) -> Document {
+pub(crate) fn to_proto_document(d: &labelfleet_corpus::ingest::Document) -> Document {
     Document {
         id: d.id.clone(),
         title: d.title.clone().unwrap_or_default(),
@@ -800,6 +804,12 @@ pub struct DistillArgs {
     heldout_fraction: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Layers a cross-encoder student keeps from its base (the bottom ones; 0: all).
+    #[arg(long, default_value_t = 0)]
+    keep_layers: u32,
+    /// Pairs per optimizer step (0: 16).
+    #[arg(long, default_value_t = 0)]
+    batch_size: u32,
     /// Wait until the checkpoint is trained and pushed.
     #[arg(long)]
     wait: bool,
@@ -822,6 +832,8 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 learning_rate: a.learning_rate,
                 heldout_fraction: a.heldout_fraction,
                 seed: a.seed,
+                keep_layers: a.keep_layers,
+                batch_size: a.batch_size,
             })
             .await
             .map_err(|s| anyhow::anyhow!("distill refused: {}", s.message()))?
@@ -912,85 +924,23 @@ pub struct ServeArgs {
 /// in-process metadata store and a local directory. No etcd. Clients use it like a cluster.
 pub fn serve(a: ServeArgs) -> Result<()> {
     let placement = labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?;
-    runtime()?.block_on(async move {
-        let meta = labelfleet_coordinator::meta::MetaStore::memory();
-        // Workers stop first (finishing and committing what they hold), then the rest.
-        let (stop_workers, _) = tokio::sync::broadcast::channel::<()>(1);
-        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-        let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
-            let mut rx = tx.subscribe();
-            async move {
-                let _ = rx.recv().await;
-            }
-        };
-        let coordinator = tokio::spawn(labelfleet_coordinator::server::run_with_meta(
-            CoordinatorConfig {
-                listen: a.listen,
-                store: a.store.clone(),
-                metrics_listen: a.metrics_listen,
-                ..Default::default()
-            },
-            meta.clone(),
-            stopped(&stop_tx),
-        ));
-        let mut workers = Vec::new();
-        for i in 0..a.workers.max(1) {
-            let config = WorkerConfig {
-                worker_id: format!("embedded-{i}"),
-                listen: "127.0.0.1:0".parse()?,
-                advertise: None,
-                etcd: Vec::new(),
-                etcd_prefix: "/labelfleet".into(),
-                coordinator: Some(a.listen.to_string()),
-                placement,
-                threads: a.threads,
-                capacity: 2,
-                checkpoints: a.store.join("worker-checkpoints").join(i.to_string()),
-                metrics_listen: None,
-                registration_ttl: Duration::from_secs(10),
-            };
-            let m = meta.clone();
-            let stop = stopped(&stop_workers);
-            workers.push(tokio::spawn(async move {
-                labelfleet_worker::run_with_meta(config, m, stop)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }));
-        }
-        let trainer_config = labelfleet_trainer::TrainerConfig {
-            listen: a.trainer_listen,
-            etcd: Vec::new(),
-            etcd_prefix: "/labelfleet".into(),
-            store: a.store.clone(),
-            placement,
-            threads: a.threads,
-            max_tokens: 256,
-            push_rate_mib_s: 0.0,
-            reconcile_interval: Duration::from_secs(15),
-            metrics_listen: None,
-        };
-        let m = meta.clone();
-        let stop = stopped(&stop_tx);
-        let trainer = tokio::spawn(async move {
-            labelfleet_trainer::run_with_meta(trainer_config, m, stop)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-        eprintln!(
-            "labelfleet serving on {} ({} in-process worker(s), trainer on {}); Ctrl-C to stop",
-            a.listen,
-            a.workers.max(1),
-            a.trainer_listen
-        );
-        shutdown_signal().await;
-        eprintln!("stopping: workers finish the tasks they hold");
-        let _ = stop_workers.send(());
-        for w in workers {
-            w.await??;
-        }
-        let _ = stop_tx.send(());
-        trainer.await??;
-        coordinator.await??;
-        Ok(())
-    })
+    let cluster = crate::embedded::EmbeddedCluster::start(crate::embedded::EmbeddedOptions {
+        store: a.store.clone(),
+        listen: a.listen,
+        trainer_listen: a.trainer_listen,
+        workers: a.workers.max(1),
+        placement,
+        threads: a.threads,
+        trainer_max_tokens: 256,
+        metrics_listen: a.metrics_listen,
+    })?;
+    eprintln!(
+        "labelfleet serving on {} ({} in-process worker(s), trainer on {}); Ctrl-C to stop",
+        cluster.address,
+        a.workers.max(1),
+        cluster.trainer_address
+    );
+    cluster.block_on(shutdown_signal());
+    eprintln!("stopping: workers finish the tasks they hold");
+    cluster.shutdown()
 }

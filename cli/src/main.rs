@@ -2,13 +2,16 @@
 //! roles `coordinator` and `worker`; the client `submit`, `status`, `watch`, `list`, `cancel`,
 //! `fetch`; and the engine commands `score`, `generate`, `eval`, `bench`.
 
+mod api_args;
 mod bench;
-mod cache;
 mod cluster;
 mod dispatch_bench;
+mod embedded;
 mod evaluate;
 mod jsonl;
+mod label;
 mod progress;
+mod report;
 mod run;
 
 use anyhow::{Context, Result};
@@ -41,6 +44,9 @@ enum Command {
     Eval(evaluate::EvalArgs),
     /// Grade (query, document) pairs: JSONL of {id, query, title?, body, metadata?} in, grades out.
     Score(ScoreArgs),
+    /// Label queries over a corpus: BM25 top-k candidates graded by a student or teacher, out as
+    /// TREC qrels and JSONL with provenance.
+    Label(label::LabelArgs),
     /// Write search queries for documents: JSONL of {id, title?, body, metadata?} in, queries out.
     Generate(GenerateArgs),
     /// Engine throughput against the FLOP limit of this machine.
@@ -116,6 +122,8 @@ impl EngineArgs {
 struct ScoreArgs {
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    api: api_args::ApiArgs,
     /// Pairs JSONL (`-` for stdin).
     #[arg(long, short)]
     input: PathBuf,
@@ -131,6 +139,8 @@ struct ScoreArgs {
 struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    api: api_args::ApiArgs,
     #[arg(long, short)]
     input: PathBuf,
     #[arg(long, short)]
@@ -138,6 +148,9 @@ struct GenerateArgs {
     /// Queries to sample per document (duplicates are dropped).
     #[arg(long, default_value_t = 3)]
     per_doc: usize,
+    /// Metadata queries (naming the author, path, file name or source) per document.
+    #[arg(long, default_value_t = 1)]
+    metadata_per_doc: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.8)]
     temperature: f64,
@@ -153,19 +166,25 @@ struct GenerateArgs {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // `run` prints its own stages; the embedded cluster's routine logs would drown them
+    let default_filter = match cli.command {
+        Command::Run(_) => "warn",
+        _ => "labelfleet=info,warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "labelfleet=info,warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Score(a) => score(a),
         Command::Eval(a) => evaluate::run(a),
         Command::Generate(a) => generate(a),
+        Command::Label(a) => label::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchDispatch(a) => dispatch_bench::run(a),
         Command::Serve(a) => cluster::serve(a),
@@ -204,6 +223,9 @@ struct ScoredPair<'a> {
     truncated: bool,
     model: &'a str,
     prompt_version: &'a str,
+    /// How an API grade was read: "logprobs" or "parsed" (absent for local models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grade_source: Option<&'a str>,
 }
 
 fn report_reject(
@@ -222,6 +244,9 @@ fn report_reject(
 }
 
 fn score(a: ScoreArgs) -> Result<()> {
+    if let Some(client) = a.api.client()? {
+        return score_api(&a, client);
+    }
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
     let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
@@ -272,6 +297,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             truncated: e.truncated,
             model: &model,
             prompt_version: GRADE_PROMPT_VERSION,
+            grade_source: None,
         })?;
     }
     out.finish()?;
@@ -308,6 +334,9 @@ fn score(a: ScoreArgs) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
+    if let Some(client) = a.api.client()? {
+        return generate_api(&a, client);
+    }
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
     if a.engine.max_len < a.max_new_tokens + 64 {
@@ -348,7 +377,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
             }
         }
-        for q in synthesize(&lm, &tok, &good, a.per_doc, &params, max_prompt)? {
+        for q in synthesize(
+            &lm,
+            &tok,
+            &good,
+            a.per_doc,
+            a.metadata_per_doc,
+            &params,
+            max_prompt,
+        )? {
             out.write(&q)?;
             written += 1;
         }
@@ -360,6 +397,160 @@ fn generate(a: GenerateArgs) -> Result<()> {
         "{written} queries for {} documents ({rejected} rejected)",
         docs.len()
     );
+    if rejected > 0 {
+        return Err(Rejected(rejected).into());
+    }
+    Ok(())
+}
+
+fn api_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `score` through an OpenAI-compatible API: the same input, output and bad-record rules as
+/// the local path; a pair the API fails on is rejected by name, the others are written.
+fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> {
+    let mut rejects = a
+        .rejects
+        .as_deref()
+        .map(jsonl::Writer::create)
+        .transpose()?;
+    let mut rejected = 0;
+    let mut pairs = vec![];
+    let mut lines = vec![];
+    let config = client.config();
+    for r in jsonl::read::<Pair>(&a.input)? {
+        match r {
+            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+            // bad input is named in input order, as locally; API failures come after grading
+            Ok(line) => match labelfleet_openai::grading::grade_request_messages(
+                &line.value,
+                config.grade_prompt,
+                config.num_grades,
+                config.max_document_bytes,
+            ) {
+                Ok(_) => {
+                    lines.push(line.line);
+                    pairs.push(line.value);
+                }
+                Err(e) => report_reject(
+                    &mut rejects,
+                    &mut rejected,
+                    format!("{}:{}: {e}", a.input.display(), line.line),
+                )?,
+            },
+        }
+    }
+    let pb = progress::bar(pairs.len() as u64, "grading");
+    let start = std::time::Instant::now();
+    let results = api_runtime()?.block_on(client.grade_pairs(&pairs, &|| pb.inc(1)));
+    pb.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let model = client.describe();
+    let mut out = jsonl::Writer::create(&a.output)?;
+    let mut hist = vec![0usize; client.config().num_grades];
+    let mut graded = 0;
+    for ((p, line), r) in pairs.iter().zip(&lines).zip(results) {
+        match r {
+            Ok(g) => {
+                out.write(&ScoredPair {
+                    id: &p.id,
+                    grade: g.grading.grade,
+                    expected: g.grading.expected,
+                    distribution: &g.grading.distribution,
+                    truncated: g.truncated,
+                    model: &model,
+                    prompt_version: client.config().grade_prompt.version(),
+                    grade_source: Some(g.source.as_str()),
+                })?;
+                hist[g.grading.grade] += 1;
+                graded += 1;
+            }
+            Err(e) => report_reject(
+                &mut rejects,
+                &mut rejected,
+                format!("{}:{line}: {e}", a.input.display()),
+            )?,
+        }
+    }
+    out.finish()?;
+    if let Some(w) = rejects {
+        w.finish()?;
+    }
+    eprintln!(
+        "{}",
+        progress::table(
+            &["model", "pairs", "rejected", "pairs/s", "grade histogram"],
+            vec![vec![
+                model,
+                graded.to_string(),
+                rejected.to_string(),
+                format!("{:.1}", graded as f64 / secs.max(1e-9)),
+                format!("{hist:?}"),
+            ]],
+        )
+    );
+    eprintln!("{}", api_args::usage_table(&client.usage()));
+    if rejected > 0 {
+        return Err(Rejected(rejected).into());
+    }
+    Ok(())
+}
+
+/// `generate` through an OpenAI-compatible API: one request per query (topic and metadata
+/// queries, as locally) with a seed derived from (document, index, --seed); a document the API
+/// fails on is rejected by name.
+fn generate_api(a: &GenerateArgs, client: labelfleet_openai::ApiClient) -> Result<()> {
+    let mut rejects = None;
+    let mut rejected = 0;
+    let mut docs = vec![];
+    for r in jsonl::read::<SeedDocument>(&a.input)? {
+        match r {
+            Ok(l) => docs.push(l.value),
+            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+        }
+    }
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let requests: usize = docs
+        .iter()
+        .map(|d| labelfleet_slm::querygen::sample_intents(d, a.per_doc, a.metadata_per_doc).len())
+        .sum();
+    let pb = progress::bar(requests as u64, "queries");
+    let results = api_runtime()?.block_on(client.synthesize(
+        &docs,
+        a.per_doc,
+        a.metadata_per_doc,
+        &params,
+        &|| pb.inc(1),
+    ));
+    pb.finish();
+    let mut out = jsonl::Writer::create(&a.output)?;
+    let mut written = 0;
+    for r in results {
+        match r {
+            Ok(queries) => {
+                for q in &queries {
+                    out.write(q)?;
+                }
+                written += queries.len();
+            }
+            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
+        }
+    }
+    out.finish()?;
+    eprintln!(
+        "{written} queries for {} documents ({rejected} rejected) from {}",
+        docs.len(),
+        client.describe()
+    );
+    eprintln!("{}", api_args::usage_table(&client.usage()));
     if rejected > 0 {
         return Err(Rejected(rejected).into());
     }

@@ -319,6 +319,11 @@ fn generate_writes_queries_for_documents() {
             (2..=16).contains(&text.split_whitespace().count()),
             "{text}"
         );
-        assert_eq!(q["prompt_version"], "query-v1");
+        match q["prompt_version"].as_str().unwrap() {
+            "query-v1" => assert!(q.get("metadata_field").is_none(), "{q}"),
+            // a metadata query names the field it was asked for
+            "query-meta-v1" => assert!(q["metadata_field"].is_string(), "{q}"),
+            other => panic!("prompt version {other}"),
+        }
     }
 }
