@@ -178,6 +178,13 @@ fn run_writes_every_stage() {
     assert!(qrels.lines().all(|l| l.split_whitespace().count() == 4));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // the student learned from its teacher: on held-out queries its expected grades are closer
+    // to the teacher's than the majority-class baseline's are
+    let (student_err, majority_err) = (
+        report["student_heldout_expected_grade_mae"].as_f64().unwrap(),
+        report["heldout_majority_expected_grade_mae"].as_f64().unwrap(),
+    );
+    assert!(student_err < majority_err, "{student_err} vs {majority_err}");
     let agreement = &report["agreement_with_humans"];
     let rows = agreement["labelers"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "BM25, teacher, student");
