@@ -214,29 +214,19 @@ pub fn run(a: LabelArgs) -> Result<()> {
     if let Some(path) = &a.qrels {
         std::fs::write(path, qrels).with_context(|| path.display().to_string())?;
     }
-    let mut hist = vec![0usize; grader.num_grades()];
-    grades.iter().for_each(|g| hist[g.grade] += 1);
+    let graded: Vec<usize> = grades.iter().map(|g| g.grade).collect();
     eprintln!(
         "{}",
-        progress::table(
+        progress::grading_summary(
+            &model,
             &[
-                "model",
-                "device",
-                "queries",
-                "labels",
-                "rejected",
-                "pairs/s",
-                "grade histogram"
+                ("device", placement.describe()),
+                ("queries", queries.len().to_string()),
             ],
-            vec![vec![
-                model,
-                placement.describe(),
-                queries.len().to_string(),
-                grades.len().to_string(),
-                rejected.to_string(),
-                format!("{:.1}", grades.len() as f64 / secs.max(1e-9)),
-                format!("{hist:?}"),
-            ]],
+            &graded,
+            grader.num_grades(),
+            rejected,
+            secs,
         )
     );
     if rejected > 0 {

@@ -304,33 +304,49 @@ fn score(a: ScoreArgs) -> Result<()> {
     if let Some(w) = rejects {
         w.finish()?;
     }
-    let mut hist = vec![0usize; grader.num_grades()];
-    grades.iter().for_each(|g| hist[g.grade] += 1);
+    let graded: Vec<usize> = grades.iter().map(|g| g.grade).collect();
     eprintln!(
         "{}",
-        progress::table(
-            &[
-                "model",
-                "device",
-                "pairs",
-                "rejected",
-                "pairs/s",
-                "grade histogram"
-            ],
-            vec![vec![
-                model.clone(),
-                placement.describe(),
-                grades.len().to_string(),
-                rejected.to_string(),
-                format!("{:.1}", grades.len() as f64 / secs.max(1e-9)),
-                format!("{hist:?}"),
-            ]],
+        progress::grading_summary(
+            &model,
+            &[("device", placement.describe())],
+            &graded,
+            grader.num_grades(),
+            rejected,
+            secs,
         )
     );
     if rejected > 0 {
         return Err(Rejected(rejected).into());
     }
     Ok(())
+}
+
+impl GenerateArgs {
+    /// The input documents; malformed lines are reported as rejects.
+    fn read_documents(
+        &self,
+        rejects: &mut Option<jsonl::Writer>,
+        rejected: &mut usize,
+    ) -> Result<Vec<SeedDocument>> {
+        let mut docs = vec![];
+        for r in jsonl::read::<SeedDocument>(&self.input)? {
+            match r {
+                Ok(l) => docs.push(l.value),
+                Err(e) => report_reject(rejects, rejected, e.to_string())?,
+            }
+        }
+        Ok(docs)
+    }
+
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -351,19 +367,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let tok = TextTokenizer::from_dir(&dir)?;
     let mut rejects = None;
     let mut rejected = 0;
-    let mut docs = vec![];
-    for r in jsonl::read::<SeedDocument>(&a.input)? {
-        match r {
-            Ok(l) => docs.push(l.value),
-            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
-        }
-    }
-    let params = SamplingParams {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let docs = a.read_documents(&mut rejects, &mut rejected)?;
+    let params = a.sampling();
     let max_prompt = a.engine.max_len - a.max_new_tokens;
     let pb = progress::bar(docs.len() as u64, "documents");
     let mut out = jsonl::Writer::create(&a.output)?;
@@ -450,8 +455,7 @@ fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> 
     let secs = start.elapsed().as_secs_f64();
     let model = client.describe();
     let mut out = jsonl::Writer::create(&a.output)?;
-    let mut hist = vec![0usize; client.config().num_grades];
-    let mut graded = 0;
+    let mut graded = vec![];
     for ((p, line), r) in pairs.iter().zip(&lines).zip(results) {
         match r {
             Ok(g) => {
@@ -465,8 +469,7 @@ fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> 
                     prompt_version: client.config().grade_prompt.version(),
                     grade_source: Some(g.source.as_str()),
                 })?;
-                hist[g.grading.grade] += 1;
-                graded += 1;
+                graded.push(g.grading.grade);
             }
             Err(e) => report_reject(
                 &mut rejects,
@@ -481,15 +484,13 @@ fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> 
     }
     eprintln!(
         "{}",
-        progress::table(
-            &["model", "pairs", "rejected", "pairs/s", "grade histogram"],
-            vec![vec![
-                model,
-                graded.to_string(),
-                rejected.to_string(),
-                format!("{:.1}", graded as f64 / secs.max(1e-9)),
-                format!("{hist:?}"),
-            ]],
+        progress::grading_summary(
+            &model,
+            &[],
+            &graded,
+            client.config().num_grades,
+            rejected,
+            secs
         )
     );
     eprintln!("{}", api_args::usage_table(&client.usage()));
@@ -505,19 +506,8 @@ fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> 
 fn generate_api(a: &GenerateArgs, client: labelfleet_openai::ApiClient) -> Result<()> {
     let mut rejects = None;
     let mut rejected = 0;
-    let mut docs = vec![];
-    for r in jsonl::read::<SeedDocument>(&a.input)? {
-        match r {
-            Ok(l) => docs.push(l.value),
-            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
-        }
-    }
-    let params = SamplingParams {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let docs = a.read_documents(&mut rejects, &mut rejected)?;
+    let params = a.sampling();
     let requests: usize = docs
         .iter()
         .map(|d| labelfleet_slm::querygen::sample_intents(d, a.per_doc, a.metadata_per_doc).len())

@@ -92,6 +92,31 @@ fn input_error(record: &str, field: &str, message: impl Into<String>) -> ApiErro
     }
 }
 
+/// Checks a document's text before it goes into a prompt: not empty (a body or a title), and
+/// every field within the engine's input limit. Errors name the record and the field.
+pub(crate) fn check_document(
+    record: &str,
+    title: Option<&str>,
+    body: &str,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    if body.trim().is_empty() && title.is_none_or(|t| t.trim().is_empty()) {
+        return Err(input_error(
+            record,
+            "body",
+            "empty document (no body and no title)",
+        ));
+    }
+    check_field(record, "body", body)?;
+    if let Some(t) = title {
+        check_field(record, "title", t)?;
+    }
+    for (k, v) in metadata {
+        check_field(record, &format!("metadata.{k}"), v)?;
+    }
+    Ok(())
+}
+
 /// Checks a field against the engine's input limit, as the local grader does.
 pub(crate) fn check_field(record: &str, field: &str, text: &str) -> Result<(), ApiError> {
     let max = InputLimits::default().max_field_bytes;
@@ -119,21 +144,8 @@ pub fn grade_request_messages(
     if pair.query.trim().is_empty() {
         return Err(input_error(&pair.id, "query", "empty"));
     }
-    if pair.body.trim().is_empty() && pair.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        return Err(input_error(
-            &pair.id,
-            "body",
-            "empty document (no body and no title)",
-        ));
-    }
     check_field(&pair.id, "query", &pair.query)?;
-    check_field(&pair.id, "body", &pair.body)?;
-    if let Some(t) = &pair.title {
-        check_field(&pair.id, "title", t)?;
-    }
-    for (k, v) in &pair.metadata {
-        check_field(&pair.id, &format!("metadata.{k}"), v)?;
-    }
+    check_document(&pair.id, pair.title.as_deref(), &pair.body, &pair.metadata)?;
     let (body, truncated) = clip(pair.body.trim(), max_document_bytes);
     let clipped = Pair {
         body: body.to_string(),

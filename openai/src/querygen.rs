@@ -6,7 +6,7 @@
 
 use crate::client::ApiClient;
 use crate::error::ApiError;
-use crate::grading::{check_field, clip, strip_special_tokens};
+use crate::grading::{check_document, clip, strip_special_tokens};
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
 use labelfleet_slm::generate::SamplingParams;
@@ -47,16 +47,7 @@ pub fn query_request_messages(
     if doc.id.trim().is_empty() {
         return Err(input("id", "empty"));
     }
-    if doc.body.trim().is_empty() && doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        return Err(input("body", "empty document (no body and no title)"));
-    }
-    check_field(&doc.id, "body", &doc.body)?;
-    if let Some(t) = &doc.title {
-        check_field(&doc.id, "title", t)?;
-    }
-    for (k, v) in &doc.metadata {
-        check_field(&doc.id, &format!("metadata.{k}"), v)?;
-    }
+    check_document(&doc.id, doc.title.as_deref(), &doc.body, &doc.metadata)?;
     let (body, _) = clip(doc.body.trim(), max_document_bytes);
     let clipped = SeedDocument {
         body: body.to_string(),
