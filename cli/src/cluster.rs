@@ -4,7 +4,8 @@
 use crate::{jsonl, progress};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use labelfleet_coordinator::server::{CoordinatorConfig, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::MAX_MESSAGE_BYTES;
+use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::*;
 use labelfleet_worker::WorkerConfig;

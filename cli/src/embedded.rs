@@ -9,8 +9,9 @@
 
 use crate::progress;
 use anyhow::{bail, Context, Result};
-use labelfleet_coordinator::meta::MetaStore;
-use labelfleet_coordinator::server::{CoordinatorConfig, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::MAX_MESSAGE_BYTES;
+use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::trainer_service_client::TrainerServiceClient;
 use labelfleet_proto::v1::*;

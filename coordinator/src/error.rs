@@ -19,6 +19,20 @@ pub enum CoordinatorError {
     Transport(#[from] tonic::transport::Error),
 }
 
+impl From<labelfleet_cluster::ClusterError> for CoordinatorError {
+    fn from(e: labelfleet_cluster::ClusterError) -> Self {
+        use labelfleet_cluster::ClusterError as C;
+        match e {
+            C::Etcd(e) => CoordinatorError::Etcd(e),
+            C::Store(e) => CoordinatorError::Store(e),
+            C::NotLeader(k) => CoordinatorError::NotLeader(k),
+            C::Decode { key, message } => CoordinatorError::Decode { key, message },
+            C::Invalid(m) => CoordinatorError::Invalid(m),
+            C::Io(e) => CoordinatorError::Io(e),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
 impl From<CoordinatorError> for tonic::Status {

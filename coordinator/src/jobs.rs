@@ -1,7 +1,7 @@
 //! Corpora and jobs as stored: validation of uploaded documents, corpus shards, and the
 //! split of a job into tasks. Errors name the record and the field.
 
-use crate::blobs::Blobs;
+use labelfleet_cluster::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
 use labelfleet_proto::v1::{
     model_ref, pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task,

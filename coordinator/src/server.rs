@@ -2,10 +2,10 @@
 //! NOT_SERVING), campaigns in the etcd election, and on winning reloads state and leads until
 //! its lease is lost, when it exits (fail-stop) so a fresh process campaigns again.
 
-use crate::blobs::Blobs;
+use labelfleet_cluster::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
-use crate::meta::{connect_etcd, MetaStore};
-use crate::metrics::{self, write_metric};
+use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::metrics::{self, write_metric};
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 
-/// Largest gRPC message accepted (a job spec with many pairs, a result batch).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -46,29 +45,6 @@ impl Default for CoordinatorConfig {
             task_lease: Duration::from_secs(30),
             max_attempts: 4,
             election_ttl: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Connects to the metadata store, retrying while etcd comes up.
-pub async fn open_meta(etcd: &[String], prefix: &str, wait: Duration) -> Result<MetaStore> {
-    if etcd.is_empty() {
-        return Ok(MetaStore::memory());
-    }
-    let start = std::time::Instant::now();
-    loop {
-        match connect_etcd(etcd).await {
-            Ok(client) => {
-                return Ok(MetaStore::Etcd {
-                    client,
-                    prefix: prefix.trim_end_matches('/').to_string(),
-                })
-            }
-            Err(e) if start.elapsed() < wait => {
-                tracing::warn!(error = %e, "etcd not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
         }
     }
 }

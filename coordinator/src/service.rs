@@ -3,11 +3,11 @@
 //! A standby serves the same endpoints but answers `UNAVAILABLE` (and its health reports
 //! NOT_SERVING) until it wins the election and has reloaded state.
 
-use crate::blobs::{Blobs, Created};
+use labelfleet_cluster::blobs::{Blobs, Created};
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, CorpusBuilder};
-use crate::meta::{keys, Fence, MetaStore};
-use crate::metrics::Counter;
+use labelfleet_cluster::meta::{keys, Fence, MetaStore};
+use labelfleet_cluster::metrics::Counter;
 use crate::scheduler::{Completion, Finished, Scheduler, TaskState};
 use labelfleet_proto::v1::job_service_server::JobService;
 use labelfleet_proto::v1::task_service_server::TaskService;
@@ -221,7 +221,8 @@ impl Coordinator {
                 &key,
                 serde_json::to_vec(&rec).unwrap_or_default(),
             )
-            .await
+            .await?;
+        Ok(())
     }
 
     pub async fn persist_finished(
@@ -649,7 +650,7 @@ impl JobService for JobApi {
                         ResultBatch::decode(b).map_err(|e| Status::data_loss(format!("{key}: {e}")))
                     }
                     Ok(None) => Err(Status::data_loss(format!("{key}: committed but missing"))),
-                    Err(e) => Err(status(e)),
+                    Err(e) => Err(status(e.into())),
                 };
                 let batch = match batch {
                     Ok(b) => b,

@@ -4,9 +4,10 @@
 //! Pushes are resumable: the registry records which workers verified the checkpoint, and a
 //! trainer that starts (after a crash mid-push, say) finishes every push left incomplete.
 
-use labelfleet_coordinator::meta::{keys, MetaStore};
-use labelfleet_coordinator::metrics::{self, write_metric, Counter};
-use labelfleet_coordinator::server::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::checkpoint::{checkpoint_digest, push_checkpoint, CHUNK_BYTES};
+use labelfleet_cluster::meta::{keys, MetaStore};
+use labelfleet_cluster::metrics::{self, write_metric, Counter};
+use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 use labelfleet_proto::v1::trainer_service_server::{TrainerService, TrainerServiceServer};
 use labelfleet_proto::v1::{
     model_ref, DistillRequest, GetTrainingRunRequest, TrainingMetrics, TrainingRun,
@@ -33,7 +34,7 @@ use tonic_health::ServingStatus;
 #[derive(Debug, Error)]
 pub enum TrainerError {
     #[error(transparent)]
-    Coordinator(#[from] labelfleet_coordinator::CoordinatorError),
+    Cluster(#[from] labelfleet_cluster::ClusterError),
     #[error(transparent)]
     Engine(#[from] labelfleet_slm::SlmError),
     #[error("{0}")]
@@ -239,7 +240,7 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
     let workers_prefix = keys::workers(s.meta.prefix());
     let pause = if s.config.push_rate_mib_s > 0.0 {
         Duration::from_secs_f64(
-            labelfleet_worker::control::CHUNK_BYTES as f64
+            CHUNK_BYTES as f64
                 / (s.config.push_rate_mib_s * 1024.0 * 1024.0),
         )
     } else {
@@ -255,7 +256,7 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
             continue;
         };
         tracing::info!(checkpoint = %rec.checkpoint_id, %worker, %address, "pushing checkpoint");
-        match labelfleet_worker::control::push_checkpoint(address, &dir, &rec.checkpoint_id, pause)
+        match push_checkpoint(address, &dir, &rec.checkpoint_id, pause)
             .await
         {
             Ok(r) if r.verified => {
@@ -484,7 +485,7 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::rename(&staging, &dir)?;
-    let sha256 = labelfleet_worker::control::checkpoint_digest(&dir)?;
+    let sha256 = checkpoint_digest(&dir)?;
     Ok(CheckpointRecord {
         checkpoint_id,
         run_id: run_id.into(),

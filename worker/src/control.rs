@@ -1,5 +1,5 @@
 //! `WorkerControl`: checkpoint pushes (chunked, SHA-256 checked, installed atomically) and
-//! drain; plus the client side of a push, which the trainer uses.
+//! drain. The client side of a push is `labelfleet_cluster::checkpoint::push_checkpoint`.
 
 use crate::engine::checkpoint_dir;
 use labelfleet_proto::v1::worker_control_client::WorkerControlClient;
@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Bytes per chunk of a push.
-pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// State the control server shares with the worker loop.
 #[derive(Debug, Default)]
@@ -29,26 +27,7 @@ pub struct ControlApi {
     pub checkpoints: PathBuf,
 }
 
-/// The files of a checkpoint folder in push order (sorted names, regular files only).
-pub fn checkpoint_files(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    Ok(names)
-}
 
-/// SHA-256 over the files in push order, each as its name then its bytes.
-pub fn checkpoint_digest(dir: &Path) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    for name in checkpoint_files(dir)? {
-        h.update(name.as_bytes());
-        h.update(std::fs::read(dir.join(&name))?);
-    }
-    Ok(hex::encode(h.finalize()))
-}
 
 fn plain_file_name(name: &str) -> bool {
     !name.is_empty()
@@ -180,67 +159,3 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Pushes a checkpoint folder to one worker. `pause` is slept between chunks (tests use it
-/// to kill a pusher mid-stream).
-pub async fn push_checkpoint(
-    address: &str,
-    dir: &Path,
-    checkpoint_id: &str,
-    pause: std::time::Duration,
-) -> Result<PushCheckpointResponse, Status> {
-    let url = if address.starts_with("http") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let mut client = WorkerControlClient::connect(url)
-        .await
-        .map_err(|e| Status::unavailable(format!("{address}: {e}")))?;
-    let digest = checkpoint_digest(dir).map_err(|e| Status::internal(e.to_string()))?;
-    let files = checkpoint_files(dir).map_err(|e| Status::internal(e.to_string()))?;
-    let id = checkpoint_id.to_string();
-    let dir = dir.to_path_buf();
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        for name in files {
-            let Ok(bytes) = std::fs::read(dir.join(&name)) else {
-                return;
-            };
-            let mut offset = 0usize;
-            // An empty file still sends one chunk, so it exists on the worker.
-            loop {
-                let end = (offset + CHUNK_BYTES).min(bytes.len());
-                let chunk = CheckpointChunk {
-                    checkpoint_id: id.clone(),
-                    file: name.clone(),
-                    offset: offset as u64,
-                    data: bytes[offset..end].to_vec(),
-                    sha256: String::new(),
-                    last: false,
-                };
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
-                offset = end;
-                if offset >= bytes.len() {
-                    break;
-                }
-            }
-        }
-        let _ = tx
-            .send(CheckpointChunk {
-                checkpoint_id: id,
-                sha256: digest,
-                last: true,
-                ..Default::default()
-            })
-            .await;
-    });
-    let resp = client
-        .push_checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?;
-    Ok(resp.into_inner())
-}

@@ -10,9 +10,9 @@ pub mod engine;
 
 use control::{ControlApi, ControlState};
 use engine::{Engine, ModelSources, Outcome};
-use labelfleet_coordinator::meta::{keys, spawn_lease_keeper, MetaStore};
-use labelfleet_coordinator::metrics::{self, write_metric};
-use labelfleet_coordinator::server::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::meta::{keys, spawn_lease_keeper, MetaStore};
+use labelfleet_cluster::metrics::{self, write_metric};
+use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::worker_control_server::WorkerControlServer;
 use labelfleet_proto::v1::*;
@@ -30,7 +30,7 @@ use tonic_health::ServingStatus;
 #[derive(Debug, Error)]
 pub enum WorkerError {
     #[error(transparent)]
-    Coordinator(#[from] labelfleet_coordinator::CoordinatorError),
+    Cluster(#[from] labelfleet_cluster::ClusterError),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("{0}")]

@@ -2,7 +2,7 @@
 //! per-task progress marks. etcd in a cluster; an in-process map in embedded mode and tests.
 //! Values are small; bulk data goes to the object store (`blobs`).
 
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ClusterError, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -157,7 +157,7 @@ impl MetaStore {
                     }
                 };
                 let key = won.leader().ok_or_else(|| {
-                    CoordinatorError::NotLeader("campaign returned no key".into())
+                    ClusterError::NotLeader("campaign returned no key".into())
                 })?;
                 Ok(Leadership {
                     fence: Fence {
@@ -208,7 +208,7 @@ impl MetaStore {
                 if resp.succeeded() {
                     Ok(())
                 } else {
-                    Err(CoordinatorError::NotLeader(key.to_string()))
+                    Err(ClusterError::NotLeader(key.to_string()))
                 }
             }
         }
@@ -318,4 +318,28 @@ impl MetaStore {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connects to the metadata store, retrying while etcd comes up. No endpoints means the
+/// in-process store of embedded mode.
+pub async fn open_meta(etcd: &[String], prefix: &str, wait: Duration) -> Result<MetaStore> {
+    if etcd.is_empty() {
+        return Ok(MetaStore::memory());
+    }
+    let start = Instant::now();
+    loop {
+        match connect_etcd(etcd).await {
+            Ok(client) => {
+                return Ok(MetaStore::Etcd {
+                    client,
+                    prefix: prefix.trim_end_matches('/').to_string(),
+                })
+            }
+            Err(e) if start.elapsed() < wait => {
+                tracing::warn!(error = %e, "etcd not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
