@@ -3,11 +3,16 @@
 //! Values are small; bulk data goes to the object store (`blobs`).
 
 use crate::error::{ClusterError, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// Keys per page of a prefix listing: etcd's client caps a response at 4 MiB.
+pub const LIST_PAGE: i64 = 1_000;
 
 /// Key layout under one prefix (default `/labelfleet`).
 pub mod keys {
@@ -18,11 +23,13 @@ pub mod keys {
     pub fn jobs(prefix: &str) -> String {
         format!("{prefix}/jobs/")
     }
-    pub fn done(prefix: &str, job: &str, task: &str) -> String {
-        format!("{prefix}/jobs/{job}/done/{task}")
-    }
+    /// A task that failed for good. Kept apart from the records, so a new leader reads the
+    /// failures of running jobs only.
     pub fn failed(prefix: &str, job: &str, task: &str) -> String {
-        format!("{prefix}/jobs/{job}/failed/{task}")
+        format!("{prefix}/failed/{job}/{task}")
+    }
+    pub fn failed_of_job(prefix: &str, job: &str) -> String {
+        format!("{prefix}/failed/{job}/")
     }
     pub fn workers(prefix: &str) -> String {
         format!("{prefix}/workers/")
@@ -288,7 +295,8 @@ impl MetaStore {
         }
     }
 
-    /// Every key under `prefix`, in key order.
+    /// Every key under `prefix`, in key order, read in pages of [`LIST_PAGE`] keys so that no
+    /// response nears the client's message limit however many keys there are.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         match self {
             MetaStore::Memory(map) => Ok(lock(map)
@@ -297,23 +305,72 @@ impl MetaStore {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()),
             MetaStore::Etcd { client, .. } => {
-                let resp = client
-                    .clone()
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await?;
-                Ok(resp
-                    .kvs()
-                    .iter()
-                    .map(|kv| {
-                        (
+                let end = prefix_end(prefix.as_bytes());
+                let mut out = Vec::new();
+                let mut start = prefix.as_bytes().to_vec();
+                loop {
+                    let opts = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(LIST_PAGE);
+                    let resp = client.clone().get(start.clone(), Some(opts)).await?;
+                    for kv in resp.kvs() {
+                        out.push((
                             String::from_utf8_lossy(kv.key()).into_owned(),
                             kv.value().to_vec(),
-                        )
-                    })
-                    .collect())
+                        ));
+                    }
+                    match resp.kvs().last() {
+                        Some(last) if resp.more() => {
+                            start = last.key().to_vec();
+                            start.push(0);
+                        }
+                        _ => return Ok(out),
+                    }
+                }
             }
         }
     }
+
+    /// Deletes `key` and every key under `prefix`, only while `fence` holds.
+    pub async fn delete_fenced(&self, fence: &Fence, key: &str, prefix: &str) -> Result<()> {
+        match self {
+            MetaStore::Memory(map) => {
+                let mut m = lock(map);
+                m.remove(key);
+                m.retain(|k, _| !k.starts_with(prefix));
+                Ok(())
+            }
+            MetaStore::Etcd { client, .. } => {
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        fence.key.clone(),
+                        CompareOp::Equal,
+                        fence.token as i64,
+                    )])
+                    .and_then(vec![
+                        TxnOp::delete(key, None),
+                        TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
+                    ]);
+                if client.clone().txn(txn).await?.succeeded() {
+                    Ok(())
+                } else {
+                    Err(ClusterError::NotLeader(key.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,6 +3,7 @@
 
 use labelfleet_cluster::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
+use crate::scheduler::{task_id, JobPlan, MAX_ATTEMPTS_LIMIT};
 use labelfleet_proto::v1::{
     model_ref, pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task,
     TaskKind,
@@ -135,6 +136,18 @@ pub fn is_synthesis(spec: &JobSpec) -> bool {
 /// Checks a spec before anything is stored; errors name the field (and the pair).
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    if spec.max_task_attempts > MAX_ATTEMPTS_LIMIT {
+        return invalid(format!(
+            "spec.max_task_attempts: {} is over the limit of {MAX_ATTEMPTS_LIMIT}",
+            spec.max_task_attempts
+        ));
+    }
+    if spec.task_size as usize > MAX_TASK_SIZE {
+        return invalid(format!(
+            "spec.task_size: {} is over the limit of {MAX_TASK_SIZE}",
+            spec.task_size
+        ));
+    }
     if is_synthesis(spec) {
         if spec.corpus_id.is_empty() {
             return invalid(
@@ -172,12 +185,6 @@ pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     if spec.label_pairs.is_empty() {
         return invalid("spec.label_pairs: no pairs to label".into());
     }
-    if spec.task_size as usize > MAX_TASK_SIZE {
-        return invalid(format!(
-            "spec.task_size: {} is over the limit of {MAX_TASK_SIZE}",
-            spec.task_size
-        ));
-    }
     let mut seen = HashSet::new();
     for (i, p) in spec.label_pairs.iter().enumerate() {
         let name = if p.pair_id.is_empty() {
@@ -205,10 +212,7 @@ pub fn plan_tasks(
     spec: &JobSpec,
     corpus: &HashMap<String, Document>,
 ) -> Result<Vec<Task>> {
-    let size = match spec.task_size as usize {
-        0 => DEFAULT_TASK_SIZE,
-        n => n,
-    };
+    let size = plan_of(spec, 0).task_size as usize;
     let model: Option<ModelRef> = spec.student.clone();
     let mut pairs = Vec::with_capacity(spec.label_pairs.len());
     for (i, p) in spec.label_pairs.iter().enumerate() {
@@ -228,7 +232,7 @@ pub fn plan_tasks(
         .chunks(size)
         .enumerate()
         .map(|(n, chunk)| Task {
-            task_id: format!("{job_id}-t{n:05}"),
+            task_id: task_id(job_id, n as u32),
             job_id: job_id.to_string(),
             kind: TaskKind::Grade as i32,
             model: model.clone(),
@@ -258,10 +262,7 @@ pub fn plan_synthesis_tasks(
     let n = (spec.seed_documents as usize).min(ids.len());
     let mut seeds: Vec<&String> = ids[..n].to_vec();
     seeds.sort();
-    let size = match spec.task_size as usize {
-        0 => DEFAULT_SYNTHESIS_TASK_SIZE,
-        n => n,
-    };
+    let size = plan_of(spec, 0).task_size as usize;
     let model = spec.teacher.clone().or_else(|| {
         Some(ModelRef {
             source: Some(model_ref::Source::LocalPath(DEFAULT_GENERATOR.into())),
@@ -275,7 +276,7 @@ pub fn plan_synthesis_tasks(
         .chunks(size)
         .enumerate()
         .map(|(k, chunk)| Task {
-            task_id: format!("{job_id}-t{k:05}"),
+            task_id: task_id(job_id, k as u32),
             job_id: job_id.to_string(),
             kind: TaskKind::SynthesizeQueries as i32,
             model: model.clone(),
@@ -290,6 +291,20 @@ pub fn plan_synthesis_tasks(
         .collect())
 }
 
+/// The plan of a job's tasks: how many, of what size, over how many items.
+pub fn plan_of(spec: &JobSpec, items: u64) -> JobPlan {
+    let default = if is_synthesis(spec) {
+        DEFAULT_SYNTHESIS_TASK_SIZE
+    } else {
+        DEFAULT_TASK_SIZE
+    };
+    let size = match spec.task_size as usize {
+        0 => default,
+        n => n,
+    };
+    JobPlan::new(items, size as u32)
+}
+
 pub fn spec_key(job: &str) -> String {
     format!("jobs/{job}/spec.pb")
 }
@@ -301,6 +316,10 @@ pub fn tasks_prefix(job: &str) -> String {
 }
 pub fn result_key(job: &str, task: &str) -> String {
     format!("jobs/{job}/results/{task}.pb")
+}
+/// Every object of a job.
+pub fn job_prefix(job: &str) -> String {
+    format!("jobs/{job}/")
 }
 pub fn results_prefix(job: &str) -> String {
     format!("jobs/{job}/results/")

@@ -2,11 +2,13 @@
 //!
 //! - [`scheduler`]: jobs, task leases with deadlines, bounded retries, first-commit-wins;
 //! - [`jobs`]: corpus upload validation and sharding, and the split of a job into tasks;
+//! - [`recovery`]: the job record, and how a new leader reads state back (paged, lazy);
 //! - [`service`]: the `JobService` and `TaskService` gRPC servers;
 //! - [`server`]: one replica, from election to fail-stop.
 
 pub mod error;
 pub mod jobs;
+pub mod recovery;
 pub mod scheduler;
 pub mod server;
 pub mod service;

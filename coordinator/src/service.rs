@@ -8,12 +8,12 @@ use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, CorpusBuilder};
 use labelfleet_cluster::meta::{keys, Fence, MetaStore};
 use labelfleet_cluster::metrics::Counter;
-use crate::scheduler::{Completion, Finished, Scheduler, TaskState};
+use crate::recovery::{self, JobRecord};
+use crate::scheduler::{parse_task_id, Completion, Finished, Resume, Scheduler};
 use labelfleet_proto::v1::job_service_server::JobService;
 use labelfleet_proto::v1::task_service_server::TaskService;
 use labelfleet_proto::v1::*;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,27 +33,30 @@ pub struct CoordinatorMetrics {
     pub tasks_leased: Counter,
 }
 
-/// The job record kept in the metadata store (the spec and tasks are objects).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub job_id: String,
-    pub state: i32,
-    pub error: String,
-    pub created_unix_ms: i64,
-    pub updated_unix_ms: i64,
-}
-
 /// What the elected leader holds.
 pub struct Leader {
     pub fence: Fence,
     pub sched: Mutex<Scheduler>,
-    /// When each job's record was created (kept for `Job.created_unix_ms`).
-    created: Mutex<HashMap<String, i64>>,
+    /// Inputs of tasks leased and not yet final, read from the store at lease time, so a
+    /// completion is checked against them without reading the object again.
+    inputs: Mutex<HashMap<String, Arc<Task>>>,
 }
 
 impl Leader {
+    pub fn new(fence: Fence, sched: Scheduler) -> Self {
+        Leader {
+            fence,
+            sched: Mutex::new(sched),
+            inputs: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inputs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.inputs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -99,130 +102,96 @@ impl Coordinator {
     }
 
     /// Loads every job from the metadata store and the object store into a fresh scheduler:
-    /// what a standby does when it wins the election.
+    /// what a standby does when it wins the election (see [`recovery`]).
     pub async fn load(
         &self,
         fence: Fence,
         config: crate::scheduler::SchedulerConfig,
     ) -> Result<Leader> {
-        let prefix = self.meta.prefix().to_string();
-        let entries = self.meta.list(&keys::jobs(&prefix)).await?;
-        let mut records = Vec::new();
-        let mut done: HashMap<String, HashMap<String, u32>> = HashMap::new();
-        let mut failed: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for (key, value) in entries {
-            let rest = &key[keys::jobs(&prefix).len()..];
-            let parts: Vec<&str> = rest.splitn(3, '/').collect();
-            match parts.as_slice() {
-                [_, "record"] => {
-                    let rec: JobRecord =
-                        serde_json::from_slice(&value).map_err(|e| CoordinatorError::Decode {
-                            key: key.clone(),
-                            message: e.to_string(),
-                        })?;
-                    records.push(rec);
-                }
-                [job, "done", task] => {
-                    let attempt = String::from_utf8_lossy(&value).parse().unwrap_or(0);
-                    done.entry(job.to_string())
-                        .or_default()
-                        .insert(task.to_string(), attempt);
-                }
-                [job, "failed", task] => {
-                    failed.entry(job.to_string()).or_default().insert(
-                        task.to_string(),
-                        String::from_utf8_lossy(&value).into_owned(),
-                    );
-                }
-                _ => {}
-            }
+        let started = Instant::now();
+        let mut sched = Scheduler::new(config);
+        let (report, broken) = recovery::load_jobs(&self.meta, &self.blobs, &mut sched).await?;
+        let leader = Leader::new(fence, sched);
+        for b in broken {
+            self.fail_unloadable(&leader, &b.job_id, &b.reason).await?;
         }
-        let mut sched = Scheduler::new(config, fence.token);
-        let mut created = HashMap::new();
-        let now = Instant::now();
-        for rec in records {
-            let (job, tasks) = self.load_job(&rec).await?;
-            let mut job_done = done.remove(&rec.job_id).unwrap_or_default();
-            // A result object written just before a crash, whose mark never made it to etcd, is
-            // committed all the same: the object is the commit point.
-            for key in self.blobs.list(&jobs::results_prefix(&rec.job_id)).await? {
-                if let Some(task) = jobs::task_id_of_key(&key) {
-                    job_done.entry(task.to_string()).or_insert(0);
-                }
-            }
-            let job_failed = failed.remove(&rec.job_id).unwrap_or_default();
-            created.insert(rec.job_id.clone(), rec.created_unix_ms);
-            sched.add_job(job, tasks, &job_done, &job_failed, now);
-        }
-        tracing::info!(jobs = created.len(), token = fence.token, "state loaded");
-        Ok(Leader {
-            fence,
-            sched: Mutex::new(sched),
-            created: Mutex::new(created),
-        })
+        tracing::info!(
+            jobs = report.jobs,
+            running = report.running,
+            failed_to_load = report.failed_to_load,
+            token = leader.fence.token,
+            seconds = started.elapsed().as_secs_f64(),
+            "state loaded"
+        );
+        Ok(leader)
     }
 
-    async fn load_job(&self, rec: &JobRecord) -> Result<(Job, Vec<Task>)> {
-        let spec_key = jobs::spec_key(&rec.job_id);
-        let spec = match self.blobs.get(&spec_key).await? {
-            Some(b) => JobSpec::decode(b).map_err(|e| CoordinatorError::Decode {
-                key: spec_key.clone(),
-                message: e.to_string(),
-            })?,
-            None => JobSpec::default(),
+    /// Records a job whose objects could not be read back as failed, so it stops there.
+    async fn fail_unloadable(&self, leader: &Leader, job_id: &str, reason: &str) -> Result<()> {
+        let rec = JobRecord {
+            job_id: job_id.to_string(),
+            state: JobState::Failed as i32,
+            error: format!("could not be restored by a new leader: {reason}"),
+            updated_unix_ms: now_ms(),
+            ..Default::default()
         };
-        let mut tasks = Vec::new();
-        for key in self.blobs.list(&jobs::tasks_prefix(&rec.job_id)).await? {
-            if let Some(b) = self.blobs.get(&key).await? {
-                tasks.push(Task::decode(b).map_err(|e| CoordinatorError::Decode {
-                    key: key.clone(),
-                    message: e.to_string(),
-                })?);
-            }
-        }
         let job = Job {
             job_id: rec.job_id.clone(),
-            spec: Some(JobSpec {
-                label_pairs: Vec::new(),
-                ..spec
-            }),
             state: rec.state,
             error: rec.error.clone(),
-            created_unix_ms: rec.created_unix_ms,
             updated_unix_ms: rec.updated_unix_ms,
             ..Default::default()
         };
-        Ok((job, tasks))
+        leader.sched().add_job(
+            job,
+            rec.plan(),
+            false,
+            0,
+            Resume::Finished(rec.counts()),
+            Instant::now(),
+        );
+        self.write_record(leader, &rec).await
     }
 
-    /// Persists the record of a job (fenced).
-    pub async fn persist_job(&self, leader: &Leader, job_id: &str) -> Result<()> {
-        let Some(job) = leader.sched().job(job_id, Instant::now()) else {
-            return Ok(());
-        };
-        let created = leader
-            .created
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(job_id)
-            .copied()
-            .unwrap_or_else(now_ms);
-        let rec = JobRecord {
-            job_id: job_id.to_string(),
-            state: job.state,
-            error: job.error,
-            created_unix_ms: created,
-            updated_unix_ms: now_ms(),
-        };
-        let key = keys::job(self.meta.prefix(), job_id);
-        self.meta
-            .put_fenced(
-                &leader.fence,
-                &key,
-                serde_json::to_vec(&rec).unwrap_or_default(),
-            )
-            .await?;
+    async fn write_record(&self, leader: &Leader, rec: &JobRecord) -> Result<()> {
+        let key = keys::job(self.meta.prefix(), &rec.job_id);
+        let value = serde_json::to_vec(rec).map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
+        self.meta.put_fenced(&leader.fence, &key, value).await?;
         Ok(())
+    }
+
+    /// Persists the record of a job (fenced): its state, plan and counts.
+    pub async fn persist_job(&self, leader: &Leader, job_id: &str) -> Result<()> {
+        let updated = now_ms();
+        let rec = {
+            let mut sched = leader.sched();
+            sched.touch(job_id, updated);
+            let (Some(job), Some(plan), Some(c)) = (
+                sched.job(job_id, Instant::now()),
+                sched.plan(job_id),
+                sched.counts(job_id),
+            ) else {
+                return Ok(());
+            };
+            let spec = job.spec.unwrap_or_default();
+            JobRecord {
+                job_id: job_id.to_string(),
+                state: job.state,
+                error: job.error,
+                created_unix_ms: job.created_unix_ms,
+                updated_unix_ms: updated,
+                tasks: plan.tasks,
+                task_size: plan.task_size,
+                items: plan.items,
+                synthesis: sched.is_synthesis(job_id),
+                max_attempts: spec.max_task_attempts,
+                tasks_done: c.tasks_done,
+                tasks_failed: c.tasks_failed,
+                items_done: c.items_done,
+                items_failed: c.items_failed,
+            }
+        };
+        self.write_record(leader, &rec).await
     }
 
     pub async fn persist_finished(
@@ -244,15 +213,8 @@ impl Coordinator {
         job_id: &str,
         task_id: &str,
     ) -> Result<()> {
-        let reason = leader
-            .sched()
-            .task_states(job_id)
-            .into_iter()
-            .find(|(t, _)| t == task_id)
-            .and_then(|(_, s)| match s {
-                TaskState::Failed { reason } => Some(reason),
-                _ => None,
-            });
+        leader.inputs().remove(task_id);
+        let reason = leader.sched().failure(task_id);
         if let Some(reason) = reason {
             let key = keys::failed(self.meta.prefix(), job_id, task_id);
             self.meta
@@ -270,8 +232,7 @@ impl Coordinator {
             tracing::warn!(task = %e.task_id, worker = %e.worker, attempt = e.attempt, failed = e.failed, "lease expired");
             if e.failed {
                 self.metrics.tasks_failed.add(1);
-                let job_id = leader.sched().job_of(&e.task_id).unwrap_or_default();
-                self.persist_failure(leader, &job_id, &e.task_id).await?;
+                self.persist_failure(leader, &e.job_id, &e.task_id).await?;
             }
         }
         for f in finished {
@@ -336,16 +297,19 @@ impl Coordinator {
         } else {
             jobs::load_corpus(&self.blobs, &spec.corpus_id).await?
         };
-        let tasks = if jobs::is_synthesis(&spec) {
+        let synthesis = jobs::is_synthesis(&spec);
+        let tasks = if synthesis {
             jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
         } else {
             jobs::plan_tasks(&job_id, &spec, &corpus)?
         };
-        for t in &tasks {
-            self.blobs
-                .put(&jobs::task_key(&job_id, &t.task_id), t.encode_to_vec())
-                .await?;
-        }
+        drop(corpus);
+        let items: u64 = tasks
+            .iter()
+            .map(|t| t.pairs.len().max(t.documents.len()) as u64)
+            .sum();
+        let plan = jobs::plan_of(&spec, items);
+        self.write_tasks(&job_id, tasks).await?;
         self.blobs
             .put(&jobs::spec_key(&job_id), spec.encode_to_vec())
             .await?;
@@ -357,7 +321,6 @@ impl Coordinator {
                 ..spec
             }),
             state: JobState::Running as i32,
-            checkpoint_id: String::new(),
             created_unix_ms: created,
             updated_unix_ms: created,
             ..Default::default()
@@ -366,31 +329,128 @@ impl Coordinator {
         let rec = JobRecord {
             job_id: job_id.clone(),
             state: job.state,
-            error: String::new(),
             created_unix_ms: created,
             updated_unix_ms: created,
+            tasks: plan.tasks,
+            task_size: plan.task_size,
+            items: plan.items,
+            synthesis,
+            max_attempts: job.spec.as_ref().map_or(0, |s| s.max_task_attempts),
+            ..Default::default()
         };
-        self.meta
-            .put_fenced(
-                &leader.fence,
-                &keys::job(self.meta.prefix(), &job_id),
-                serde_json::to_vec(&rec).unwrap_or_default(),
-            )
-            .await?;
-        leader
-            .created
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job_id.clone(), created);
-        let n = tasks.len();
-        let finished =
-            leader
-                .sched()
-                .add_job(job, tasks, &HashMap::new(), &HashMap::new(), Instant::now());
+        self.write_record(&leader, &rec).await?;
+        let finished = leader.sched().add_job(
+            job,
+            plan,
+            synthesis,
+            rec.max_attempts,
+            Resume::Fresh,
+            Instant::now(),
+        );
         self.persist_finished(&leader, finished).await?;
-        tracing::info!(job = %job_id, tasks = n, "job submitted");
+        tracing::info!(job = %job_id, tasks = plan.tasks, items = plan.items, "job submitted");
         let job = leader.sched().job(&job_id, Instant::now());
         job.ok_or_else(|| CoordinatorError::Invalid("job vanished".into()))
+    }
+
+    /// Writes task objects, several at a time.
+    async fn write_tasks(&self, job_id: &str, tasks: Vec<Task>) -> Result<()> {
+        use futures::StreamExt;
+        let blobs = &self.blobs;
+        futures::stream::iter(tasks)
+            .map(|t| async move {
+                blobs
+                    .put(&jobs::task_key(job_id, &t.task_id), t.encode_to_vec())
+                    .await
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+
+    /// Reads the inputs of a leased task (from the cache of tasks in flight, or the store).
+    async fn task_inputs(&self, leader: &Leader, job_id: &str, task_id: &str) -> Result<Arc<Task>> {
+        if let Some(t) = leader.inputs().get(task_id) {
+            return Ok(t.clone());
+        }
+        let key = jobs::task_key(job_id, task_id);
+        let bytes = self.blobs.get(&key).await?.ok_or_else(|| {
+            CoordinatorError::DataLoss(format!("task object `{key}` is missing"))
+        })?;
+        let task = Task::decode(bytes).map_err(|e| {
+            CoordinatorError::DataLoss(format!("task object `{key}` undecodable: {e}"))
+        })?;
+        let task = Arc::new(task);
+        leader.inputs().insert(task_id.to_string(), task.clone());
+        Ok(task)
+    }
+
+    /// Leases tasks to a worker, with their inputs. A task whose object is missing or
+    /// undecodable fails alone; one the store could not read now goes back to the queue.
+    async fn lease(&self, req: LeaseTasksRequest) -> Result<Vec<Task>> {
+        let leader = self
+            .leader()
+            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let grants = leader.sched().lease(
+            &req.worker_id,
+            req.max_tasks.min(64) as usize,
+            Instant::now(),
+        );
+        let lease = leader.sched().config().lease;
+        let mut out = Vec::with_capacity(grants.len());
+        for g in grants {
+            match self.task_inputs(&leader, &g.job_id, &g.task_id).await {
+                Ok(inputs) => {
+                    let mut task = (*inputs).clone();
+                    task.attempt = g.attempt;
+                    task.fencing_token = leader.fence.token;
+                    task.lease_deadline_unix_ms = now_ms() + lease.as_millis() as i64;
+                    out.push(task);
+                }
+                Err(e) => {
+                    let retryable = !matches!(e, CoordinatorError::DataLoss(_));
+                    tracing::error!(task = %g.task_id, error = %e, retryable, "task inputs unreadable");
+                    let (_, finished) = leader.sched().fail(
+                        &g.task_id,
+                        g.attempt,
+                        &e.to_string(),
+                        retryable,
+                        Instant::now(),
+                    );
+                    if leader.sched().failure(&g.task_id).is_some() {
+                        self.metrics.tasks_failed.add(1);
+                        self.persist_failure(&leader, &g.job_id, &g.task_id).await?;
+                    }
+                    self.persist_finished(&leader, finished).await?;
+                }
+            }
+        }
+        self.metrics.tasks_leased.add(out.len() as u64);
+        Ok(out)
+    }
+
+    /// Deletes the data of jobs that ended more than `retention` ago: their objects, failure
+    /// marks and record. Run periodically by the leader.
+    pub async fn collect_garbage(&self, leader: &Leader, retention: Duration) -> Result<usize> {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let old = leader.sched().ended_before(cutoff);
+        for job_id in &old {
+            let deleted = self.blobs.delete_prefix(&jobs::job_prefix(job_id)).await?;
+            let prefix = self.meta.prefix();
+            self.meta
+                .delete_fenced(
+                    &leader.fence,
+                    &keys::job(prefix, job_id),
+                    &keys::failed_of_job(prefix, job_id),
+                )
+                .await?;
+            leader.sched().remove(job_id);
+            tracing::info!(job = %job_id, objects = deleted, "finished job past its retention deleted");
+        }
+        Ok(old.len())
     }
 
     async fn complete(&self, req: CompleteTaskRequest) -> Result<CompleteTaskResponse> {
@@ -414,7 +474,7 @@ impl Coordinator {
             }
             Some(Completion::Accept { job_id }) => job_id,
         };
-        self.check_results(&leader, &job_id, &req)?;
+        self.check_results(&leader, &job_id, &req).await?;
         let batch = ResultBatch {
             labels: req.labels.clone(),
             queries: req.queries.clone(),
@@ -428,11 +488,9 @@ impl Coordinator {
                 batch.encode_to_vec(),
             )
             .await?;
-        let mark = keys::done(self.meta.prefix(), &job_id, &req.task_id);
-        self.meta
-            .put_fenced(&leader.fence, &mark, req.attempt.to_string().into_bytes())
-            .await?;
-        let (made_done, finished) = leader.sched().mark_done(&req.task_id, req.attempt);
+        // No per-task mark goes to etcd: the object is the commit, and a new leader lists them.
+        let (made_done, finished) = leader.sched().mark_done(&req.task_id, Instant::now());
+        leader.inputs().remove(&req.task_id);
         // Whichever attempt wrote the object, its labels are stored exactly once; the attempt that
         // turns the task done reports the commit, any other is told it was a duplicate.
         let committed = made_done;
@@ -455,16 +513,13 @@ impl Coordinator {
 
     /// A completion must label exactly the task's pairs, or (synthesis) write queries only for
     /// the task's documents: a buggy worker cannot drop, add or repeat results.
-    fn check_results(
+    async fn check_results(
         &self,
         leader: &Leader,
         job_id: &str,
         req: &CompleteTaskRequest,
     ) -> Result<()> {
-        let sched = leader.sched();
-        let Some(task) = sched.task(job_id, &req.task_id) else {
-            return Ok(());
-        };
+        let task = self.task_inputs(leader, job_id, &req.task_id).await?;
         if task.kind == TaskKind::SynthesizeQueries as i32 {
             let docs: HashSet<&str> = task.documents.iter().map(|d| d.id.as_str()).collect();
             let mut ids = HashSet::new();
@@ -574,7 +629,10 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Job>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let found = leader.sched().cancel(&req.job_id, &req.reason).is_some();
+        let found = leader
+            .sched()
+            .cancel(&req.job_id, &req.reason, Instant::now())
+            .is_some();
         if !found {
             return Err(Status::not_found(format!(
                 "job `{}`: no such job",
@@ -629,22 +687,32 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let tasks = leader.sched().task_states(&req.job_id);
-        if tasks.is_empty() {
-            return Err(Status::not_found(format!(
-                "job `{}`: no such job",
-                req.job_id
+        let synthesis = {
+            let sched = leader.sched();
+            if !sched.contains(&req.job_id) {
+                return Err(Status::not_found(format!(
+                    "job `{}`: no such job",
+                    req.job_id
+                )));
+            }
+            sched.is_synthesis(&req.job_id)
+        };
+        let expected = if synthesis { "queries" } else { "labels" };
+        if !req.stage.is_empty() && req.stage != expected {
+            return Err(Status::invalid_argument(format!(
+                "stage: job `{}` has results of stage `{expected}`, not `{}`",
+                req.job_id, req.stage
             )));
         }
+        // Results are read from the committed objects in task order.
+        let keys = recovery::result_keys(&self.0.blobs, &req.job_id)
+            .await
+            .map_err(status)?;
         let blobs = self.0.blobs.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut offset = 0u64;
-            for (task_id, state) in tasks {
-                if !matches!(state, TaskState::Done { .. }) {
-                    continue;
-                }
-                let key = jobs::result_key(&req.job_id, &task_id);
+            for (_, key) in keys {
                 let batch = match blobs.get(&key).await {
                     Ok(Some(b)) => {
                         ResultBatch::decode(b).map_err(|e| Status::data_loss(format!("{key}: {e}")))
@@ -731,14 +799,7 @@ impl TaskService for TaskApi {
         &self,
         req: Request<LeaseTasksRequest>,
     ) -> std::result::Result<Response<LeaseTasksResponse>, Status> {
-        let leader = self.0.leader()?;
-        let req = req.into_inner();
-        let tasks = leader.sched().lease(
-            &req.worker_id,
-            req.max_tasks.min(64) as usize,
-            Instant::now(),
-        );
-        self.0.metrics.tasks_leased.add(tasks.len() as u64);
+        let tasks = self.0.lease(req.into_inner()).await.map_err(status)?;
         Ok(Response::new(LeaseTasksResponse { tasks }))
     }
 
@@ -776,22 +837,20 @@ impl TaskService for TaskApi {
     ) -> std::result::Result<Response<FailTaskResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let (will_retry, finished) =
-            leader
-                .sched()
-                .fail(&req.task_id, req.attempt, &req.reason, req.retryable);
+        let (will_retry, finished) = leader.sched().fail(
+            &req.task_id,
+            req.attempt,
+            &req.reason,
+            req.retryable,
+            Instant::now(),
+        );
         tracing::warn!(task = %req.task_id, worker = %req.worker_id, reason = %req.reason, will_retry, "task failed");
-        if !will_retry {
-            let job_id = leader.sched().job_of(&req.task_id).unwrap_or_default();
-            let failed_now = leader
-                .sched()
-                .task_states(&job_id)
-                .iter()
-                .any(|(t, s)| t == &req.task_id && matches!(s, TaskState::Failed { .. }));
-            if failed_now {
+        let failed_now = leader.sched().failure(&req.task_id).is_some();
+        if !will_retry && failed_now {
+            if let Some((job_id, _)) = parse_task_id(&req.task_id) {
                 self.0.metrics.tasks_failed.add(1);
                 self.0
-                    .persist_failure(&leader, &job_id, &req.task_id)
+                    .persist_failure(&leader, job_id, &req.task_id)
                     .await
                     .map_err(status)?;
             }
