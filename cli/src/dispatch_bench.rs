@@ -50,6 +50,21 @@ pub struct DispatchBenchArgs {
     /// Append the results as one JSON line here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Failover: finished jobs to run before the leader is stopped (0 skips the measurement).
+    #[arg(long, default_value_t = 0)]
+    failover_jobs: usize,
+    /// Failover: pairs per finished job.
+    #[arg(long, default_value_t = 3_000_000)]
+    failover_pairs: usize,
+    /// Failover: pairs per task of the finished jobs.
+    #[arg(long, default_value_t = 50)]
+    failover_task_size: u32,
+    /// Failover: the election TTL (a dead leader's key lives this long).
+    #[arg(long, default_value_t = 5)]
+    election_ttl_s: u64,
+    /// Append one JSON object per measurement here (`kind`: "job" or "failover").
+    #[arg(long)]
+    scale_out: Option<PathBuf>,
 }
 
 struct RunResult {
@@ -96,8 +111,37 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
             store.display()
         );
 
+        if a.failover_jobs > 0 {
+            let f = measure_failover(&a, &etcd, &store).await?;
+            eprintln!(
+                "failover after {} committed pairs in {} finished jobs (task size {}): {:.2} s from the leader's stop to the first lease of its successor (election TTL {} s; state loaded in {:.2} s)",
+                f.committed_pairs, a.failover_jobs, a.failover_task_size, f.seconds, a.election_ttl_s, f.load_seconds
+            );
+            append_json(
+                a.scale_out.as_deref(),
+                serde_json::json!({
+                    "kind": "failover", "pairs": f.committed_pairs, "jobs": a.failover_jobs,
+                    "task_size": a.failover_task_size, "tasks": f.tasks,
+                    "failover_seconds": f.seconds, "load_seconds": f.load_seconds,
+                    "committed_pairs": f.committed_pairs, "election_ttl_s": a.election_ttl_s,
+                    "metadata": if etcd.is_empty() { "embedded" } else { "etcd" },
+                }),
+            )?;
+            return Ok(());
+        }
         let dispatch =
             measure(&a, &etcd, &store, a.dispatch_workers, a.dispatch_pairs, 0.0).await?;
+        append_json(
+            a.scale_out.as_deref(),
+            serde_json::json!({
+                "kind": "job", "pairs": dispatch.pairs, "task_size": a.task_size,
+                "workers": dispatch.workers, "dispatch_pairs_per_s": dispatch.rate(),
+                "seconds": dispatch.seconds,
+                "coordinator_peak_rss_bytes": peak_rss_bytes(),
+                "rss_scope": "the bench process: coordinator, simulated workers and client",
+                "metadata": if etcd.is_empty() { "embedded" } else { "etcd" },
+            }),
+        )?;
         let mut scaling = Vec::new();
         for &n in &counts {
             let pairs = (n as f64 * a.seconds * 1000.0 / a.pair_cost_ms) as usize;
@@ -176,24 +220,145 @@ async fn measure(
     pairs: usize,
     pair_cost_ms: f64,
 ) -> Result<RunResult> {
+    let config = bench_config(etcd, store, None, Duration::from_secs(10))?;
+    let coordinator = Running::start(config).await?;
+    let mut jobs = connect_leader(&coordinator.url).await?;
+    let corpus_id = upload_corpus(&mut jobs).await?;
+    let job = submit(&mut jobs, &corpus_id, pairs, a.task_size, &format!("bench-{workers}")).await?;
+    let seconds = drive(&coordinator.url, workers, pair_cost_ms, pairs as u64).await?;
+    check_finished(&mut jobs, &job.job_id, pairs as u64).await?;
+    coordinator.stop().await?;
+    Ok(RunResult {
+        workers,
+        pairs: pairs as u64,
+        seconds,
+    })
+}
+
+struct Failover {
+    committed_pairs: u64,
+    tasks: u64,
+    seconds: f64,
+    load_seconds: f64,
+}
+
+/// Finished jobs, then the leader stops without resigning (as after kill -9: its election key
+/// lives until the TTL runs out) with one job still queued; a successor on the same etcd prefix
+/// and store is started at once. Measured: from the stop to the first lease it grants.
+async fn measure_failover(
+    a: &DispatchBenchArgs,
+    etcd: &[String],
+    store: &std::path::Path,
+) -> Result<Failover> {
+    if etcd.is_empty() {
+        bail!("--failover-jobs needs --etcd: the embedded store lives and dies with its process");
+    }
+    let ttl = Duration::from_secs(a.election_ttl_s);
+    let prefix = format!("/labelfleet-failover-{}", std::process::id());
+    let first = Running::start(bench_config(etcd, store, Some(&prefix), ttl)?).await?;
+    let mut jobs = connect_leader(&first.url).await?;
+    let corpus_id = upload_corpus(&mut jobs).await?;
+    let mut committed = 0;
+    for k in 0..a.failover_jobs {
+        let job = submit(&mut jobs, &corpus_id, a.failover_pairs, a.failover_task_size, &format!("history-{k}")).await?;
+        let seconds = drive(&first.url, a.dispatch_workers, 0.0, a.failover_pairs as u64).await?;
+        check_finished(&mut jobs, &job.job_id, a.failover_pairs as u64).await?;
+        committed += a.failover_pairs as u64;
+        eprintln!("job {k}: {} pairs in {seconds:.1} s", a.failover_pairs);
+    }
+    submit(&mut jobs, &corpus_id, 10, 10, "queued").await?;
+    first.stop().await?;
+    let stopped = Instant::now();
+    let second = Running::start(bench_config(etcd, store, Some(&prefix), ttl)?).await?;
+    let mut tasks = TaskServiceClient::connect(second.url.clone()).await?;
+    let lease = loop {
+        let r = tasks
+            .lease_tasks(LeaseTasksRequest {
+                worker_id: "failover-probe".into(),
+                max_tasks: 1,
+                kinds: vec![],
+            })
+            .await;
+        match r {
+            Ok(r) if !r.get_ref().tasks.is_empty() => break r.into_inner(),
+            Ok(_) => bail!("the new leader had no queued task to lease"),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(s) => bail!("lease from the new leader: {s}"),
+        }
+    };
+    let seconds = stopped.elapsed().as_secs_f64();
+    let load_seconds = second.coordinator_load_seconds().unwrap_or(f64::NAN);
+    drop(lease);
+    second.stop().await?;
+    Ok(Failover {
+        committed_pairs: committed,
+        tasks: committed / a.failover_task_size.max(1) as u64,
+        seconds,
+        load_seconds,
+    })
+}
+
+fn bench_config(
+    etcd: &[String],
+    store: &std::path::Path,
+    prefix: Option<&str>,
+    election_ttl: Duration,
+) -> Result<CoordinatorConfig> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let config = CoordinatorConfig {
+    let prefix = prefix.map_or_else(|| format!("/labelfleet-bench-{port}"), String::from);
+    let dir = store.join(prefix.trim_start_matches('/'));
+    Ok(CoordinatorConfig {
         listen: format!("127.0.0.1:{port}").parse()?,
         etcd: etcd.to_vec(),
-        etcd_prefix: format!("/labelfleet-bench-{port}"),
-        store: store.join(format!("run-{port}")),
+        etcd_prefix: prefix,
+        store: dir.to_string_lossy().into_owned(),
         task_lease: Duration::from_secs(120),
+        election_ttl,
         ..Default::default()
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(labelfleet_coordinator::server::run(config, async {
-        let _ = stop_rx.await;
-    }));
-    let url = format!("http://127.0.0.1:{port}");
-    let mut jobs = connect_leader(&url).await?;
+    })
+}
 
+/// A coordinator running in this process.
+struct Running {
+    url: String,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<labelfleet_coordinator::Result<()>>,
+    started: Instant,
+}
+
+impl Running {
+    async fn start(config: CoordinatorConfig) -> Result<Self> {
+        let url = format!("http://{}", config.listen);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(labelfleet_coordinator::server::run(config, async {
+            let _ = stop_rx.await;
+        }));
+        Ok(Running {
+            url,
+            stop_tx,
+            server,
+            started: Instant::now(),
+        })
+    }
+
+    /// Seconds the leader took to load state (from the process-wide last-load gauge).
+    fn coordinator_load_seconds(&self) -> Option<f64> {
+        let _ = self.started;
+        labelfleet_coordinator::service::last_load_seconds()
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop_tx.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
+async fn upload_corpus(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Result<String> {
     let docs: Vec<Document> = (0..1000)
         .map(|i| Document {
             id: format!("d{i}"),
@@ -209,9 +374,19 @@ async fn measure(
         }]))
         .await?
         .into_inner();
+    Ok(corpus.corpus_id)
+}
+
+async fn submit(
+    jobs: &mut JobServiceClient<tonic::transport::Channel>,
+    corpus_id: &str,
+    pairs: usize,
+    task_size: u32,
+    name: &str,
+) -> Result<Job> {
     let spec = JobSpec {
-        name: format!("bench-{workers}"),
-        corpus_id: corpus.corpus_id,
+        name: name.into(),
+        corpus_id: corpus_id.into(),
         student: Some(ModelRef {
             source: Some(model_ref::Source::LocalPath("stand-in".into())),
         }),
@@ -223,32 +398,35 @@ async fn measure(
                 document: Some(pair_input::Document::DocId(format!("d{}", i % 1000))),
             })
             .collect(),
-        task_size: a.task_size,
+        task_size,
         ..Default::default()
     };
-    let job = jobs
+    Ok(jobs
         .submit_job(SubmitJobRequest {
             spec: Some(spec),
             idempotency_key: String::new(),
         })
         .await?
-        .into_inner();
+        .into_inner())
+}
 
+/// Runs `workers` simulated workers until `pairs` pairs are committed; returns the seconds.
+async fn drive(url: &str, workers: usize, pair_cost_ms: f64, pairs: u64) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
-    let pb = progress::bar(pairs as u64, &format!("{workers}w"));
+    let pb = progress::bar(pairs, &format!("{workers}w"));
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
-        let (url, done) = (url.clone(), done.clone());
+        let (url, done) = (url.to_string(), done.clone());
         handles.push(tokio::spawn(simulated_worker(
             url,
             format!("sim-{w}"),
             pair_cost_ms,
             done,
-            pairs as u64,
+            pairs,
         )));
     }
-    while done.load(Ordering::Relaxed) < pairs as u64 {
+    while done.load(Ordering::Relaxed) < pairs {
         pb.set_position(done.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -257,27 +435,49 @@ async fn measure(
     for h in handles {
         h.await??;
     }
-    let final_job = jobs
+    Ok(seconds)
+}
+
+async fn check_finished(
+    jobs: &mut JobServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+    pairs: u64,
+) -> Result<()> {
+    let job = jobs
         .get_job(GetJobRequest {
-            job_id: job.job_id.clone(),
+            job_id: job_id.to_string(),
         })
         .await?
         .into_inner();
-    let stage = final_job.stages.first().cloned().unwrap_or_default();
-    if final_job.state != JobState::Succeeded as i32 || stage.done != pairs as u64 {
+    let stage = job.stages.first().cloned().unwrap_or_default();
+    if job.state != JobState::Succeeded as i32 || stage.done != pairs {
         bail!(
             "bench job ended {:?} with {} of {pairs} pairs",
-            final_job.state,
+            job.state,
             stage.done
         );
     }
-    let _ = stop_tx.send(());
-    server.await??;
-    Ok(RunResult {
-        workers,
-        pairs: pairs as u64,
-        seconds,
-    })
+    Ok(())
+}
+
+fn append_json(out: Option<&std::path::Path>, line: serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let Some(out) = out else { return Ok(()) };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("{}", out.display()))?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// The peak resident set of this process (VmHWM), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 async fn connect_leader(url: &str) -> Result<JobServiceClient<tonic::transport::Channel>> {

@@ -73,6 +73,15 @@ pub struct Coordinator {
     pub heartbeat_interval: Duration,
 }
 
+/// Seconds the last state load of this process took (f64 bits; NaN before any load).
+static LAST_LOAD_SECONDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Seconds the last state load of a leader in this process took.
+pub fn last_load_seconds() -> Option<f64> {
+    let bits = LAST_LOAD_SECONDS.load(std::sync::atomic::Ordering::Relaxed);
+    (bits != u64::MAX).then(|| f64::from_bits(bits))
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,6 +124,10 @@ impl Coordinator {
         for b in broken {
             self.fail_unloadable(&leader, &b.job_id, &b.reason).await?;
         }
+        LAST_LOAD_SECONDS.store(
+            started.elapsed().as_secs_f64().to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tracing::info!(
             jobs = report.jobs,
             running = report.running,

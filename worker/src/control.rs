@@ -2,12 +2,11 @@
 //! drain. The client side of a push is `labelfleet_cluster::checkpoint::push_checkpoint`.
 
 use crate::engine::checkpoint_dir;
-use labelfleet_proto::v1::worker_control_client::WorkerControlClient;
 use labelfleet_proto::v1::worker_control_server::WorkerControl;
 use labelfleet_proto::v1::{CheckpointChunk, DrainRequest, DrainResponse, PushCheckpointResponse};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
