@@ -135,6 +135,55 @@ pub fn is_synthesis(spec: &JobSpec) -> bool {
 
 /// Checks a spec before anything is stored; errors name the field (and the pair).
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
+    validate_spec_settings(spec)?;
+    if is_synthesis(spec) {
+        return Ok(());
+    }
+    if spec.label_pairs.is_empty() {
+        return Err(CoordinatorError::Invalid(
+            "spec.label_pairs: no pairs to label".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in spec.label_pairs.iter().enumerate() {
+        check_pair(i as u64, p)?;
+        if !seen.insert(p.pair_id.as_str()) {
+            return Err(CoordinatorError::Invalid(format!(
+                "{}.pair_id: duplicate",
+                pair_name(i as u64, p)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn pair_name(i: u64, p: &PairInput) -> String {
+    if p.pair_id.is_empty() {
+        format!("spec.label_pairs[{i}]")
+    } else {
+        format!("spec.label_pairs[{i}] (pair `{}`)", p.pair_id)
+    }
+}
+
+/// A pair's own fields (the pair is named by its position in the job).
+fn check_pair(i: u64, p: &PairInput) -> Result<()> {
+    if p.pair_id.trim().is_empty() {
+        return Err(CoordinatorError::Invalid(format!(
+            "{}.pair_id: missing or empty",
+            pair_name(i, p)
+        )));
+    }
+    if p.document.is_none() {
+        return Err(CoordinatorError::Invalid(format!(
+            "{}.document: neither doc_id nor inline",
+            pair_name(i, p)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks everything in a spec but its pairs (a streamed submit sends those later).
+pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
     if spec.max_task_attempts > MAX_ATTEMPTS_LIMIT {
         return invalid(format!(
@@ -182,26 +231,6 @@ pub fn validate_spec(spec: &JobSpec) -> Result<()> {
         }
         Some(_) => {}
     }
-    if spec.label_pairs.is_empty() {
-        return invalid("spec.label_pairs: no pairs to label".into());
-    }
-    let mut seen = HashSet::new();
-    for (i, p) in spec.label_pairs.iter().enumerate() {
-        let name = if p.pair_id.is_empty() {
-            format!("spec.label_pairs[{i}]")
-        } else {
-            format!("spec.label_pairs[{i}] (pair `{}`)", p.pair_id)
-        };
-        if p.pair_id.trim().is_empty() {
-            return invalid(format!("{name}.pair_id: missing or empty"));
-        }
-        if !seen.insert(p.pair_id.as_str()) {
-            return invalid(format!("{name}.pair_id: duplicate"));
-        }
-        if p.document.is_none() {
-            return invalid(format!("{name}.document: neither doc_id nor inline"));
-        }
-    }
     Ok(())
 }
 
@@ -212,38 +241,93 @@ pub fn plan_tasks(
     spec: &JobSpec,
     corpus: &HashMap<String, Document>,
 ) -> Result<Vec<Task>> {
-    let size = plan_of(spec, 0).task_size as usize;
-    let model: Option<ModelRef> = spec.student.clone();
-    let mut pairs = Vec::with_capacity(spec.label_pairs.len());
-    for (i, p) in spec.label_pairs.iter().enumerate() {
-        let mut p: PairInput = p.clone();
-        if let Some(pair_input::Document::DocId(id)) = &p.document {
-            let doc = corpus.get(id).ok_or_else(|| {
+    let mut cutter = TaskCutter::new(job_id, spec, corpus);
+    let mut tasks = Vec::new();
+    for p in &spec.label_pairs {
+        tasks.extend(cutter.push(p.clone())?);
+    }
+    tasks.extend(cutter.finish());
+    Ok(tasks)
+}
+
+/// Cuts a labeling job's pairs into grading tasks as they arrive (a streamed submit holds one
+/// task's pairs at a time). Each pair is checked as it comes; an error names it by position.
+pub struct TaskCutter<'a> {
+    job_id: &'a str,
+    spec: &'a JobSpec,
+    corpus: &'a HashMap<String, Document>,
+    size: usize,
+    pending: Vec<PairInput>,
+    pairs: u64,
+    tasks: u32,
+}
+
+impl<'a> TaskCutter<'a> {
+    pub fn new(job_id: &'a str, spec: &'a JobSpec, corpus: &'a HashMap<String, Document>) -> Self {
+        let size = plan_of(spec, 0).task_size as usize;
+        TaskCutter {
+            job_id,
+            spec,
+            corpus,
+            size,
+            pending: Vec::with_capacity(size),
+            pairs: 0,
+            tasks: 0,
+        }
+    }
+
+    /// Pairs taken so far.
+    pub fn pairs(&self) -> u64 {
+        self.pairs
+    }
+
+    /// Takes the next pair; returns a task when one is full.
+    pub fn push(&mut self, mut pair: PairInput) -> Result<Option<Task>> {
+        let i = self.pairs;
+        check_pair(i, &pair)?;
+        if let Some(pair_input::Document::DocId(id)) = &pair.document {
+            let doc = self.corpus.get(id).ok_or_else(|| {
                 CoordinatorError::Invalid(format!(
-                    "spec.label_pairs[{i}] (pair `{}`).doc_id: `{id}` is not in corpus `{}`",
-                    p.pair_id, spec.corpus_id
+                    "{}.doc_id: `{id}` is not in corpus `{}`",
+                    pair_name(i, &pair),
+                    self.spec.corpus_id
                 ))
             })?;
-            p.document = Some(pair_input::Document::Inline(doc.clone()));
+            pair.document = Some(pair_input::Document::Inline(doc.clone()));
         }
-        pairs.push(p);
+        if self.pending.iter().any(|p| p.pair_id == pair.pair_id) {
+            return Err(CoordinatorError::Invalid(format!(
+                "{}.pair_id: duplicate",
+                pair_name(i, &pair)
+            )));
+        }
+        self.pairs += 1;
+        self.pending.push(pair);
+        Ok((self.pending.len() >= self.size).then(|| self.cut()))
     }
-    Ok(pairs
-        .chunks(size)
-        .enumerate()
-        .map(|(n, chunk)| Task {
-            task_id: task_id(job_id, n as u32),
-            job_id: job_id.to_string(),
+
+    /// The last, partly filled task, if any.
+    pub fn finish(mut self) -> Option<Task> {
+        (!self.pending.is_empty()).then(|| self.cut())
+    }
+
+    fn cut(&mut self) -> Task {
+        let pairs = std::mem::replace(&mut self.pending, Vec::with_capacity(self.size));
+        let task = Task {
+            task_id: task_id(self.job_id, self.tasks),
+            job_id: self.job_id.to_string(),
             kind: TaskKind::Grade as i32,
-            model: model.clone(),
-            prompt_version: spec.grade_prompt_version.clone(),
-            grade_labels: spec.grade_labels.clone(),
-            pairs: chunk.to_vec(),
-            seed: spec.seed,
-            max_tokens: spec.max_tokens,
+            model: self.spec.student.clone(),
+            prompt_version: self.spec.grade_prompt_version.clone(),
+            grade_labels: self.spec.grade_labels.clone(),
+            pairs,
+            seed: self.spec.seed,
+            max_tokens: self.spec.max_tokens,
             ..Default::default()
-        })
-        .collect())
+        };
+        self.tasks += 1;
+        task
+    }
 }
 
 /// Samples the seed documents of a synthesis job (deterministic in `spec.seed`) and splits them

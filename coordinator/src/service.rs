@@ -9,7 +9,7 @@ use crate::jobs::{self, CorpusBuilder};
 use labelfleet_cluster::meta::{keys, Fence, MetaStore};
 use labelfleet_cluster::metrics::Counter;
 use crate::recovery::{self, JobRecord};
-use crate::scheduler::{parse_task_id, Completion, Finished, Resume, Scheduler};
+use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
 use labelfleet_proto::v1::job_service_server::JobService;
 use labelfleet_proto::v1::task_service_server::TaskService;
 use labelfleet_proto::v1::*;
@@ -282,17 +282,15 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
-        let leader = self
-            .leader()
-            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
-        let spec = req
-            .spec
-            .ok_or_else(|| CoordinatorError::Invalid("spec: missing".into()))?;
-        jobs::validate_spec(&spec)?;
+    /// A new job id, or the job an earlier submit with the same idempotency key created.
+    async fn claim_job_id(
+        &self,
+        leader: &Leader,
+        idempotency_key: &str,
+    ) -> Result<std::result::Result<String, Job>> {
         let job_id = format!("job-{}-{:04x}", now_ms(), rand::random::<u16>());
-        if !req.idempotency_key.is_empty() {
-            let key = keys::idempotency(self.meta.prefix(), &req.idempotency_key);
+        if !idempotency_key.is_empty() {
+            let key = keys::idempotency(self.meta.prefix(), idempotency_key);
             if let Some(existing) = self
                 .meta
                 .put_if_absent(&key, job_id.clone().into_bytes())
@@ -301,15 +299,87 @@ impl Coordinator {
                 let existing = String::from_utf8_lossy(&existing).into_owned();
                 // The first submit may have died before writing the job; fall through then.
                 if let Some(job) = leader.sched().job(&existing, Instant::now()) {
-                    return Ok(job);
+                    return Ok(Err(job));
                 }
             }
         }
-        let corpus = if spec.corpus_id.is_empty() {
-            HashMap::new()
+        Ok(Ok(job_id))
+    }
+
+    async fn corpus_of(&self, spec: &JobSpec) -> Result<HashMap<String, Document>> {
+        if spec.corpus_id.is_empty() {
+            Ok(HashMap::new())
         } else {
-            jobs::load_corpus(&self.blobs, &spec.corpus_id).await?
+            jobs::load_corpus(&self.blobs, &spec.corpus_id).await
+        }
+    }
+
+    /// A job submitted with its pairs streamed: tasks are cut and written as pairs arrive.
+    async fn submit_stream(&self, mut chunks: Streaming<SubmitJobChunk>) -> Result<Job> {
+        let leader = self
+            .leader()
+            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let next = |r: std::result::Result<Option<SubmitJobChunk>, Status>| {
+            r.map_err(|s| CoordinatorError::Invalid(format!("submit stream: {}", s.message())))
         };
+        let first = next(chunks.message().await)?
+            .ok_or_else(|| CoordinatorError::Invalid("submit stream: no message".into()))?;
+        let req = first.request.ok_or_else(|| {
+            CoordinatorError::Invalid("request: the first message must carry the request".into())
+        })?;
+        let mut spec = req
+            .spec
+            .ok_or_else(|| CoordinatorError::Invalid("request.spec: missing".into()))?;
+        jobs::validate_spec_settings(&spec)?;
+        if jobs::is_synthesis(&spec) || spec.seed_documents > 0 {
+            return Err(CoordinatorError::Invalid(
+                "request.spec.seed_documents: a streamed submit labels pairs; submit synthesis jobs with SubmitJob".into(),
+            ));
+        }
+        let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
+            Ok(id) => id,
+            Err(existing) => return Ok(existing),
+        };
+        let leading = std::mem::take(&mut spec.label_pairs);
+        let corpus = self.corpus_of(&spec).await?;
+        let mut cutter = jobs::TaskCutter::new(&job_id, &spec, &corpus);
+        for pair in leading.into_iter().chain(first.pairs) {
+            if let Some(task) = cutter.push(pair)? {
+                self.write_tasks(&job_id, vec![task]).await?;
+            }
+        }
+        while let Some(chunk) = next(chunks.message().await)? {
+            let mut batch = Vec::new();
+            for pair in chunk.pairs {
+                batch.extend(cutter.push(pair)?);
+            }
+            self.write_tasks(&job_id, batch).await?;
+        }
+        let items = cutter.pairs();
+        self.write_tasks(&job_id, cutter.finish().into_iter().collect())
+            .await?;
+        if items == 0 {
+            return Err(CoordinatorError::Invalid(
+                "spec.label_pairs: no pairs to label".into(),
+            ));
+        }
+        let plan = jobs::plan_of(&spec, items);
+        self.commit_job(&leader, &job_id, spec, plan, false).await
+    }
+
+    async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
+        let leader = self
+            .leader()
+            .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let spec = req
+            .spec
+            .ok_or_else(|| CoordinatorError::Invalid("spec: missing".into()))?;
+        jobs::validate_spec(&spec)?;
+        let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
+            Ok(id) => id,
+            Err(existing) => return Ok(existing),
+        };
+        let corpus = self.corpus_of(&spec).await?;
         let synthesis = jobs::is_synthesis(&spec);
         let tasks = if synthesis {
             jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
@@ -323,8 +393,29 @@ impl Coordinator {
             .sum();
         let plan = jobs::plan_of(&spec, items);
         self.write_tasks(&job_id, tasks).await?;
+        self.commit_job(&leader, &job_id, spec, plan, synthesis)
+            .await
+    }
+
+    /// Stores the spec and the job record (the commit point of a submit: objects without a
+    /// record are ignored), then schedules the job.
+    async fn commit_job(
+        &self,
+        leader: &Leader,
+        job_id: &str,
+        spec: JobSpec,
+        plan: JobPlan,
+        synthesis: bool,
+    ) -> Result<Job> {
+        let job_id = job_id.to_string();
+        // The pairs live in the task objects; the spec object keeps the rest, so reading it
+        // back costs the same for a job of ten pairs or ten million.
+        let stored = JobSpec {
+            label_pairs: Vec::new(),
+            ..spec.clone()
+        };
         self.blobs
-            .put(&jobs::spec_key(&job_id), spec.encode_to_vec())
+            .put(&jobs::spec_key(&job_id), stored.encode_to_vec())
             .await?;
         let created = now_ms();
         let job = Job {
@@ -351,7 +442,7 @@ impl Coordinator {
             max_attempts: job.spec.as_ref().map_or(0, |s| s.max_task_attempts),
             ..Default::default()
         };
-        self.write_record(&leader, &rec).await?;
+        self.write_record(leader, &rec).await?;
         let finished = leader.sched().add_job(
             job,
             plan,
@@ -360,7 +451,7 @@ impl Coordinator {
             Resume::Fresh,
             Instant::now(),
         );
-        self.persist_finished(&leader, finished).await?;
+        self.persist_finished(leader, finished).await?;
         tracing::info!(job = %job_id, tasks = plan.tasks, items = plan.items, "job submitted");
         let job = leader.sched().job(&job_id, Instant::now());
         job.ok_or_else(|| CoordinatorError::Invalid("job vanished".into()))
@@ -587,6 +678,17 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Job>, Status> {
         self.0
             .submit(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn submit_job_stream(
+        &self,
+        req: Request<Streaming<SubmitJobChunk>>,
+    ) -> std::result::Result<Response<Job>, Status> {
+        self.0
+            .submit_stream(req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)

@@ -1,0 +1,258 @@
+//! A coordinator over real gRPC on loopback (in-process metadata store, a real object-store
+//! directory): a job submitted by streaming its pairs, part of it committed, the leader
+//! stopped, a successor started on the same metadata and store, the rest committed. Every pair
+//! is labeled exactly once.
+
+use labelfleet_cluster::meta::MetaStore;
+use labelfleet_coordinator::server::{run_with_meta, CoordinatorConfig};
+use labelfleet_proto::v1::job_service_client::JobServiceClient;
+use labelfleet_proto::v1::task_service_client::TaskServiceClient;
+use labelfleet_proto::v1::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+struct Replica {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<labelfleet_coordinator::Result<()>>,
+}
+
+async fn start(meta: &MetaStore, store: &std::path::Path) -> Replica {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = CoordinatorConfig {
+        listen: format!("127.0.0.1:{port}").parse().expect("address"),
+        store: store.to_string_lossy().into_owned(),
+        task_lease: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(run_with_meta(config, meta.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    Replica {
+        url: format!("http://127.0.0.1:{port}"),
+        stop,
+        handle,
+    }
+}
+
+impl Replica {
+    async fn clients(&self) -> (JobServiceClient<Channel>, TaskServiceClient<Channel>) {
+        for _ in 0..200 {
+            if let (Ok(mut j), Ok(t)) = (
+                JobServiceClient::connect(self.url.clone()).await,
+                TaskServiceClient::connect(self.url.clone()).await,
+            ) {
+                let probe = j.list_jobs(ListJobsRequest::default()).await;
+                if probe.is_ok() {
+                    return (j, t);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("coordinator at {} never led", self.url);
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.expect("join").expect("coordinator");
+    }
+}
+
+fn pair(i: usize) -> PairInput {
+    PairInput {
+        pair_id: format!("p{i}"),
+        query_id: format!("q{}", i / 5),
+        query: format!("query {i}"),
+        document: Some(pair_input::Document::DocId(format!("d{}", i % 7))),
+    }
+}
+
+/// Leases up to `max_tasks` tasks and commits one label per pair; returns the pairs committed.
+async fn work(tasks: &mut TaskServiceClient<Channel>, max_tasks: usize) -> usize {
+    let mut committed = 0;
+    for _ in 0..max_tasks {
+        let leased = tasks
+            .lease_tasks(LeaseTasksRequest {
+                worker_id: "w1".into(),
+                max_tasks: 1,
+                kinds: vec![],
+            })
+            .await
+            .expect("lease")
+            .into_inner()
+            .tasks;
+        let Some(task) = leased.into_iter().next() else {
+            break;
+        };
+        // The document was resolved from the corpus and inlined by the coordinator.
+        assert!(task.pairs.iter().all(|p| matches!(
+            &p.document,
+            Some(pair_input::Document::Inline(d)) if d.body.starts_with("body of d")
+        )));
+        let labels = task
+            .pairs
+            .iter()
+            .map(|p| Label {
+                pair_id: p.pair_id.clone(),
+                query_id: p.query_id.clone(),
+                grade: 2,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>();
+        let n = labels.len();
+        let r = tasks
+            .complete_task(CompleteTaskRequest {
+                worker_id: "w1".into(),
+                task_id: task.task_id,
+                attempt: task.attempt,
+                fencing_token: task.fencing_token,
+                labels,
+                ..Default::default()
+            })
+            .await
+            .expect("complete")
+            .into_inner();
+        assert!(r.committed);
+        committed += n;
+    }
+    committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_job_survives_a_new_leader_with_every_pair_labeled_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::memory();
+    let first = start(&meta, dir.path()).await;
+    let (mut jobs, mut tasks) = first.clients().await;
+    let docs = (0..7)
+        .map(|i| Document {
+            id: format!("d{i}"),
+            body: format!("body of d{i}"),
+            ..Default::default()
+        })
+        .collect();
+    let corpus = jobs
+        .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
+            corpus_name: "c".into(),
+            documents: docs,
+        }]))
+        .await
+        .expect("upload")
+        .into_inner();
+
+    // 1,003 pairs in chunks of 100, 10 per task: 101 tasks, the last one of 3 pairs.
+    let spec = JobSpec {
+        corpus_id: corpus.corpus_id.clone(),
+        student: Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath("m".into())),
+        }),
+        task_size: 10,
+        ..Default::default()
+    };
+    let mut chunks = vec![SubmitJobChunk {
+        request: Some(SubmitJobRequest {
+            spec: Some(spec.clone()),
+            idempotency_key: String::new(),
+        }),
+        pairs: Vec::new(),
+    }];
+    for start in (0..1003).step_by(100) {
+        chunks.push(SubmitJobChunk {
+            request: None,
+            pairs: (start..(start + 100).min(1003)).map(pair).collect(),
+        });
+    }
+    let job = jobs
+        .submit_job_stream(tokio_stream::iter(chunks))
+        .await
+        .expect("streamed submit")
+        .into_inner();
+    assert_eq!(job.stages[0].total, 1003);
+
+    let before = work(&mut tasks, 40).await;
+    assert_eq!(before, 400);
+    first.stop().await;
+
+    // The successor resumes from the record and the committed result objects.
+    let second = start(&meta, dir.path()).await;
+    let (mut jobs, mut tasks) = second.clients().await;
+    let resumed = jobs
+        .get_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("job after failover")
+        .into_inner();
+    assert_eq!(resumed.stages[0].done, 400);
+    assert_eq!(resumed.state, JobState::Running as i32);
+    let after = work(&mut tasks, 1000).await;
+    assert_eq!(after, 603);
+    let done = jobs
+        .get_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("job")
+        .into_inner();
+    assert_eq!(done.state, JobState::Succeeded as i32);
+
+    // Every pair exactly once in the fetched results.
+    let mut stream = jobs
+        .fetch_results(FetchResultsRequest {
+            job_id: job.job_id.clone(),
+            stage: "labels".into(),
+            offset: 0,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while let Some(batch) = stream.message().await.expect("batch") {
+        for l in batch.labels {
+            *seen.entry(l.pair_id).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 1003);
+    assert!(seen.values().all(|&n| n == 1));
+
+    // A stage the job does not have, and a pair naming a document the corpus lacks.
+    let wrong = jobs
+        .fetch_results(FetchResultsRequest {
+            job_id: job.job_id.clone(),
+            stage: "queries".into(),
+            offset: 0,
+        })
+        .await
+        .expect_err("a label job has no queries");
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+    let mut bad = pair(5);
+    bad.document = Some(pair_input::Document::DocId("nope".into()));
+    let err = jobs
+        .submit_job_stream(tokio_stream::iter(vec![
+            SubmitJobChunk {
+                request: Some(SubmitJobRequest {
+                    spec: Some(spec),
+                    idempotency_key: String::new(),
+                }),
+                pairs: vec![pair(0)],
+            },
+            SubmitJobChunk {
+                request: None,
+                pairs: vec![bad],
+            },
+        ]))
+        .await
+        .expect_err("unknown document");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("label_pairs[1] (pair `p5`).doc_id: `nope`"),
+        "{}",
+        err.message()
+    );
+    second.stop().await;
+}
