@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Coordinator at scale (issue 9): dispatch at 64 workers and task size 100 on a 1M-pair job,
+# and leader failover after (a) one 3M-pair job at task size 50 (60,000 tasks) and (b) ten
+# finished 1M-pair jobs. A real coordinator and a real etcd on loopback, simulated workers of
+# zero cost per pair (the engine stand-in of the dispatch benchmark).
+# Results: bench/results/scale-<label>.jsonl, one JSON object per measurement.
+#
+# usage: scripts/bench_scale.sh            (needs target/release/labelfleet and etcd)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$REPO/target/release/labelfleet"
+LABEL="${LABEL:-cpu-$(nproc)core}"
+OUT="$REPO/bench/results/scale-$LABEL.jsonl"
+WORK="$(mktemp -d)"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PEER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$PORT" \
+  --advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$PEER" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PEER" --initial-cluster "default=http://127.0.0.1:$PEER" \
+  --quota-backend-bytes 8589934592 > "$WORK/etcd.log" 2>&1 &
+ETCD=$!
+trap 'kill $ETCD 2>/dev/null; rm -rf "$WORK"' EXIT
+sleep 2
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
+run() { RUST_LOG=warn "$BIN" bench-dispatch --etcd "http://127.0.0.1:$PORT" --store "$WORK/store" \
+          --dispatch-workers 64 --scale-out "$OUT" "$@"; }
+echo "== failover after one 3M-pair job, task size 50" >&2
+run --failover-jobs 1 --failover-pairs 3000000 --failover-task-size 50
+echo "== failover after ten 1M-pair jobs, task size 100" >&2
+run --failover-jobs 10 --failover-pairs 1000000 --failover-task-size 100
+echo "== dispatch, 1M pairs, task size 100, 64 workers" >&2
+run --dispatch-pairs 1000000 --task-size 100 --workers 64 --seconds 2
+cat "$OUT"
