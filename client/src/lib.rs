@@ -1,0 +1,402 @@
+//! The labelfleet cluster client, the one way every caller (the CLI, the pipeline, the
+//! benchmarks, the tests) talks to a cluster:
+//!
+//! - finds the leader among the coordinator replicas (a standby answers UNAVAILABLE) and finds
+//!   it again after a leader change;
+//! - uploads a corpus in chunks, submits a job, or streams a job's pairs in chunks
+//!   (`SubmitJobStream`), so a job of any size is submitted in bounded memory;
+//! - watches a job to its end and fetches its results with a resumable cursor, checking that
+//!   the count received is the count committed.
+
+use futures::StreamExt;
+use labelfleet_proto::v1::job_service_client::JobServiceClient;
+use labelfleet_proto::v1::*;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Largest message the client sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Pairs per message of a streamed submit.
+pub const PAIRS_PER_CHUNK: usize = 10_000;
+/// Documents per message of a corpus upload.
+pub const DOCUMENTS_PER_CHUNK: usize = 500;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("no leader among {endpoints} after {waited:?}: {last}")]
+    NoLeader {
+        endpoints: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("{what}: {} ({:?})", status.message(), status.code())]
+    Refused { what: String, status: tonic::Status },
+    #[error("fetch {job_id}: received {received} results, the job committed {committed}")]
+    Short {
+        job_id: String,
+        received: u64,
+        committed: u64,
+    },
+    #[error("{0}")]
+    Caller(String),
+    #[error("endpoint `{endpoint}`: {source}")]
+    Endpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code a refusal carried, if it was one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Refused { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+fn refused(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ClientError {
+    let what = what.into();
+    move |status| ClientError::Refused { what, status }
+}
+
+/// Splits a comma-separated list of coordinator addresses.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.starts_with("http://") || e.starts_with("https://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect()
+}
+
+/// A connection to the leading coordinator of a cluster.
+#[derive(Clone)]
+pub struct Client {
+    endpoints: Vec<String>,
+    wait: Duration,
+    jobs: JobServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to whichever of `endpoints` leads, waiting up to `wait` for one to.
+    pub async fn connect(endpoints: Vec<String>, wait: Duration) -> Result<Self> {
+        let jobs = find_leader(&endpoints, wait).await?;
+        Ok(Client {
+            endpoints,
+            wait,
+            jobs,
+        })
+    }
+
+    /// The raw gRPC client of the current leader.
+    pub fn jobs(&mut self) -> &mut JobServiceClient<Channel> {
+        &mut self.jobs
+    }
+
+    /// Finds the leader again (after UNAVAILABLE or a broken stream).
+    pub async fn reconnect(&mut self) -> Result<()> {
+        self.jobs = find_leader(&self.endpoints, self.wait).await?;
+        Ok(())
+    }
+
+    /// Runs `call` against the leader, finding it again while the answer is UNAVAILABLE.
+    async fn retrying<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(JobServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        loop {
+            match call(self.jobs.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == Code::Unavailable && start.elapsed() < self.wait => {
+                    tracing::debug!(what, status = %s.message(), "leader unavailable; finding it again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.reconnect().await?;
+                }
+                Err(s) => return Err(refused(what)(s)),
+            }
+        }
+    }
+
+    /// Uploads documents in chunks; the coordinator names every rejected record.
+    pub async fn upload_corpus(
+        &mut self,
+        name: &str,
+        documents: Vec<Document>,
+    ) -> Result<UploadCorpusResponse> {
+        let chunks: Vec<CorpusChunk> = documents
+            .chunks(DOCUMENTS_PER_CHUNK)
+            .enumerate()
+            .map(|(i, c)| CorpusChunk {
+                corpus_name: if i == 0 { name.to_string() } else { String::new() },
+                documents: c.to_vec(),
+            })
+            .collect();
+        self.retrying("upload corpus", |mut c| {
+            let chunks = chunks.clone();
+            async move { c.upload_corpus(tokio_stream::iter(chunks)).await }
+        })
+        .await
+    }
+
+    /// Submits a job whose spec carries everything (pairs included, for small jobs).
+    pub async fn submit(&mut self, spec: JobSpec, idempotency_key: &str) -> Result<Job> {
+        let request = SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: idempotency_key.to_string(),
+        };
+        self.retrying("submit", |mut c| {
+            let request = request.clone();
+            async move { c.submit_job(request).await }
+        })
+        .await
+    }
+
+    /// Submits a labeling job with its pairs streamed in chunks of [`PAIRS_PER_CHUNK`]: neither
+    /// side holds all the pairs. A broken stream is not replayed; submit again with the same
+    /// idempotency key.
+    pub async fn submit_pairs<I>(
+        &mut self,
+        spec: JobSpec,
+        idempotency_key: &str,
+        pairs: I,
+    ) -> Result<Job>
+    where
+        I: Iterator<Item = PairInput> + Send + 'static,
+    {
+        if !spec.label_pairs.is_empty() {
+            return Err(ClientError::Caller(
+                "submit_pairs: put the pairs in the iterator, not in spec.label_pairs".into(),
+            ));
+        }
+        let header = SubmitJobChunk {
+            request: Some(SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: idempotency_key.to_string(),
+            }),
+            pairs: Vec::new(),
+        };
+        let body = PairChunks {
+            pairs,
+            size: PAIRS_PER_CHUNK,
+        };
+        let stream = futures::stream::iter(std::iter::once(header).chain(body));
+        self.jobs
+            .submit_job_stream(stream.boxed())
+            .await
+            .map(|r| r.into_inner())
+            .map_err(refused("submit (streamed)"))
+    }
+
+    pub async fn get(&mut self, job_id: &str) -> Result<Job> {
+        let request = GetJobRequest {
+            job_id: job_id.to_string(),
+        };
+        self.retrying("get job", |mut c| {
+            let request = request.clone();
+            async move { c.get_job(request).await }
+        })
+        .await
+    }
+
+    /// Follows a job until it ends, through leader changes; `on_update` sees every snapshot.
+    pub async fn watch(&mut self, job_id: &str, mut on_update: impl FnMut(&Job)) -> Result<Job> {
+        loop {
+            let request = WatchJobRequest {
+                job_id: job_id.to_string(),
+            };
+            let mut stream = self
+                .retrying("watch", |mut c| {
+                    let request = request.clone();
+                    async move { c.watch_job(request).await }
+                })
+                .await?;
+            // Until the stream ends or breaks (a leader change): then find the leader again.
+            while let Ok(Some(job)) = stream.message().await {
+                on_update(&job);
+                if job.state >= JobState::Succeeded as i32 {
+                    return Ok(job);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.reconnect().await?;
+        }
+    }
+
+    /// Reads a job's results in order, resuming from the count received after a broken
+    /// stream, and hands each batch to `on_batch`. For a job that has ended, checks that the
+    /// count received is the count it committed. Returns the count.
+    pub async fn fetch(
+        &mut self,
+        job_id: &str,
+        stage: &str,
+        mut on_batch: impl FnMut(ResultBatch) -> Result<()>,
+    ) -> Result<u64> {
+        let job = self.get(job_id).await?;
+        let mut received = 0u64;
+        'attempts: for _ in 0..20 {
+            let request = FetchResultsRequest {
+                job_id: job_id.to_string(),
+                stage: stage.to_string(),
+                offset: received,
+            };
+            let mut stream = self
+                .retrying("fetch", |mut c| {
+                    let request = request.clone();
+                    async move { c.fetch_results(request).await }
+                })
+                .await?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(batch)) => {
+                        received += (batch.labels.len() + batch.queries.len()) as u64;
+                        on_batch(batch)?;
+                    }
+                    Ok(None) => break 'attempts,
+                    Err(s) if s.code() == Code::Unavailable || s.code() == Code::Unknown => {
+                        self.reconnect().await?;
+                        continue 'attempts;
+                    }
+                    Err(s) => return Err(refused(format!("fetch {job_id}"))(s)),
+                }
+            }
+        }
+        let committed = committed_results(&job);
+        if job.state >= JobState::Succeeded as i32 && received < committed {
+            return Err(ClientError::Short {
+                job_id: job_id.to_string(),
+                received,
+                committed,
+            });
+        }
+        Ok(received)
+    }
+}
+
+/// Results a job's progress says are committed: labels for a labeling job; for a synthesis
+/// job the count is of documents, not queries, so nothing can be checked (0).
+fn committed_results(job: &Job) -> u64 {
+    job.stages
+        .first()
+        .filter(|s| s.stage != "synthesize")
+        .map_or(0, |s| s.done)
+}
+
+/// Pairs grouped into submit messages.
+struct PairChunks<I> {
+    pairs: I,
+    size: usize,
+}
+
+impl<I: Iterator<Item = PairInput>> Iterator for PairChunks<I> {
+    type Item = SubmitJobChunk;
+    fn next(&mut self) -> Option<SubmitJobChunk> {
+        let pairs: Vec<PairInput> = self.pairs.by_ref().take(self.size).collect();
+        (!pairs.is_empty()).then_some(SubmitJobChunk {
+            request: None,
+            pairs,
+        })
+    }
+}
+
+/// The first replica that answers as leader; a standby answers UNAVAILABLE.
+async fn find_leader(endpoints: &[String], wait: Duration) -> Result<JobServiceClient<Channel>> {
+    let start = Instant::now();
+    let mut last = String::from("no endpoint given");
+    loop {
+        for url in endpoints {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
+                ClientError::Endpoint {
+                    endpoint: url.clone(),
+                    source: e,
+                }
+            })?;
+            let channel = match endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let mut client = JobServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            // The leader answers (NOT_FOUND for the empty id); a standby UNAVAILABLE.
+            match client
+                .get_job(GetJobRequest {
+                    job_id: String::new(),
+                })
+                .await
+            {
+                Err(s) if s.code() == Code::Unavailable => last = format!("{url}: {}", s.message()),
+                _ => return Ok(client),
+            }
+        }
+        if start.elapsed() >= wait {
+            return Err(ClientError::NoLeader {
+                endpoints: endpoints.join(","),
+                waited: wait,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_get_a_scheme_and_blanks_are_dropped() {
+        assert_eq!(
+            endpoints("c1:7070, http://c2:7070,,https://c3"),
+            vec!["http://c1:7070", "http://c2:7070", "https://c3"]
+        );
+    }
+
+    #[test]
+    fn pairs_are_chunked_without_holding_them_all() {
+        let pairs = (0..25).map(|i| PairInput {
+            pair_id: format!("p{i}"),
+            ..Default::default()
+        });
+        let sizes: Vec<usize> = PairChunks { pairs, size: 10 }
+            .map(|c| c.pairs.len())
+            .collect();
+        assert_eq!(sizes, vec![10, 10, 5]);
+    }
+
+    #[tokio::test]
+    async fn no_leader_is_a_typed_error_naming_the_endpoints() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let err = Client::connect(
+            vec![format!("http://127.0.0.1:{port}")],
+            Duration::from_millis(300),
+        )
+        .await
+        .err()
+        .expect("nothing listens there");
+        assert!(matches!(err, ClientError::NoLeader { .. }), "{err}");
+        assert!(err.to_string().contains(&port.to_string()), "{err}");
+    }
+}
