@@ -2,7 +2,7 @@
 //! every field but `base_url` and `model` has a default.
 
 use crate::error::ApiError;
-use labelfleet_slm::grading::GradePrompt;
+use labelfleet_types::GradePrompt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

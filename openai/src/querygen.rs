@@ -9,11 +9,11 @@ use crate::error::ApiError;
 use crate::grading::{check_document, clip, strip_special_tokens};
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
-use labelfleet_slm::generate::SamplingParams;
-use labelfleet_slm::querygen::{
-    clean_intent_query, intent_messages, sample_intents, GeneratedQuery, QueryIntent, SeedDocument,
+use labelfleet_types::prompt::intent_messages;
+use labelfleet_types::query::{
+    clean_intent_query, sample_intents, GeneratedQuery, QueryIntent, SeedDocument,
 };
-use labelfleet_slm::ChatMessage;
+use labelfleet_types::{ChatMessage, SamplingParams};
 
 /// The seed of query `index` of document `doc_id` in a run seeded with `run_seed`. It stays
 /// below 2^31, which every server takes (llama.cpp reads 2^32-1 as "random").
@@ -202,7 +202,7 @@ mod tests {
         }
         assert_eq!(
             query_request_messages(&doc, &QueryIntent::Topic, 1 << 15).unwrap(),
-            labelfleet_slm::querygen::query_messages(&doc, |s| s.to_string())
+            labelfleet_types::prompt::query_messages(&doc, |s| s.to_string())
         );
         let empty = SeedDocument {
             body: " ".into(),

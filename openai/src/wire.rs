@@ -1,7 +1,7 @@
 //! The OpenAI chat-completions request and the parts of the response we read. Unknown response
 //! fields are ignored, so servers that add their own (llama.cpp's `timings`) parse too.
 
-use labelfleet_slm::ChatMessage;
+use labelfleet_types::ChatMessage;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize)]

@@ -28,8 +28,8 @@ pub enum SlmError {
     },
     #[error("invalid argument: {0}")]
     Argument(String),
-    #[error("grade prompt `{version}` is not known (known: {known})")]
-    UnknownPrompt { version: String, known: String },
+    #[error(transparent)]
+    Prompt(#[from] labelfleet_types::PromptError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -4,26 +4,8 @@ use crate::decoder::{Attention, DecoderLm, KvCache};
 use crate::error::{Result, SlmError};
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Copy)]
-pub struct SamplingParams {
-    pub max_new_tokens: usize,
-    /// 0 = greedy.
-    pub temperature: f64,
-    /// Nucleus sampling mass (1.0 = off).
-    pub top_p: f64,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            max_new_tokens: 48,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-}
+/// Sampling settings are shared with the API teacher: they live in `labelfleet-types`.
+pub use labelfleet_types::sampling::SamplingParams;
 
 /// Generates a continuation for each prompt (token ids), in one batch: prompts are left-padded,
 /// every row decodes until one of `stop_ids` or `max_new_tokens`. Returns the new tokens of

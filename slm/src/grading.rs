@@ -9,26 +9,18 @@ use crate::decoder::{Attention, DecoderLm, KvCache};
 use crate::device::Placement;
 use crate::encoder::CrossEncoder;
 use crate::error::{Result, SlmError};
-use crate::tokenizer::{ChatMessage, TextTokenizer};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use crate::tokenizer::TextTokenizer;
+use labelfleet_types::prompt::grade_messages_with_body;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// One (query, document) pair to grade.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pair {
-    /// Names the record in errors and outputs.
-    pub id: String,
-    pub query: String,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub body: String,
-    /// Document metadata shown to the grader (author, path, ...), rendered as `key: value` lines.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
+// The pair, its grading and the versioned grading prompts are torch-free and shared with the
+// API teacher: they live in `labelfleet-types`.
+pub use labelfleet_types::grading::{default_grade_labels, Grading};
+pub use labelfleet_types::pair::{document_text, InputLimits, Pair};
+pub use labelfleet_types::prompt::{
+    grade_messages, grade_messages_for, GradePrompt, GRADE_PROMPT_VERSION,
+};
 
 /// A pair as token ids. `type_ids` is empty for decoders.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,56 +29,6 @@ pub struct EncodedPair {
     pub type_ids: Vec<i64>,
     /// Whether the document was cut to fit `max_len`.
     pub truncated: bool,
-}
-
-/// The grade a model gave one pair.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Grading {
-    /// Probability of each grade, summing to 1.
-    pub distribution: Vec<f32>,
-    /// The most likely grade.
-    pub grade: usize,
-    /// Sum of grade * probability.
-    pub expected: f32,
-}
-
-impl Grading {
-    pub fn from_distribution(distribution: Vec<f32>) -> Self {
-        let grade = distribution
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        let expected = distribution
-            .iter()
-            .enumerate()
-            .map(|(i, p)| i as f32 * p)
-            .sum();
-        Grading {
-            distribution,
-            grade,
-            expected,
-        }
-    }
-}
-
-/// Limits on input text, so a pathological record gets an error instead of eating memory.
-#[derive(Debug, Clone, Copy)]
-pub struct InputLimits {
-    /// Longest accepted field, in bytes (default 512 KiB).
-    pub max_field_bytes: usize,
-    /// Longest accepted query, in tokens.
-    pub max_query_tokens: usize,
-}
-
-impl Default for InputLimits {
-    fn default() -> Self {
-        InputLimits {
-            max_field_bytes: 512 * 1024,
-            max_query_tokens: 128,
-        }
-    }
 }
 
 /// What every grader offers to scoring and training.
@@ -278,132 +220,7 @@ fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64
 // ---------------------------------------------------------------------------------------------
 // Decoder grader
 
-/// Prompt templates are versioned: a label records the version it was made with, and a cache
-/// keyed by it re-grades only when the prompt changes. This is the default version.
-pub const GRADE_PROMPT_VERSION: &str = "grade-v1";
-
-/// The grading prompts, by version. A version's text never changes; a new text is a new version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum GradePrompt {
-    /// The 0-3 rubric on the query and the document.
-    #[default]
-    #[serde(rename = "grade-v1")]
-    V1,
-    /// The same rubric, plus how enterprise searches name metadata: a query that names the
-    /// author, file name or path is answered only by a document whose metadata matches.
-    #[serde(rename = "grade-v2")]
-    V2,
-}
-
-impl GradePrompt {
-    pub const ALL: [GradePrompt; 2] = [GradePrompt::V1, GradePrompt::V2];
-
-    pub fn version(self) -> &'static str {
-        match self {
-            GradePrompt::V1 => "grade-v1",
-            GradePrompt::V2 => "grade-v2",
-        }
-    }
-
-    /// The prompt of a version name; empty means the default.
-    pub fn parse(version: &str) -> Result<GradePrompt> {
-        if version.is_empty() {
-            return Ok(GradePrompt::default());
-        }
-        GradePrompt::ALL
-            .into_iter()
-            .find(|p| p.version() == version)
-            .ok_or_else(|| SlmError::UnknownPrompt {
-                version: version.to_string(),
-                known: GradePrompt::ALL.map(|p| p.version()).join(", "),
-            })
-    }
-
-    fn system(self) -> &'static str {
-        match self {
-            GradePrompt::V1 => GRADE_SYSTEM,
-            GradePrompt::V2 => GRADE_SYSTEM_V2,
-        }
-    }
-}
-
-const GRADE_SYSTEM: &str = "You are a search quality rater for an enterprise search engine. \
-Given a search query and a document, rate how relevant the document is to the query:\n\
-3 = perfectly relevant: the document is exactly what the query looks for\n\
-2 = highly relevant: the document answers the query in large part\n\
-1 = related: on the topic of the query, but does not answer it\n\
-0 = not relevant\n\
-Answer with the grade only, a single digit.";
-
-const GRADE_SYSTEM_V2: &str = "You are a search quality rater for an enterprise search engine. \
-Employees search for documents by topic, and also by who wrote them, their file name or their \
-folder. Given a search query and a document with its metadata, rate how relevant the document is \
-to the query:\n\
-3 = perfectly relevant: the document is exactly what the query looks for, topic and any author, \
-file name or path the query names\n\
-2 = highly relevant: the document answers the query in large part\n\
-1 = related: on the topic of the query, but does not answer it, or the query names an author or \
-path the document does not have\n\
-0 = not relevant\n\
-Answer with the grade only, a single digit.";
-
 const DOC_MARKER: &str = "\u{1}DOCUMENT\u{1}";
-
-/// The chat messages of the `grade-v1` prompt for a pair: the one definition of the grading
-/// prompt, shared by the local decoder grader and the API teacher (`labelfleet-openai`).
-/// `sanitize` strips whatever the model would read as control tokens from user text (the local
-/// grader passes its tokenizer's `sanitize`). The document body goes in whole; a caller with a
-/// token budget cuts it first.
-pub fn grade_messages(
-    pair: &Pair,
-    n_grades: usize,
-    sanitize: impl Fn(&str) -> String,
-) -> Vec<ChatMessage> {
-    grade_messages_for(GradePrompt::V1, pair, n_grades, sanitize)
-}
-
-/// The chat messages of a pair for the given prompt version.
-pub fn grade_messages_for(
-    prompt: GradePrompt,
-    pair: &Pair,
-    n_grades: usize,
-    sanitize: impl Fn(&str) -> String,
-) -> Vec<ChatMessage> {
-    let body = sanitize(pair.body.trim());
-    grade_messages_with_body(prompt, pair, n_grades, &sanitize, &body)
-}
-
-/// [`grade_messages_for`] with `body` put in place as it is (already sanitized, or a marker).
-fn grade_messages_with_body(
-    prompt: GradePrompt,
-    pair: &Pair,
-    n_grades: usize,
-    sanitize: &dyn Fn(&str) -> String,
-    body: &str,
-) -> Vec<ChatMessage> {
-    let user = format!(
-        "Query: {}\n\nDocument:\n{}{}\n\nGrade (0-{}):",
-        sanitize(pair.query.trim()),
-        sanitize(&document_header(pair)),
-        body,
-        n_grades.saturating_sub(1)
-    );
-    vec![ChatMessage::system(prompt.system()), ChatMessage::user(user)]
-}
-
-/// Renders the document part of a prompt, minus the body: title and metadata lines.
-fn document_header(pair: &Pair) -> String {
-    let mut s = String::new();
-    if let Some(t) = pair.title.as_deref().filter(|t| !t.trim().is_empty()) {
-        s.push_str(&format!("Title: {}\n", t.trim()));
-    }
-    for (k, v) in &pair.metadata {
-        if !v.trim().is_empty() {
-            s.push_str(&format!("{}: {}\n", k, v.trim()));
-        }
-    }
-    s
-}
 
 pub struct DecoderGrader {
     pub lm: DecoderLm,
@@ -689,11 +506,6 @@ impl Grader for DecoderGrader {
 // ---------------------------------------------------------------------------------------------
 // Encoder grader
 
-/// The document side of a cross-encoder input: title and metadata lines, then the body.
-pub fn document_text(pair: &Pair) -> String {
-    format!("{}{}", document_header(pair), pair.body.trim())
-}
-
 pub struct EncoderGrader {
     pub model: CrossEncoder,
     pub tokenizer: TextTokenizer,
@@ -885,11 +697,6 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Default grade scale: "0".."3".
-pub fn default_grade_labels() -> Vec<String> {
-    (0..4).map(|g| g.to_string()).collect()
-}
-
 /// Which kind of grader a model folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraderKind {
@@ -996,36 +803,6 @@ mod tests {
             batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
         );
-    }
-
-    #[test]
-    fn grading_summary_follows_distribution() {
-        let g = Grading::from_distribution(vec![0.1, 0.2, 0.6, 0.1]);
-        assert_eq!(g.grade, 2);
-        assert!((g.expected - 1.7).abs() < 1e-6);
-    }
-
-    #[test]
-    fn grade_prompt_bytes_are_grade_v1() {
-        // The prompt version is a promise: these bytes may only change with a new version.
-        let pair = Pair {
-            id: "p".into(),
-            query: " vpn setup ".into(),
-            title: Some("IT guide".into()),
-            body: " Install the client. <|im_end|> ".into(),
-            metadata: [("author".to_string(), "Jane Doe".to_string())].into(),
-        };
-        let messages = grade_messages(&pair, 4, |s| s.replace("<|im_end|>", ""));
-        let text = crate::ChatTemplate::ChatMl {
-            default_system: None,
-        }
-        .render(&messages, true);
-        let expected = format!(
-            "<|im_start|>system\n{GRADE_SYSTEM}<|im_end|>\n<|im_start|>user\nQuery: vpn setup\n\n\
-             Document:\nTitle: IT guide\nauthor: Jane Doe\nInstall the client. \n\nGrade (0-3):\
-             <|im_end|>\n<|im_start|>assistant\n"
-        );
-        assert_eq!(text, expected);
     }
 
     #[test]

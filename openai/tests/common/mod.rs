@@ -4,7 +4,7 @@
 //! fault to the real server.
 #![allow(dead_code)]
 
-use labelfleet_slm::Pair;
+use labelfleet_types::{Pair, SeedDocument};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub fn home() -> PathBuf {
-    labelfleet_slm::home_dir()
+    labelfleet_types::home_dir()
 }
 
 /// `$LABELFLEET_HOME/bin/llama-server` (or `$LLAMA_SERVER`); `None`, with a loud message, when
@@ -428,14 +428,14 @@ fn doc_pair(id: String, query: &str, doc: &serde_json::Value) -> Pair {
 }
 
 /// Cranfield documents as seed documents (author as metadata), in corpus order.
-pub fn cranfield_seed_documents() -> Vec<labelfleet_slm::querygen::SeedDocument> {
+pub fn cranfield_seed_documents() -> Vec<SeedDocument> {
     std::fs::read_to_string(data_dir().join("corpus.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let p = doc_pair(String::new(), "", &v);
-            labelfleet_slm::querygen::SeedDocument {
+            SeedDocument {
                 id: v["id"].as_str().unwrap().to_string(),
                 title: p.title,
                 body: p.body,

@@ -1,0 +1,58 @@
+//! What a grader says about a pair: a distribution over grades, and its summary.
+
+use serde::{Deserialize, Serialize};
+
+/// The grade a model gave one pair.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grading {
+    /// Probability of each grade, summing to 1.
+    pub distribution: Vec<f32>,
+    /// The most likely grade.
+    pub grade: usize,
+    /// Sum of grade * probability.
+    pub expected: f32,
+}
+
+impl Grading {
+    /// The grading of a distribution: its most likely grade and its expected grade.
+    pub fn from_distribution(distribution: Vec<f32>) -> Self {
+        let grade = distribution
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let expected = distribution
+            .iter()
+            .enumerate()
+            .map(|(i, p)| i as f32 * p)
+            .sum();
+        Grading {
+            distribution,
+            grade,
+            expected,
+        }
+    }
+}
+
+/// Default grade scale: "0".."3".
+pub fn default_grade_labels() -> Vec<String> {
+    (0..4).map(|g| g.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grading_summary_follows_distribution() {
+        let g = Grading::from_distribution(vec![0.1, 0.2, 0.6, 0.1]);
+        assert_eq!(g.grade, 2);
+        assert!((g.expected - 1.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn default_scale_is_0_to_3() {
+        assert_eq!(default_grade_labels(), ["0", "1", "2", "3"]);
+    }
+}
