@@ -62,6 +62,10 @@ pub struct DispatchBenchArgs {
     /// Failover: the election TTL (a dead leader's key lives this long).
     #[arg(long, default_value_t = 5)]
     election_ttl_s: u64,
+    /// Scale: jobs of these pair counts (comma-separated), each submitted by streaming to a
+    /// coordinator running as its own process, whose peak RSS is measured; then fetched.
+    #[arg(long, default_value = "")]
+    scale_pairs: String,
     /// Append one JSON object per measurement here (`kind`: "job" or "failover").
     #[arg(long)]
     scale_out: Option<PathBuf>,
@@ -111,6 +115,32 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
             store.display()
         );
 
+        if !a.scale_pairs.is_empty() {
+            for n in a.scale_pairs.split(',') {
+                let pairs: u64 = n.trim().parse().context("--scale-pairs: pair counts")?;
+                let r = measure_scale(&a, &etcd, &store, pairs).await?;
+                eprintln!(
+                    "{pairs} pairs at task size {}: submitted (streamed) in {:.1} s, dispatched at {:.0} pairs/s, fetched in {:.1} s; coordinator peak RSS {:.0} MiB",
+                    a.task_size, r.submit_seconds, r.dispatch_rate(), r.fetch_seconds,
+                    r.peak_rss_bytes as f64 / 1048576.0
+                );
+                append_json(
+                    a.scale_out.as_deref(),
+                    serde_json::json!({
+                        "kind": "job", "pairs": pairs, "task_size": a.task_size,
+                        "workers": a.dispatch_workers,
+                        "coordinator_peak_rss_bytes": r.peak_rss_bytes,
+                        "rss_scope": "the coordinator process alone",
+                        "dispatch_pairs_per_s": r.dispatch_rate(),
+                        "dispatch_seconds": r.dispatch_seconds,
+                        "submit_seconds": r.submit_seconds,
+                        "fetch_seconds": r.fetch_seconds,
+                        "metadata": if etcd.is_empty() { "embedded" } else { "etcd" },
+                    }),
+                )?;
+            }
+            return Ok(());
+        }
         if a.failover_jobs > 0 {
             let f = measure_failover(&a, &etcd, &store).await?;
             eprintln!(
@@ -235,6 +265,99 @@ async fn measure(
     })
 }
 
+struct ScaleRun {
+    pairs: u64,
+    submit_seconds: f64,
+    dispatch_seconds: f64,
+    fetch_seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+impl ScaleRun {
+    fn dispatch_rate(&self) -> f64 {
+        self.pairs as f64 / self.dispatch_seconds
+    }
+}
+
+/// One large job against a coordinator in its own process (this binary's `coordinator`
+/// command), so that the peak RSS measured is the coordinator's alone: submitted by streaming,
+/// labeled by simulated workers, fetched through the client, every label counted.
+async fn measure_scale(
+    a: &DispatchBenchArgs,
+    etcd: &[String],
+    store: &std::path::Path,
+    pairs: u64,
+) -> Result<ScaleRun> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let prefix = format!("/labelfleet-scale-{}-{pairs}", std::process::id());
+    let dir = store.join(prefix.trim_start_matches('/'));
+    let log = std::fs::File::create(store.join(format!("coordinator-{pairs}.log")))?;
+    let mut coordinator = ChildGuard(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--etcd", &etcd.join(","), "--etcd-prefix", &prefix])
+            .args(["--store", &dir.to_string_lossy(), "--task-lease-ms", "120000"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the coordinator process")?,
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = labelfleet_client::Client::connect(vec![url.clone()], Duration::from_secs(60))
+        .await?;
+    let uploaded = client.upload_corpus("bench", bench_documents()).await?;
+    let spec = JobSpec {
+        name: format!("scale-{pairs}"),
+        corpus_id: uploaded.corpus_id,
+        student: Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath("stand-in".into())),
+        }),
+        task_size: a.task_size,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let job = client
+        .submit_pairs(spec, "", (0..pairs as usize).map(bench_pair))
+        .await?;
+    let submit_seconds = started.elapsed().as_secs_f64();
+    let dispatch_seconds = drive(&url, a.dispatch_workers, 0.0, pairs).await?;
+    check_finished(client.jobs(), &job.job_id, pairs).await?;
+    let started = Instant::now();
+    let fetched = client.fetch(&job.job_id, "labels", |_| Ok(())).await?;
+    let fetch_seconds = started.elapsed().as_secs_f64();
+    if fetched != pairs {
+        bail!("fetched {fetched} labels of {pairs}");
+    }
+    let peak_rss_bytes = peak_rss_of(coordinator.0.id()).context("reading the coordinator's VmHWM")?;
+    coordinator.kill();
+    Ok(ScaleRun {
+        pairs,
+        submit_seconds,
+        dispatch_seconds,
+        fetch_seconds,
+        peak_rss_bytes,
+    })
+}
+
+/// Kills the child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 struct Failover {
     committed_pairs: u64,
     tasks: u64,
@@ -270,7 +393,12 @@ async fn measure_failover(
     first.stop().await?;
     let stopped = Instant::now();
     let second = Running::start(bench_config(etcd, store, Some(&prefix), ttl)?).await?;
-    let mut tasks = TaskServiceClient::connect(second.url.clone()).await?;
+    let mut tasks = loop {
+        match TaskServiceClient::connect(second.url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
     let lease = loop {
         let r = tasks
             .lease_tasks(LeaseTasksRequest {
@@ -358,15 +486,28 @@ impl Running {
     }
 }
 
-async fn upload_corpus(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Result<String> {
-    let docs: Vec<Document> = (0..1000)
+fn bench_documents() -> Vec<Document> {
+    (0..1000)
         .map(|i| Document {
             id: format!("d{i}"),
             title: format!("document {i}"),
             body: "wing flutter at transonic speeds".into(),
             ..Default::default()
         })
-        .collect();
+        .collect()
+}
+
+fn bench_pair(i: usize) -> PairInput {
+    PairInput {
+        pair_id: format!("p{i}"),
+        query_id: format!("q{}", i / 10),
+        query: "flutter".into(),
+        document: Some(pair_input::Document::DocId(format!("d{}", i % 1000))),
+    }
+}
+
+async fn upload_corpus(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Result<String> {
+    let docs = bench_documents();
     let corpus = jobs
         .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
             corpus_name: "bench".into(),
@@ -390,14 +531,7 @@ async fn submit(
         student: Some(ModelRef {
             source: Some(model_ref::Source::LocalPath("stand-in".into())),
         }),
-        label_pairs: (0..pairs)
-            .map(|i| PairInput {
-                pair_id: format!("p{i}"),
-                query_id: format!("q{}", i / 10),
-                query: "flutter".into(),
-                document: Some(pair_input::Document::DocId(format!("d{}", i % 1000))),
-            })
-            .collect(),
+        label_pairs: (0..pairs).map(bench_pair).collect(),
         task_size,
         ..Default::default()
     };
@@ -474,7 +608,12 @@ fn append_json(out: Option<&std::path::Path>, line: serde_json::Value) -> Result
 
 /// The peak resident set of this process (VmHWM), in bytes.
 fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_of(std::process::id())
+}
+
+/// The peak resident set of a process (VmHWM), in bytes.
+fn peak_rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
