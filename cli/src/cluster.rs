@@ -31,6 +31,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// The `--store` value with `--store-endpoint` folded in, checked before any role starts.
+fn store_url(store: &str, endpoint: Option<&str>) -> Result<String> {
+    let url = labelfleet_cluster::blobs::with_endpoint(store, endpoint);
+    labelfleet_cluster::blobs::StoreUrl::parse(&url)?;
+    Ok(url)
+}
+
 fn endpoints(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
@@ -52,9 +59,16 @@ pub struct CoordinatorArgs {
     etcd: String,
     #[arg(long, env = "LABELFLEET_ETCD_PREFIX", default_value = "/labelfleet")]
     etcd_prefix: String,
-    /// Object store root (a local or shared directory).
+    /// Object store: a directory (shared by the nodes), or a bucket URL: s3://bucket/prefix,
+    /// gs://bucket/prefix, az://container/prefix. Credentials and region come from the
+    /// backend's environment variables (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL,
+    /// AWS_ALLOW_HTTP, GOOGLE_*, AZURE_*); `?key=value` options override them.
     #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
-    store: PathBuf,
+    store: String,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph...) for an s3:// store, e.g.
+    /// http://minio:9000 (an http:// endpoint allows plain HTTP).
+    #[arg(long, env = "LABELFLEET_STORE_ENDPOINT")]
+    store_endpoint: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -75,7 +89,7 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         advertise: a.advertise,
         etcd: endpoints(&a.etcd),
         etcd_prefix: a.etcd_prefix,
-        store: a.store,
+        store: store_url(&a.store, a.store_endpoint.as_deref())?,
         metrics_listen: a.metrics_listen,
         task_lease: Duration::from_millis(a.task_lease_ms),
         max_attempts: a.max_attempts,
@@ -739,9 +753,18 @@ pub struct TrainerArgs {
     etcd: String,
     #[arg(long, env = "LABELFLEET_ETCD_PREFIX", default_value = "/labelfleet")]
     etcd_prefix: String,
-    /// Object store root shared with the coordinator (datasets in, checkpoints out).
+    /// Object store shared with the coordinator (datasets in, checkpoints out): a directory or
+    /// a bucket URL, as the coordinator's --store.
     #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
-    store: PathBuf,
+    store: String,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph...) for an s3:// store, e.g.
+    /// http://minio:9000 (an http:// endpoint allows plain HTTP).
+    #[arg(long, env = "LABELFLEET_STORE_ENDPOINT")]
+    store_endpoint: Option<String>,
+    /// Local folder where datasets are downloaded, students trained and checkpoints kept for
+    /// pushing (default: $LABELFLEET_HOME/trainer).
+    #[arg(long, env = "LABELFLEET_TRAINER_SCRATCH")]
+    scratch: Option<PathBuf>,
     #[arg(long, env = "LABELFLEET_DEVICE", default_value = "auto")]
     device: String,
     #[arg(long, default_value = "auto")]
@@ -767,7 +790,10 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
         listen: a.listen,
         etcd: endpoints(&a.etcd),
         etcd_prefix: a.etcd_prefix,
-        store: a.store,
+        store: store_url(&a.store, a.store_endpoint.as_deref())?,
+        scratch: a
+            .scratch
+            .unwrap_or_else(|| labelfleet_slm::home_dir().join("trainer")),
         placement: labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?,
         threads: a.threads,
         max_tokens: a.max_tokens,
@@ -907,9 +933,14 @@ pub struct ServeArgs {
     /// In-process workers.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Object store root.
+    /// Object store: a directory, or a bucket URL as the coordinator's --store (pushed
+    /// checkpoints and the trainer's scratch then live under $LABELFLEET_HOME/embedded).
     #[arg(long, env = "LABELFLEET_STORE", default_value = "labelfleet-data")]
-    store: PathBuf,
+    store: String,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph...) for an s3:// store, e.g.
+    /// http://minio:9000 (an http:// endpoint allows plain HTTP).
+    #[arg(long, env = "LABELFLEET_STORE_ENDPOINT")]
+    store_endpoint: Option<String>,
     #[arg(long, env = "LABELFLEET_DEVICE", default_value = "auto")]
     device: String,
     #[arg(long, default_value = "auto")]
@@ -922,11 +953,12 @@ pub struct ServeArgs {
 }
 
 /// Embedded mode: the coordinator, in-process workers and the trainer in one process, on one
-/// in-process metadata store and a local directory. No etcd. Clients use it like a cluster.
+/// in-process metadata store and an object store (a local directory by default). No etcd.
+/// Clients use it like a cluster.
 pub fn serve(a: ServeArgs) -> Result<()> {
     let placement = labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?;
     let cluster = crate::embedded::EmbeddedCluster::start(crate::embedded::EmbeddedOptions {
-        store: a.store.clone(),
+        store: store_url(&a.store, a.store_endpoint.as_deref())?,
         listen: a.listen,
         trainer_listen: a.trainer_listen,
         workers: a.workers.max(1),

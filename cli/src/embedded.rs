@@ -20,7 +20,7 @@ use labelfleet_slm::Placement;
 use labelfleet_worker::WorkerConfig;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -28,8 +28,9 @@ use tonic::transport::Channel;
 
 /// What to start.
 pub struct EmbeddedOptions {
-    /// Object-store root (results, tasks, datasets, checkpoints).
-    pub store: PathBuf,
+    /// Object store (results, tasks, datasets, checkpoints): a directory or a bucket URL
+    /// (`--store`).
+    pub store: String,
     /// Coordinator gRPC address; port 0 picks a free one.
     pub listen: SocketAddr,
     /// Trainer gRPC address; port 0 picks a free one.
@@ -104,6 +105,10 @@ impl EmbeddedCluster {
         let address = resolve_port(o.listen)?;
         let trainer_address = resolve_port(o.trainer_listen)?;
         let meta = MetaStore::memory();
+        // The workers' installed checkpoints and the trainer's scratch are local folders: in
+        // the store's directory when it is one (as always), else under $LABELFLEET_HOME.
+        let local = labelfleet_cluster::blobs::local_dir(&o.store)
+            .unwrap_or_else(|| labelfleet_slm::home_dir().join("embedded"));
         // Workers stop first (finishing and committing what they hold), then the rest.
         let (stop_workers, _) = broadcast::channel(1);
         let (stop_rest, _) = broadcast::channel(1);
@@ -133,7 +138,7 @@ impl EmbeddedCluster {
                 placement: o.placement,
                 threads: o.threads,
                 capacity: 2,
-                checkpoints: o.store.join("worker-checkpoints").join(i.to_string()),
+                checkpoints: local.join("worker-checkpoints").join(i.to_string()),
                 metrics_listen: None,
                 registration_ttl: Duration::from_secs(10),
             };
@@ -150,6 +155,7 @@ impl EmbeddedCluster {
                 etcd: Vec::new(),
                 etcd_prefix: "/labelfleet".into(),
                 store: o.store.clone(),
+                scratch: local.join("trainer-scratch"),
                 placement: o.placement,
                 threads: o.threads,
                 max_tokens: o.trainer_max_tokens,
@@ -249,7 +255,7 @@ impl EmbeddedCluster {
         let mut stream = client
             .fetch_results(FetchResultsRequest {
                 job_id: job_id.to_string(),
-                stage: "labels".into(),
+                stage: String::new(),
                 offset: 0,
             })
             .await

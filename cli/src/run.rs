@@ -300,7 +300,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     // The embedded cluster: coordinator, one worker and the trainer, over loopback gRPC.
     let store = a.out.join("cluster");
     let mut cluster = EmbeddedCluster::start(EmbeddedOptions {
-        store: store.clone(),
+        store: store.display().to_string(),
         listen: "127.0.0.1:0".parse()?,
         trainer_listen: "127.0.0.1:0".parse()?,
         workers: 1,

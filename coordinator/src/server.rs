@@ -11,7 +11,6 @@ use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
 use labelfleet_proto::v1::task_service_server::TaskServiceServer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
@@ -26,7 +25,8 @@ pub struct CoordinatorConfig {
     /// etcd endpoints; empty means the embedded in-process metadata store (one replica).
     pub etcd: Vec<String>,
     pub etcd_prefix: String,
-    pub store: PathBuf,
+    /// Object store: a directory, or a bucket URL (`s3://`, `gs://`, `az://`; see `Blobs::open`).
+    pub store: String,
     pub metrics_listen: Option<SocketAddr>,
     pub task_lease: Duration,
     pub max_attempts: u32,
@@ -40,7 +40,7 @@ impl Default for CoordinatorConfig {
             advertise: None,
             etcd: Vec::new(),
             etcd_prefix: "/labelfleet".into(),
-            store: PathBuf::from("labelfleet-data"),
+            store: "labelfleet-data".into(),
             metrics_listen: None,
             task_lease: Duration::from_secs(30),
             max_attempts: 4,
@@ -64,7 +64,7 @@ pub async fn run_with_meta(
     meta: MetaStore,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let blobs = Blobs::local(&config.store)?;
+    let blobs = Blobs::open(&config.store)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
     let advertise = config

@@ -1,10 +1,13 @@
 //! A labelfleet cluster on loopback for tests: a real etcd (Debian's `etcd-server`, installed
 //! by `scripts/setup.sh`), coordinator replicas and workers as real `labelfleet` processes,
-//! talking gRPC over sockets, sharing an object-store directory. Killing a process is
+//! talking gRPC over sockets, sharing an object store: a directory, or (`Store::S3`) a bucket
+//! on a real S3-compatible server (moto's `moto_server`, installed into the venv by
+//! `scripts/setup.sh`) that the harness starts on a free loopback port. Killing a process is
 //! `SIGKILL`, as `kill -9` would.
 
 #![allow(dead_code)]
 
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::{GetJobRequest, Job, JobState, ResultBatch};
 use prost::Message;
@@ -74,11 +77,23 @@ impl Drop for Proc {
 }
 
 pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
+    spawn_env(name, program, args, dir, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_env(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    env: &[(String, String)],
+) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "labelfleet=info,warn")
         .env("NO_COLOR", "1")
         .stdout(Stdio::from(out))
@@ -92,12 +107,22 @@ pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
     }
 }
 
+/// Where the cluster keeps its bulk data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A directory in the test's temp folder.
+    Local,
+    /// `s3://labelfleet/tests/store` on a moto server started for the test.
+    S3,
+}
+
 pub struct Options {
     pub coordinators: usize,
     pub workers: usize,
     pub task_lease_ms: u64,
     pub election_ttl_s: u64,
     pub registration_ttl_s: u64,
+    pub store: Store,
 }
 
 impl Default for Options {
@@ -108,12 +133,119 @@ impl Default for Options {
             task_lease_ms: 4_000,
             election_ttl_s: 3,
             registration_ttl_s: 3,
+            store: Store::Local,
         }
     }
 }
 
+/// The bucket every S3 test uses (created when the server starts).
+pub const BUCKET: &str = "labelfleet";
+
+/// A real S3-compatible server on a free loopback port: moto's `moto_server` (it honours
+/// `If-None-Match: *`, the create-once write of a task's results). Killed when dropped.
+pub struct S3Server {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts the server (logging to `dir/s3.log`) and creates [`BUCKET`].
+    pub fn start(dir: &Path) -> S3Server {
+        let program = which("moto_server")
+            .or_else(|| {
+                let p = labelfleet_home().join("venv/bin/moto_server");
+                p.is_file().then_some(p)
+            })
+            .expect(
+                "moto_server is not installed: run scripts/setup.sh (moto[server] in the venv)",
+            );
+        let port = free_port();
+        let args: Vec<String> = vec![
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let proc = spawn("s3", &program, &args, dir);
+        let server = S3Server { proc, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start\n{}",
+                server.proc.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.create_bucket(BUCKET);
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `PUT /bucket` (moto accepts it unsigned).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("S3 port");
+        write!(
+            sock,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("create bucket");
+        let mut text = String::new();
+        let _ = sock.read_to_string(&mut text);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {text}"
+        );
+    }
+
+    /// The standard AWS variables that point a process at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `url` (an `s3://` store) opened from this process, with the endpoint and credentials
+    /// as URL options (the test process's environment is left alone).
+    pub fn blobs(&self, url: &str) -> Blobs {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Blobs::open(&format!(
+            "{url}{sep}endpoint={}&access_key_id=test&secret_access_key=test&region=us-east-1",
+            self.endpoint()
+        ))
+        .expect("opening the S3 store")
+    }
+}
+
+/// `$LABELFLEET_HOME`, as the CLI resolves it.
+pub fn labelfleet_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LABELFLEET_HOME") {
+        return PathBuf::from(h);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("labelfleet")
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// The S3 server of a `Store::S3` cluster.
+    pub s3: Option<S3Server>,
     pub etcd: Option<Proc>,
     pub etcd_port: u16,
     etcd_peer_port: u16,
@@ -128,8 +260,10 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(options: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let s3 = (options.store == Store::S3).then(|| S3Server::start(dir.path()));
         let mut c = Cluster {
             dir,
+            s3,
             etcd: None,
             etcd_port: free_port(),
             etcd_peer_port: free_port(),
@@ -165,8 +299,31 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
+    /// The local store's directory (the S3 store has none).
     pub fn store(&self) -> PathBuf {
+        assert!(self.s3.is_none(), "an S3 cluster has no store directory");
         self.dir.path().join("store")
+    }
+
+    /// The `--store` value every role gets.
+    pub fn store_url(&self) -> String {
+        match self.s3 {
+            Some(_) => format!("s3://{BUCKET}/tests/store"),
+            None => self.dir.path().join("store").display().to_string(),
+        }
+    }
+
+    /// Environment of the processes that open the store (the S3 endpoint and credentials).
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        self.s3.as_ref().map(S3Server::env).unwrap_or_default()
+    }
+
+    /// The cluster's store, opened from the test.
+    pub fn blobs(&self) -> Blobs {
+        match &self.s3 {
+            Some(s3) => s3.blobs(&self.store_url()),
+            None => Blobs::local(&self.store()).expect("local store"),
+        }
     }
 
     pub fn start_etcd(&mut self) {
@@ -210,7 +367,7 @@ impl Cluster {
             "--etcd".into(),
             self.etcd_url(),
             "--store".into(),
-            self.store().display().to_string(),
+            self.store_url(),
             "--task-lease-ms".into(),
             self.options.task_lease_ms.to_string(),
             "--election-ttl-s".into(),
@@ -218,11 +375,12 @@ impl Cluster {
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
-        spawn(
+        spawn_env(
             &format!("coordinator{i}"),
             &binary(),
             &args,
             self.dir.path(),
+            &self.store_env(),
         )
     }
 
@@ -357,7 +515,8 @@ impl Cluster {
         out.lines().last().unwrap_or_default().trim().to_string()
     }
 
-    /// Starts a trainer process sharing the store; pushes are throttled to `push_rate_mib_s`.
+    /// Starts a trainer process sharing the store, with its own scratch folder (so a second
+    /// trainer reads checkpoints from the store); pushes are throttled to `push_rate_mib_s`.
     pub fn spawn_trainer(&self, name: &str, port: u16, push_rate_mib_s: f64) -> Proc {
         let args: Vec<String> = vec![
             "trainer".into(),
@@ -366,7 +525,13 @@ impl Cluster {
             "--etcd".into(),
             self.etcd_url(),
             "--store".into(),
-            self.store().display().to_string(),
+            self.store_url(),
+            "--scratch".into(),
+            self.dir
+                .path()
+                .join(format!("scratch-{name}"))
+                .display()
+                .to_string(),
             "--device".into(),
             "cpu".into(),
             "--threads".into(),
@@ -378,7 +543,7 @@ impl Cluster {
             "--reconcile-interval-s".into(),
             "2".into(),
         ];
-        spawn(name, &binary(), &args, self.dir.path())
+        spawn_env(name, &binary(), &args, self.dir.path(), &self.store_env())
     }
 
     /// The job as the current leader sees it (None while no leader answers).
@@ -485,15 +650,18 @@ impl Cluster {
     /// Labels as committed in the object store, read straight from the result objects:
     /// pair id -> count, over every result object of the job.
     pub fn stored_label_counts(&self, job_id: &str) -> HashMap<String, usize> {
-        let dir = self.store().join("jobs").join(job_id).join("results");
+        let blobs = self.blobs();
+        let rt = runtime();
+        let prefix = format!("jobs/{job_id}/results");
+        let keys = rt.block_on(blobs.list(&prefix)).expect("listing results");
+        assert!(!keys.is_empty(), "no result objects under {prefix}");
         let mut counts = HashMap::new();
-        for entry in std::fs::read_dir(&dir).expect("results folder") {
-            let path = entry.expect("entry").path();
-            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).expect("result object");
-            let batch = ResultBatch::decode(bytes.as_slice()).expect("result batch");
+        for key in keys.iter().filter(|k| k.ends_with(".pb")) {
+            let bytes = rt
+                .block_on(blobs.get(key))
+                .expect("result object")
+                .expect("listed object exists");
+            let batch = ResultBatch::decode(bytes.as_ref()).expect("result batch");
             for l in batch.labels {
                 *counts.entry(l.pair_id).or_insert(0) += 1;
             }
@@ -538,6 +706,7 @@ impl Cluster {
             .iter()
             .chain(self.workers.iter())
             .chain(self.etcd.iter())
+            .chain(self.s3.as_ref().map(|s| &s.proc))
         {
             out.push_str(&format!("--- {} ---\n{}\n", p.name, p.log_tail(15)));
         }

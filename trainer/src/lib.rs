@@ -3,7 +3,14 @@
 //!
 //! Pushes are resumable: the registry records which workers verified the checkpoint, and a
 //! trainer that starts (after a crash mid-push, say) finishes every push left incomplete.
+//!
+//! The store is any `--store` of the cluster (a directory or a bucket): libtorch reads and
+//! writes files, so the trainer downloads the dataset into a local scratch folder, trains and
+//! saves there, uploads the checkpoint folder to `checkpoints/<id>/` in the store, and only then
+//! registers it. A push reads the scratch copy, or downloads it from the store first (a trainer
+//! that restarted elsewhere).
 
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::checkpoint::{checkpoint_digest, push_checkpoint, CHUNK_BYTES};
 use labelfleet_cluster::meta::{keys, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric, Counter};
@@ -56,8 +63,12 @@ pub struct TrainerConfig {
     pub listen: SocketAddr,
     pub etcd: Vec<String>,
     pub etcd_prefix: String,
-    /// Object store root (shared with the coordinator): datasets in, checkpoints out.
-    pub store: PathBuf,
+    /// Object store (`--store`: a directory or a bucket URL, shared with the coordinator):
+    /// datasets in, checkpoints out.
+    pub store: String,
+    /// Local folder for downloaded datasets, training output and the checkpoint copies pushed
+    /// to workers.
+    pub scratch: PathBuf,
     pub placement: Placement,
     pub threads: usize,
     /// Longest input in tokens during training.
@@ -84,7 +95,7 @@ pub struct CheckpointRecord {
     pub run_id: String,
     pub base: String,
     pub dataset: String,
-    /// Object-store folder holding the checkpoint files.
+    /// Object-store key prefix holding the checkpoint files (`checkpoints/<id>`).
     pub location: String,
     pub sha256: String,
     pub heldout_agreement_with_teacher: f64,
@@ -102,6 +113,7 @@ pub struct CheckpointRecord {
 
 struct Shared {
     meta: MetaStore,
+    blobs: Blobs,
     config: TrainerConfig,
     runs: Mutex<HashMap<String, TrainingRun>>,
     metrics_tx: broadcast::Sender<TrainingMetrics>,
@@ -126,12 +138,13 @@ pub async fn run_with_meta(
     meta: MetaStore,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    // Datasets and checkpoints are files libtorch reads and writes: the trainer works on the
-    // store's directory itself.
-    std::fs::create_dir_all(config.store.join("checkpoints"))?;
+    let blobs = Blobs::open(&config.store)?;
+    std::fs::create_dir_all(config.scratch.join("checkpoints"))?;
+    tracing::info!(store = %blobs, scratch = %config.scratch.display(), "trainer store");
     let (metrics_tx, _) = broadcast::channel(256);
     let shared = Arc::new(Shared {
         meta,
+        blobs,
         config: config.clone(),
         runs: Mutex::new(HashMap::new()),
         metrics_tx,
@@ -236,29 +249,34 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
             rec.pushed_to.extend(current.pushed_to);
         }
     }
-    let dir = s.config.store.join(&rec.location);
     let workers_prefix = keys::workers(s.meta.prefix());
+    let wanted: Vec<(String, String)> = s
+        .meta
+        .list(&workers_prefix)
+        .await?
+        .into_iter()
+        .map(|(k, v)| (k[workers_prefix.len()..].to_string(), v))
+        .filter(|(worker, _)| !rec.pushed_to.contains(worker))
+        .map(|(worker, v)| (worker, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let dir = if wanted.is_empty() {
+        None
+    } else {
+        Some(local_copy(s, &rec).await?)
+    };
     let pause = if s.config.push_rate_mib_s > 0.0 {
-        Duration::from_secs_f64(
-            CHUNK_BYTES as f64
-                / (s.config.push_rate_mib_s * 1024.0 * 1024.0),
-        )
+        Duration::from_secs_f64(CHUNK_BYTES as f64 / (s.config.push_rate_mib_s * 1024.0 * 1024.0))
     } else {
         Duration::ZERO
     };
-    for (k, v) in s.meta.list(&workers_prefix).await? {
-        let worker = k[workers_prefix.len()..].to_string();
-        if rec.pushed_to.contains(&worker) {
-            continue;
-        }
-        let info: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
+    for (worker, v) in wanted {
+        let Some(dir) = dir.as_deref() else { break };
+        let info: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
         let Some(address) = info["control_address"].as_str() else {
             continue;
         };
         tracing::info!(checkpoint = %rec.checkpoint_id, %worker, %address, "pushing checkpoint");
-        match push_checkpoint(address, &dir, &rec.checkpoint_id, pause)
-            .await
-        {
+        match push_checkpoint(address, dir, &rec.checkpoint_id, pause).await {
             Ok(r) if r.verified => {
                 s.pushes.add(1);
                 rec.pushed_to.insert(worker.clone());
@@ -280,25 +298,83 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
     Ok(rec)
 }
 
-fn read_dataset(blobs_root: &Path, key: &str) -> Result<Vec<TeacherExample>> {
-    if key.contains("..") || key.starts_with('/') {
+/// The local folder of a checkpoint in the scratch folder.
+fn scratch_checkpoint(config: &TrainerConfig, checkpoint_id: &str) -> PathBuf {
+    config.scratch.join("checkpoints").join(checkpoint_id)
+}
+
+/// A local folder holding the registered checkpoint `rec`, for pushing: the scratch copy when
+/// its digest is the registered one, else a fresh download from the store.
+async fn local_copy(s: &Shared, rec: &CheckpointRecord) -> Result<PathBuf> {
+    let dir = scratch_checkpoint(&s.config, &rec.checkpoint_id);
+    let (d, want) = (dir.clone(), rec.sha256.clone());
+    let fresh = tokio::task::spawn_blocking(move || {
+        d.is_dir() && checkpoint_digest(&d).is_ok_and(|got| got == want)
+    })
+    .await
+    .unwrap_or(false);
+    if fresh {
+        return Ok(dir);
+    }
+    let staging = s.config.scratch.join("checkpoints").join(format!(
+        ".download-{}-{}",
+        rec.checkpoint_id,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let n = s.blobs.get_dir(&rec.location, &staging).await?;
+    let got = {
+        let st = staging.clone();
+        tokio::task::spawn_blocking(move || checkpoint_digest(&st))
+            .await
+            .map_err(|e| TrainerError::Invalid(format!("digest thread: {e}")))??
+    };
+    if n == 0 || got != rec.sha256 {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(TrainerError::Invalid(format!(
+            "checkpoint `{}`: {n} files under `{}` in the store {}, digest {got}, registered {}",
+            rec.checkpoint_id, rec.location, s.blobs, rec.sha256
+        )));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&staging, &dir)?;
+    tracing::info!(checkpoint = %rec.checkpoint_id, files = n, "checkpoint downloaded from the store for pushing");
+    Ok(dir)
+}
+
+/// Checks that a dataset key names an object inside the store.
+fn check_dataset_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.split('/').any(|s| s == ".." || s == ".") || key.starts_with('/') {
         return Err(TrainerError::Invalid(format!(
             "dataset `{key}`: must be a key inside the object store"
         )));
     }
-    let path = blobs_root.join(key);
-    let text = std::fs::read_to_string(&path)
+    Ok(())
+}
+
+/// Parses a dataset downloaded to `path`; errors name the dataset's key and line.
+fn read_dataset(path: &Path, key: &str) -> Result<Vec<TeacherExample>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
         .map_err(|e| TrainerError::Invalid(format!("dataset `{key}` ({}): {e}", path.display())))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let ex: TeacherExample = serde_json::from_str(line).map_err(|e| TrainerError::Dataset {
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TrainerError::Dataset {
             key: key.into(),
             line: i + 1,
             message: e.to_string(),
         })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: TeacherExample =
+            serde_json::from_str(&line).map_err(|e| TrainerError::Dataset {
+                key: key.into(),
+                line: i + 1,
+                message: e.to_string(),
+            })?;
         let sum: f32 = ex.distribution.iter().sum();
         if ex.distribution.iter().any(|p| !p.is_finite() || *p < 0.0) || (sum - 1.0).abs() > 1e-3 {
             return Err(TrainerError::Dataset {
@@ -326,8 +402,49 @@ fn is_heldout(query: &str, fraction: f64, seed: u64) -> bool {
     x < fraction
 }
 
-/// Trains, saves and registers a checkpoint. Blocking (runs on its own thread).
-fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointRecord> {
+/// Downloads the dataset, trains, saves the checkpoint in the scratch folder and uploads it to
+/// the store; the caller registers the record returned.
+async fn train_and_store(
+    s: &Arc<Shared>,
+    run_id: &str,
+    req: &DistillRequest,
+) -> Result<CheckpointRecord> {
+    check_dataset_key(&req.dataset)?;
+    let local = s
+        .config
+        .scratch
+        .join("datasets")
+        .join(format!("{run_id}.jsonl"));
+    if !s.blobs.get_to_file(&req.dataset, &local).await? {
+        return Err(TrainerError::Invalid(format!(
+            "dataset `{}`: no such object in the store {}",
+            req.dataset, s.blobs
+        )));
+    }
+    let (sh, rid, r, path) = (s.clone(), run_id.to_string(), req.clone(), local.clone());
+    let trained = tokio::task::spawn_blocking(move || distill(&sh, &rid, &r, &path)).await;
+    let _ = std::fs::remove_file(&local);
+    let rec = trained.map_err(|e| TrainerError::Invalid(format!("training thread: {e}")))??;
+    // Upload, then drop any object of an older upload under the same id that is not part of
+    // this one, so the store holds exactly the folder whose digest is registered.
+    let dir = scratch_checkpoint(&s.config, &rec.checkpoint_id);
+    let written = s.blobs.put_dir(&rec.location, &dir).await?;
+    for key in s.blobs.list(&rec.location).await? {
+        if !written.contains(&key) {
+            s.blobs.delete(&key).await?;
+        }
+    }
+    tracing::info!(checkpoint = %rec.checkpoint_id, files = written.len(), store = %s.blobs, location = %rec.location, "checkpoint uploaded");
+    Ok(rec)
+}
+
+/// Trains and saves a checkpoint into the scratch folder. Blocking (runs on its own thread).
+fn distill(
+    s: &Shared,
+    run_id: &str,
+    req: &DistillRequest,
+    dataset: &Path,
+) -> Result<CheckpointRecord> {
     if s.config.threads > 0 {
         tch::set_num_threads(s.config.threads as i32);
     }
@@ -339,7 +456,7 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
             ))
         }
     };
-    let examples = read_dataset(&s.config.store, &req.dataset)?;
+    let examples = read_dataset(dataset, &req.dataset)?;
     let base_dir = labelfleet_slm::resolve_model(&base);
     let student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
         (0, _) => load_grader(
@@ -466,10 +583,10 @@ fn distill(s: &Shared, run_id: &str, req: &DistillRequest) -> Result<CheckpointR
     );
     let checkpoint_id = format!("ckpt-{}", &hex::encode(id_hash)[..12]);
     let location = format!("checkpoints/{checkpoint_id}");
-    let dir = s.config.store.join(&location);
+    let dir = scratch_checkpoint(&s.config, &checkpoint_id);
     let staging = s
         .config
-        .store
+        .scratch
         .join(format!("checkpoints/.staging-{run_id}"));
     let _ = std::fs::remove_dir_all(&staging);
     student.save(
@@ -543,26 +660,18 @@ impl TrainerService for TrainerApi {
         self.set_run(run.clone());
         let api = self.clone();
         tokio::spawn(async move {
-            let s = api.0.clone();
-            let (rid, r) = (run_id.clone(), req.clone());
-            let trained = tokio::task::spawn_blocking(move || distill(&s, &rid, &r)).await;
+            let trained = train_and_store(&api.0, &run_id, &req).await;
             let mut run = TrainingRun {
                 run_id: run_id.clone(),
                 job_id: req.job_id.clone(),
                 ..Default::default()
             };
             let rec = match trained {
-                Ok(Ok(rec)) => rec,
-                Ok(Err(e)) => {
+                Ok(rec) => rec,
+                Err(e) => {
                     run.state = "failed".into();
                     run.error = e.to_string();
                     tracing::error!(run = %run_id, error = %e, "distillation failed");
-                    api.set_run(run);
-                    return;
-                }
-                Err(e) => {
-                    run.state = "failed".into();
-                    run.error = format!("training thread: {e}");
                     api.set_run(run);
                     return;
                 }
