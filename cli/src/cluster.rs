@@ -81,6 +81,10 @@ pub struct CoordinatorArgs {
     /// TTL of the election lease: how soon a standby takes over from a dead leader.
     #[arg(long, default_value_t = 10)]
     election_ttl_s: u64,
+    /// Hours a finished job's results, tasks and record are kept before they are deleted
+    /// (0 keeps them forever).
+    #[arg(long, env = "LABELFLEET_JOB_RETENTION_H", default_value_t = 168.0)]
+    job_retention_h: f64,
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
@@ -94,6 +98,8 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         task_lease: Duration::from_millis(a.task_lease_ms),
         max_attempts: a.max_attempts,
         election_ttl: Duration::from_secs(a.election_ttl_s),
+        job_retention: Duration::from_secs_f64(a.job_retention_h.max(0.0) * 3600.0),
+        ..Default::default()
     };
     runtime()?
         .block_on(labelfleet_coordinator::server::run(
@@ -689,7 +695,7 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             let mut stream = client
                 .fetch_results(FetchResultsRequest {
                     job_id: a.job_id.clone(),
-                    stage: "labels".into(),
+                    stage: String::new(),
                     offset: (labels.len() + queries.len()) as u64,
                 })
                 .await

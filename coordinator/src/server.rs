@@ -31,6 +31,10 @@ pub struct CoordinatorConfig {
     pub task_lease: Duration,
     pub max_attempts: u32,
     pub election_ttl: Duration,
+    /// How long a finished job's data (results, tasks, record) is kept; zero keeps it forever.
+    pub job_retention: Duration,
+    /// How often the leader looks for finished jobs past their retention.
+    pub gc_interval: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -45,6 +49,8 @@ impl Default for CoordinatorConfig {
             task_lease: Duration::from_secs(30),
             max_attempts: 4,
             election_ttl: Duration::from_secs(10),
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            gc_interval: Duration::from_secs(60),
         }
     }
 }
@@ -144,6 +150,7 @@ pub async fn run_with_meta(
             tracing::info!("leading");
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut ticks = 0u64;
+            let mut last_gc = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -159,7 +166,18 @@ pub async fn run_with_meta(
                 } else {
                     Ok(())
                 };
-                for r in [reaped, released] {
+                // Now and then, delete what finished jobs left past their retention.
+                let gc_due = last_gc.elapsed() >= config.gc_interval;
+                let collected = if gc_due && !config.job_retention.is_zero() {
+                    last_gc = std::time::Instant::now();
+                    coord
+                        .collect_garbage(&leader, config.job_retention)
+                        .await
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                };
+                for r in [reaped, released, collected] {
                     match r {
                         Err(CoordinatorError::NotLeader(k)) => {
                             return Err(CoordinatorError::NotLeader(k))

@@ -19,6 +19,14 @@ struct Replica {
 }
 
 async fn start(meta: &MetaStore, store: &std::path::Path) -> Replica {
+    start_with(meta, store, CoordinatorConfig::default()).await
+}
+
+async fn start_with(
+    meta: &MetaStore,
+    store: &std::path::Path,
+    base: CoordinatorConfig,
+) -> Replica {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -27,7 +35,7 @@ async fn start(meta: &MetaStore, store: &std::path::Path) -> Replica {
         listen: format!("127.0.0.1:{port}").parse().expect("address"),
         store: store.to_string_lossy().into_owned(),
         task_lease: Duration::from_secs(60),
-        ..Default::default()
+        ..base
     };
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(run_with_meta(config, meta.clone(), async {
@@ -255,4 +263,94 @@ async fn a_streamed_job_survives_a_new_leader_with_every_pair_labeled_once() {
         err.message()
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_deleted_after_its_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::memory();
+    let replica = start_with(
+        &meta,
+        dir.path(),
+        CoordinatorConfig {
+            job_retention: Duration::from_millis(300),
+            gc_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut jobs, mut tasks) = replica.clients().await;
+    let corpus = jobs
+        .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
+            corpus_name: "c".into(),
+            documents: (0..7)
+                .map(|i| Document {
+                    id: format!("d{i}"),
+                    body: format!("body of d{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+        }]))
+        .await
+        .expect("upload")
+        .into_inner();
+    let job = jobs
+        .submit_job(SubmitJobRequest {
+            spec: Some(JobSpec {
+                corpus_id: corpus.corpus_id,
+                student: Some(ModelRef {
+                    source: Some(model_ref::Source::LocalPath("m".into())),
+                }),
+                label_pairs: (0..20).map(pair).collect(),
+                task_size: 10,
+                ..Default::default()
+            }),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(work(&mut tasks, 10).await, 20);
+    let job_dir = dir.path().join("jobs").join(&job.job_id);
+    assert!(job_dir.join("results").is_dir());
+    // Kept while its retention runs, then gone: the record, the tasks and the results.
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = jobs
+            .get_job(GetJobRequest {
+                job_id: job.job_id.clone(),
+            })
+            .await;
+        if matches!(&r, Err(s) if s.code() == tonic::Code::NotFound) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the job outlived its retention");
+    let left = walk_files(&job_dir);
+    assert!(left.is_empty(), "objects left: {left:?}");
+    let records = meta
+        .list(&format!("{}/jobs/", meta.prefix()))
+        .await
+        .expect("list");
+    assert!(records.is_empty(), "{records:?}");
+    replica.stop().await;
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk_files(&p)
+            } else {
+                vec![p]
+            }
+        })
+        .collect()
 }
