@@ -10,15 +10,7 @@ BIN="$REPO/target/release/labelfleet"
 LABEL="${LABEL:-cpu-$(nproc)core}"
 OUT="$REPO/bench/results/dispatch-$LABEL.jsonl"
 WORK="$(mktemp -d)"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PEER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$PORT" \
-  --advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$PEER" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$PEER" --initial-cluster "default=http://127.0.0.1:$PEER" \
-  > "$WORK/etcd.log" 2>&1 &
-ETCD=$!
-trap 'kill $ETCD 2>/dev/null; rm -rf "$WORK"' EXIT
-sleep 2
+source "$REPO/scripts/etcd_loopback.sh"
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 for size in 500 100; do

@@ -54,6 +54,13 @@ pub struct Fence {
     pub token: u64,
 }
 
+impl Fence {
+    /// The transaction guard of a fenced write: the election key still has its revision.
+    fn holds(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.token as i64)
+    }
+}
+
 /// A won election. `lost` turns true when the lease behind it could not be renewed in time.
 pub struct Leadership {
     pub fence: Fence,
@@ -205,11 +212,7 @@ impl MetaStore {
             }
             MetaStore::Etcd { client, .. } => {
                 let txn = Txn::new()
-                    .when(vec![Compare::create_revision(
-                        fence.key.clone(),
-                        CompareOp::Equal,
-                        fence.token as i64,
-                    )])
+                    .when(vec![fence.holds()])
                     .and_then(vec![TxnOp::put(key, value, None)]);
                 let resp = client.clone().txn(txn).await?;
                 if resp.succeeded() {
@@ -341,13 +344,7 @@ impl MetaStore {
                 Ok(())
             }
             MetaStore::Etcd { client, .. } => {
-                let txn = Txn::new()
-                    .when(vec![Compare::create_revision(
-                        fence.key.clone(),
-                        CompareOp::Equal,
-                        fence.token as i64,
-                    )])
-                    .and_then(vec![
+                let txn = Txn::new().when(vec![fence.holds()]).and_then(vec![
                         TxnOp::delete(key, None),
                         TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
                     ]);

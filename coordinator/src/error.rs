@@ -1,16 +1,14 @@
+use labelfleet_cluster::ClusterError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CoordinatorError {
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-    #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
-    /// A fenced write found another leader's key: this replica must step down.
-    #[error("lost leadership: a fenced write to `{0}` was refused")]
+    /// The metadata store or the object store (including a fenced write that was refused).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// This replica does not lead (a standby, or its election lease was lost).
+    #[error("not the leader: {0}")]
     NotLeader(String),
-    #[error("decoding `{key}`: {message}")]
-    Decode { key: String, message: String },
     /// Data that was committed cannot be read back (a missing or corrupt object).
     #[error("{0}")]
     DataLoss(String),
@@ -24,17 +22,13 @@ pub enum CoordinatorError {
     Transport(#[from] tonic::transport::Error),
 }
 
-impl From<labelfleet_cluster::ClusterError> for CoordinatorError {
-    fn from(e: labelfleet_cluster::ClusterError) -> Self {
-        use labelfleet_cluster::ClusterError as C;
-        match e {
-            C::Etcd(e) => CoordinatorError::Etcd(e),
-            C::Store(e) => CoordinatorError::Store(e),
-            C::NotLeader(k) => CoordinatorError::NotLeader(k),
-            C::Decode { key, message } => CoordinatorError::Decode { key, message },
-            C::Invalid(m) => CoordinatorError::Invalid(m),
-            C::Io(e) => CoordinatorError::Io(e),
-        }
+impl CoordinatorError {
+    /// True when this replica must stop acting as leader.
+    pub fn is_not_leader(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::NotLeader(_) | CoordinatorError::Cluster(ClusterError::NotLeader(_))
+        )
     }
 }
 
@@ -46,23 +40,27 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(e: CoordinatorError) -> Self {
         use tonic::Status;
         let message = e.to_string();
+        if e.is_not_leader() {
+            return Status::unavailable(message);
+        }
         match e {
             CoordinatorError::Invalid(m) => Status::invalid_argument(m),
             CoordinatorError::NotFound(m) => Status::not_found(m),
-            CoordinatorError::NotLeader(m) => Status::unavailable(format!("not the leader ({m})")),
-            CoordinatorError::Etcd(_) | CoordinatorError::Transport(_) => {
-                Status::unavailable(message)
-            }
-            CoordinatorError::Store(object_store::Error::NotFound { .. }) => {
-                Status::data_loss(message)
-            }
-            CoordinatorError::Store(object_store::Error::Generic { .. }) => {
-                Status::unavailable(message)
-            }
-            CoordinatorError::Store(_) | CoordinatorError::Io(_) => Status::internal(message),
-            CoordinatorError::Decode { .. } | CoordinatorError::DataLoss(_) => {
-                Status::data_loss(message)
-            }
+            CoordinatorError::DataLoss(_) => Status::data_loss(message),
+            CoordinatorError::Transport(_) => Status::unavailable(message),
+            CoordinatorError::Cluster(c) => match c {
+                ClusterError::Etcd(_) => Status::unavailable(message),
+                ClusterError::Store(object_store::Error::NotFound { .. }) => {
+                    Status::data_loss(message)
+                }
+                ClusterError::Store(object_store::Error::Generic { .. }) => {
+                    Status::unavailable(message)
+                }
+                ClusterError::Decode { .. } => Status::data_loss(message),
+                ClusterError::Invalid(m) => Status::invalid_argument(m),
+                _ => Status::internal(message),
+            },
+            CoordinatorError::NotLeader(_) | CoordinatorError::Io(_) => Status::internal(message),
         }
     }
 }
@@ -77,6 +75,8 @@ mod tests {
         let code = |e: CoordinatorError| tonic::Status::from(e).code();
         assert_eq!(code(CoordinatorError::Invalid("x".into())), Code::InvalidArgument);
         assert_eq!(code(CoordinatorError::NotLeader("k".into())), Code::Unavailable);
+        let fenced = ClusterError::NotLeader("k".into());
+        assert_eq!(code(CoordinatorError::Cluster(fenced)), Code::Unavailable);
         assert_eq!(code(CoordinatorError::NotFound("j".into())), Code::NotFound);
         assert_eq!(code(CoordinatorError::DataLoss("o".into())), Code::DataLoss);
         let io = std::io::Error::other("disk");

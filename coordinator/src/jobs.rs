@@ -112,10 +112,8 @@ pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, 
         let Some(bytes) = blobs.get(&key).await? else {
             continue;
         };
-        let chunk = CorpusChunk::decode(bytes).map_err(|e| CoordinatorError::Decode {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
+        let chunk = CorpusChunk::decode(bytes)
+            .map_err(|e| CoordinatorError::DataLoss(format!("corpus shard `{key}`: {e}")))?;
         for d in chunk.documents {
             docs.insert(d.id.clone(), d);
         }

@@ -179,9 +179,7 @@ pub async fn run_with_meta(
                 };
                 for r in [reaped, released, collected] {
                     match r {
-                        Err(CoordinatorError::NotLeader(k)) => {
-                            return Err(CoordinatorError::NotLeader(k))
-                        }
+                        Err(e) if e.is_not_leader() => return Err(e),
                         // etcd briefly unreachable (a restart): keep leading, retry next tick.
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying"),
                         Ok(()) => {}

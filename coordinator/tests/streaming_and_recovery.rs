@@ -71,6 +71,37 @@ impl Replica {
     }
 }
 
+/// Seven documents, `d0`..`d6`.
+async fn upload_corpus(jobs: &mut JobServiceClient<Channel>) -> UploadCorpusResponse {
+    let documents = (0..7)
+        .map(|i| Document {
+            id: format!("d{i}"),
+            body: format!("body of d{i}"),
+            ..Default::default()
+        })
+        .collect();
+    jobs.upload_corpus(tokio_stream::iter(vec![CorpusChunk {
+        corpus_name: "c".into(),
+        documents,
+    }]))
+    .await
+    .expect("upload")
+    .into_inner()
+}
+
+/// A labeling job of `pairs` pairs, 10 per task.
+fn label_spec(corpus_id: &str, pairs: usize) -> JobSpec {
+    JobSpec {
+        corpus_id: corpus_id.into(),
+        student: Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath("m".into())),
+        }),
+        label_pairs: (0..pairs).map(pair).collect(),
+        task_size: 10,
+        ..Default::default()
+    }
+}
+
 fn pair(i: usize) -> PairInput {
     PairInput {
         pair_id: format!("p{i}"),
@@ -137,31 +168,10 @@ async fn a_streamed_job_survives_a_new_leader_with_every_pair_labeled_once() {
     let meta = MetaStore::memory();
     let first = start(&meta, dir.path()).await;
     let (mut jobs, mut tasks) = first.clients().await;
-    let docs = (0..7)
-        .map(|i| Document {
-            id: format!("d{i}"),
-            body: format!("body of d{i}"),
-            ..Default::default()
-        })
-        .collect();
-    let corpus = jobs
-        .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
-            corpus_name: "c".into(),
-            documents: docs,
-        }]))
-        .await
-        .expect("upload")
-        .into_inner();
+    let corpus = upload_corpus(&mut jobs).await;
 
     // 1,003 pairs in chunks of 100, 10 per task: 101 tasks, the last one of 3 pairs.
-    let spec = JobSpec {
-        corpus_id: corpus.corpus_id.clone(),
-        student: Some(ModelRef {
-            source: Some(model_ref::Source::LocalPath("m".into())),
-        }),
-        task_size: 10,
-        ..Default::default()
-    };
+    let spec = label_spec(&corpus.corpus_id, 0);
     let mut chunks = vec![SubmitJobChunk {
         request: Some(SubmitJobRequest {
             spec: Some(spec.clone()),
@@ -280,31 +290,10 @@ async fn a_finished_job_is_deleted_after_its_retention() {
     )
     .await;
     let (mut jobs, mut tasks) = replica.clients().await;
-    let corpus = jobs
-        .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
-            corpus_name: "c".into(),
-            documents: (0..7)
-                .map(|i| Document {
-                    id: format!("d{i}"),
-                    body: format!("body of d{i}"),
-                    ..Default::default()
-                })
-                .collect(),
-        }]))
-        .await
-        .expect("upload")
-        .into_inner();
+    let corpus = upload_corpus(&mut jobs).await;
     let job = jobs
         .submit_job(SubmitJobRequest {
-            spec: Some(JobSpec {
-                corpus_id: corpus.corpus_id,
-                student: Some(ModelRef {
-                    source: Some(model_ref::Source::LocalPath("m".into())),
-                }),
-                label_pairs: (0..20).map(pair).collect(),
-                task_size: 10,
-                ..Default::default()
-            }),
+            spec: Some(label_spec(&corpus.corpus_id, 20)),
             idempotency_key: String::new(),
         })
         .await
@@ -353,4 +342,65 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
             }
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_object_fails_its_own_job_and_the_new_leader_still_leads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::memory();
+    let first = start(&meta, dir.path()).await;
+    let (mut jobs, _) = first.clients().await;
+    let corpus = upload_corpus(&mut jobs).await;
+    let submit = |name: &'static str| {
+        let mut jobs = jobs.clone();
+        let corpus_id = corpus.corpus_id.clone();
+        async move {
+            jobs.submit_job(SubmitJobRequest {
+                spec: Some(JobSpec {
+                    name: name.into(),
+                    ..label_spec(&corpus_id, 20)
+                }),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+        }
+    };
+    let broken = submit("broken").await;
+    let healthy = submit("healthy").await;
+    first.stop().await;
+    let spec = dir
+        .path()
+        .join("jobs")
+        .join(&broken.job_id)
+        .join("spec.pb");
+    std::fs::write(&spec, b"\xff\xff\xff not a spec").expect("corrupt the spec");
+
+    let second = start(&meta, dir.path()).await;
+    let (mut jobs, mut tasks) = second.clients().await;
+    let failed = jobs
+        .get_job(GetJobRequest {
+            job_id: broken.job_id.clone(),
+        })
+        .await
+        .expect("the broken job is still known")
+        .into_inner();
+    assert_eq!(failed.state, JobState::Failed as i32);
+    assert!(
+        failed.error.contains("spec.pb") && failed.error.contains("undecodable"),
+        "{}",
+        failed.error
+    );
+    // The other job is untouched and runs to the end.
+    assert_eq!(work(&mut tasks, 10).await, 20);
+    let done = jobs
+        .get_job(GetJobRequest {
+            job_id: healthy.job_id.clone(),
+        })
+        .await
+        .expect("job")
+        .into_inner();
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    second.stop().await;
 }

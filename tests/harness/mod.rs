@@ -546,20 +546,15 @@ impl Cluster {
         spawn_env(name, &binary(), &args, self.dir.path(), &self.store_env())
     }
 
-    /// The job as the current leader sees it (None while no leader answers).
+    /// The job as the current leader sees it, through the cluster client (None while no
+    /// leader answers).
     pub fn job(&self, job_id: &str) -> Option<Job> {
-        let leader = self.leader()?;
-        let port = self.coordinator_ports[leader];
+        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
         runtime().block_on(async {
-            let mut c = JobServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            let mut client = labelfleet_client::Client::connect(endpoints, Duration::from_secs(1))
                 .await
                 .ok()?;
-            c.get_job(GetJobRequest {
-                job_id: job_id.into(),
-            })
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+            client.get(job_id).await.ok()
         })
     }
 
