@@ -73,6 +73,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-etcd" (include "labelfleet.fullname" .) -}}
 {{- end -}}
 
+{{/* The store of the coordinators and the trainer: environment, mounts and volumes. */}}
+{{- define "labelfleet.storeEnv" -}}
+- name: LABELFLEET_STORE
+  value: {{ default .Values.store.mountPath .Values.store.url | quote }}
+{{- with .Values.store.endpoint }}
+- name: LABELFLEET_STORE_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+{{- define "labelfleet.storeEnvFrom" -}}
+{{- with .Values.store.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end -}}
+{{- define "labelfleet.storeMount" -}}
+{{- if not .Values.store.url }}
+- name: store
+  mountPath: {{ .Values.store.mountPath }}
+{{- end }}
+{{- end -}}
+{{- define "labelfleet.storeVolume" -}}
+{{- if not .Values.store.url }}
+- name: store
+  persistentVolumeClaim:
+    claimName: {{ include "labelfleet.store.claimName" . }}
+{{- end }}
+{{- end -}}
+
 {{- define "labelfleet.store.claimName" -}}
 {{- default (printf "%s-store" (include "labelfleet.fullname" .)) .Values.store.existingClaim -}}
 {{- end -}}
