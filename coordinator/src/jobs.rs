@@ -180,9 +180,37 @@ fn check_pair(i: u64, p: &PairInput) -> Result<()> {
     Ok(())
 }
 
+/// Spec fields of the stages a coordinator does not run yet (BM25 negatives, distillation,
+/// labeling BM25 candidates): a spec that sets one is refused rather than silently run
+/// without it. `labelfleet run` runs those stages as a client today.
+fn unsupported_stage_fields(spec: &JobSpec) -> Vec<&'static str> {
+    let set = [
+        ("bm25_depth", spec.bm25_depth != 0),
+        ("negatives_per_query", spec.negatives_per_query != 0),
+        ("rank_sampling", spec.rank_sampling != 0),
+        ("epochs", spec.epochs != 0),
+        ("learning_rate", spec.learning_rate != 0.0),
+        ("heldout_fraction", spec.heldout_fraction != 0.0),
+        (
+            "label_candidates_per_query",
+            spec.label_candidates_per_query != 0,
+        ),
+    ];
+    set.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
+}
+
 /// Checks everything in a spec but its pairs (a streamed submit sends those later).
 pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    let unsupported = unsupported_stage_fields(spec);
+    if !unsupported.is_empty() {
+        return invalid(format!(
+            "spec.{}: the coordinator runs labeling and query-synthesis jobs; the BM25, \
+             distillation and candidate stages run in `labelfleet run` (a client) for now, so \
+             leave these fields unset",
+            unsupported.join(", spec.")
+        ));
+    }
     if spec.max_task_attempts > MAX_ATTEMPTS_LIMIT {
         return invalid(format!(
             "spec.max_task_attempts: {} is over the limit of {MAX_ATTEMPTS_LIMIT}",
@@ -493,6 +521,22 @@ mod tests {
         let err = validate_spec(&spec).unwrap_err().to_string();
         assert!(
             err.contains("label_pairs[6] (pair `p9`).pair_id: duplicate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stage_fields_the_coordinator_does_not_run_are_refused_by_name() {
+        let spec = JobSpec {
+            seed_documents: 3,
+            corpus_id: "c".into(),
+            negatives_per_query: 4,
+            epochs: 2,
+            ..Default::default()
+        };
+        let err = validate_spec(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.negatives_per_query, spec.epochs"),
             "{err}"
         );
     }
