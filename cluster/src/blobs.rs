@@ -356,6 +356,14 @@ impl Blobs {
         }
     }
 
+    /// Moves an object (a server-side copy, then a delete of the source).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.store
+            .rename(&Path::from(from), &Path::from(to))
+            .await?;
+        Ok(())
+    }
+
     /// Deletes every object under `prefix`; returns how many there were.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
         let keys = self.list(prefix).await?;

@@ -19,79 +19,127 @@ pub const SHARD_DOCUMENTS: usize = 5_000;
 pub const DEFAULT_TASK_SIZE: usize = 200;
 pub const MAX_TASK_SIZE: usize = 10_000;
 
-/// Accumulates uploaded documents, keeping the first of duplicate ids.
-#[derive(Default)]
+/// Takes an uploaded corpus chunk by chunk, keeping the first of duplicate ids, and writes
+/// each shard of [`SHARD_DOCUMENTS`] documents to a staging prefix as soon as it is full, so
+/// an upload holds one shard (and the ids seen), never the corpus. The corpus id is a hash of
+/// the accepted documents, known only at the end: [`CorpusBuilder::finish`] then moves the
+/// shards under it. The same corpus uploaded twice gives the same id and the same objects.
 pub struct CorpusBuilder {
     pub name: String,
-    docs: Vec<Document>,
+    staging: String,
+    pending: Vec<Document>,
+    shards: usize,
+    accepted: u64,
+    hasher: Sha256,
     seen: HashSet<String>,
     pub rejected: Vec<Rejection>,
     received: usize,
 }
 
+impl Default for CorpusBuilder {
+    fn default() -> Self {
+        CorpusBuilder {
+            name: String::new(),
+            staging: format!("uploads/{:016x}", rand::random::<u64>()),
+            pending: Vec::new(),
+            shards: 0,
+            accepted: 0,
+            hasher: Sha256::new(),
+            seen: HashSet::new(),
+            rejected: Vec::new(),
+            received: 0,
+        }
+    }
+}
+
 impl CorpusBuilder {
-    pub fn add_chunk(&mut self, chunk: CorpusChunk) {
+    /// Checks a chunk's documents (rejections name the record and field) and writes any shard
+    /// that fills up.
+    pub async fn add_chunk(&mut self, chunk: CorpusChunk, blobs: &Blobs) -> Result<()> {
         if self.name.is_empty() {
             self.name = chunk.corpus_name;
         }
         for doc in chunk.documents {
             self.received += 1;
-            let location = format!("document #{}", self.received);
-            let reject = |field: &str, message: String| Rejection {
-                location: location.clone(),
-                id: doc.id.clone(),
-                field: field.into(),
-                message,
-            };
-            let problem = if doc.id.trim().is_empty() {
-                Some(reject("id", "missing or empty".into()))
-            } else if self.seen.contains(&doc.id) {
-                Some(reject(
-                    "id",
-                    "duplicate id; the first record is kept".into(),
-                ))
-            } else if doc.body.trim().is_empty() && doc.title.trim().is_empty() {
-                Some(reject("body", "empty (and no title)".into()))
-            } else if doc.body.len() > MAX_BODY_BYTES {
-                Some(reject(
-                    "body",
-                    format!(
-                        "{} bytes, over the {MAX_BODY_BYTES}-byte limit",
-                        doc.body.len()
-                    ),
-                ))
-            } else {
-                None
-            };
-            match problem {
+            match self.problem(&doc) {
                 Some(r) => self.rejected.push(r),
                 None => {
                     self.seen.insert(doc.id.clone());
-                    self.docs.push(doc);
+                    self.hasher.update(doc.encode_to_vec());
+                    self.accepted += 1;
+                    self.pending.push(doc);
+                    if self.pending.len() >= SHARD_DOCUMENTS {
+                        self.write_shard(blobs).await?;
+                    }
                 }
             }
         }
+        Ok(())
     }
 
-    /// Writes the shards; the corpus id is a hash of the accepted documents, so uploading the
-    /// same corpus twice gives the same id and the same objects.
-    pub async fn store(self, blobs: &Blobs) -> Result<(String, u64)> {
-        let mut hasher = Sha256::new();
-        for d in &self.docs {
-            hasher.update(d.encode_to_vec());
+    fn problem(&self, doc: &Document) -> Option<Rejection> {
+        let reject = |field: &str, message: String| Rejection {
+            location: format!("document #{}", self.received),
+            id: doc.id.clone(),
+            field: field.into(),
+            message,
+        };
+        if doc.id.trim().is_empty() {
+            Some(reject("id", "missing or empty".into()))
+        } else if self.seen.contains(&doc.id) {
+            Some(reject(
+                "id",
+                "duplicate id; the first record is kept".into(),
+            ))
+        } else if doc.body.trim().is_empty() && doc.title.trim().is_empty() {
+            Some(reject("body", "empty (and no title)".into()))
+        } else if doc.body.len() > MAX_BODY_BYTES {
+            Some(reject(
+                "body",
+                format!(
+                    "{} bytes, over the {MAX_BODY_BYTES}-byte limit",
+                    doc.body.len()
+                ),
+            ))
+        } else {
+            None
         }
-        let id = format!("c-{}", &hex::encode(hasher.finalize())[..16]);
-        let n = self.docs.len() as u64;
-        for (i, shard) in self.docs.chunks(SHARD_DOCUMENTS).enumerate() {
-            let chunk = CorpusChunk {
-                corpus_name: self.name.clone(),
-                documents: shard.to_vec(),
-            };
-            blobs
-                .put(&corpus_shard_key(&id, i), chunk.encode_to_vec())
-                .await?;
+    }
+
+    async fn write_shard(&mut self, blobs: &Blobs) -> Result<()> {
+        let chunk = CorpusChunk {
+            corpus_name: self.name.clone(),
+            documents: std::mem::take(&mut self.pending),
+        };
+        let key = format!("{}/shard-{:05}.pb", self.staging, self.shards);
+        blobs.put(&key, chunk.encode_to_vec()).await?;
+        self.shards += 1;
+        Ok(())
+    }
+
+    /// Deletes what an upload that broke off had staged.
+    pub async fn abandon(self, blobs: &Blobs) -> Result<()> {
+        blobs.delete_prefix(&format!("{}/", self.staging)).await?;
+        Ok(())
+    }
+
+    /// Writes the last shard and moves every shard under the corpus id; returns the id and
+    /// the number of documents accepted.
+    pub async fn finish(mut self, blobs: &Blobs) -> Result<(String, u64)> {
+        if !self.pending.is_empty() {
+            self.write_shard(blobs).await?;
         }
-        Ok((id, n))
+        let id = format!("c-{}", &hex::encode(self.hasher.finalize_reset())[..16]);
+        let already = !blobs.list(&format!("corpora/{id}/")).await?.is_empty();
+        for shard in 0..self.shards {
+            let staged = format!("{}/shard-{shard:05}.pb", self.staging);
+            if already {
+                blobs.delete(&staged).await?;
+            } else {
+                blobs.rename(&staged, &corpus_shard_key(&id, shard)).await?;
+            }
+        }
+        Ok((id, self.accepted))
     }
 }
 
@@ -454,8 +502,11 @@ mod tests {
 
     #[test]
     fn corpus_rejections_name_the_record_and_field_and_keep_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut b = CorpusBuilder::default();
-        b.add_chunk(CorpusChunk {
+        let chunk = CorpusChunk {
             corpus_name: "c".into(),
             documents: vec![
                 doc("a", "x"),
@@ -465,7 +516,8 @@ mod tests {
                 doc("c", &"z".repeat(MAX_BODY_BYTES + 1)),
                 doc("d", "ok"),
             ],
-        });
+        };
+        rt.block_on(b.add_chunk(chunk, &blobs)).unwrap();
         let fields: Vec<(String, String, String)> = b
             .rejected
             .iter()
@@ -480,7 +532,20 @@ mod tests {
                 ("document #5".into(), "c".into(), "body".into()),
             ]
         );
-        assert_eq!(b.docs.len(), 2);
+        let (id, accepted) = rt.block_on(b.finish(&blobs)).unwrap();
+        assert_eq!(accepted, 2);
+        let docs = rt.block_on(load_corpus(&blobs, &id)).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs["a"].body, "x", "the first of duplicate ids is kept");
+        // Nothing is left in staging, and the same corpus again gives the same id.
+        assert!(rt.block_on(blobs.list("uploads/")).unwrap().is_empty());
+        let mut again = CorpusBuilder::default();
+        let chunk = CorpusChunk {
+            corpus_name: "c".into(),
+            documents: vec![doc("a", "x"), doc("d", "ok")],
+        };
+        rt.block_on(again.add_chunk(chunk, &blobs)).unwrap();
+        assert_eq!(rt.block_on(again.finish(&blobs)).unwrap(), (id, 2));
     }
 
     #[test]

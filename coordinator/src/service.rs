@@ -871,11 +871,21 @@ impl JobService for JobApi {
         self.0.leader()?;
         let mut stream = req.into_inner();
         let mut builder = CorpusBuilder::default();
-        while let Some(chunk) = stream.message().await? {
-            builder.add_chunk(chunk);
+        loop {
+            let step = match stream.message().await {
+                Ok(Some(chunk)) => builder.add_chunk(chunk, &self.0.blobs).await.map_err(status),
+                Ok(None) => break,
+                Err(s) => Err(s),
+            };
+            if let Err(s) = step {
+                if let Err(e) = builder.abandon(&self.0.blobs).await {
+                    tracing::warn!(error = %e, "could not delete a broken upload's shards");
+                }
+                return Err(s);
+            }
         }
         let rejected = std::mem::take(&mut builder.rejected);
-        let (corpus_id, accepted) = builder.store(&self.0.blobs).await.map_err(status)?;
+        let (corpus_id, accepted) = builder.finish(&self.0.blobs).await.map_err(status)?;
         tracing::info!(corpus = %corpus_id, accepted, rejected = rejected.len(), "corpus stored");
         Ok(Response::new(UploadCorpusResponse {
             corpus_id,
