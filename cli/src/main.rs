@@ -11,7 +11,6 @@ mod evaluate;
 mod jsonl;
 mod label;
 mod progress;
-mod report;
 mod run;
 
 use anyhow::{Context, Result};

@@ -359,6 +359,101 @@ async fn find_leader(endpoints: &[String], wait: Duration) -> Result<JobServiceC
     }
 }
 
+/// A connection to a cluster's trainer: starts a distillation and follows it until the
+/// checkpoint is registered and pushed to the workers.
+#[derive(Clone)]
+pub struct TrainerClient {
+    trainer: labelfleet_proto::v1::trainer_service_client::TrainerServiceClient<Channel>,
+}
+
+impl TrainerClient {
+    /// Connects to the trainer at `url` (`host:port` or a URL), waiting up to `wait` for it to
+    /// listen.
+    pub async fn connect(url: &str, wait: Duration) -> Result<Self> {
+        let url = endpoints(url).into_iter().next().unwrap_or_default();
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
+            ClientError::Endpoint {
+                endpoint: url.clone(),
+                source: e,
+            }
+        })?;
+        let start = Instant::now();
+        loop {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    let trainer =
+                        labelfleet_proto::v1::trainer_service_client::TrainerServiceClient::new(
+                            channel,
+                        )
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                    return Ok(TrainerClient { trainer });
+                }
+                Err(e) if start.elapsed() >= wait => {
+                    return Err(ClientError::Endpoint {
+                        endpoint: url,
+                        source: e,
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    /// Starts a distillation run.
+    pub async fn start_distillation(&mut self, request: DistillRequest) -> Result<TrainingRun> {
+        self.trainer
+            .start_distillation(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(refused("start distillation"))
+    }
+
+    pub async fn get_run(&mut self, run_id: &str) -> Result<TrainingRun> {
+        self.trainer
+            .get_training_run(GetTrainingRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(refused("training run"))
+    }
+
+    /// Follows a run's metrics (`on_step` sees each) and then waits until it is done (the
+    /// checkpoint registered and pushed) or failed.
+    pub async fn wait(
+        &mut self,
+        run_id: &str,
+        mut on_step: impl FnMut(&TrainingMetrics),
+    ) -> Result<TrainingRun> {
+        if let Ok(stream) = self
+            .trainer
+            .watch_training(GetTrainingRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+        {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(m)) = stream.message().await {
+                on_step(&m);
+            }
+        }
+        loop {
+            let run = self.get_run(run_id).await?;
+            match run.state.as_str() {
+                "done" => return Ok(run),
+                "failed" => {
+                    return Err(ClientError::Caller(format!(
+                        "distillation run {} failed: {}",
+                        run.run_id, run.error
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

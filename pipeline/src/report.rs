@@ -3,8 +3,8 @@
 //! non-inferiority verdict per measure, throughput and cost per million labels, and a PNG
 //! figure (confusion matrices, calibration, measures with intervals).
 
-use crate::progress;
-use anyhow::Result;
+use crate::{progress, Result};
+
 use labelfleet_eval::{
     compare_paired, cost_per_million, labeler_report, plot, BootstrapConfig, Judgment,
     LabelerReport, Measure, Pricing, Verdict,
@@ -50,7 +50,7 @@ pub fn agreement_report(
     let reports: Vec<LabelerReport> = rows
         .iter()
         .map(|r| labeler_report(&r.name, &r.judgments, LEVELS, &cfg))
-        .collect::<Result<_, _>>()?;
+        .collect::<std::result::Result<_, _>>()?;
     let graded: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].graded).collect();
     let teacher_rate = graded.first().and_then(|&i| rows[i].pairs_per_s);
     let pricing = Pricing::PerHour {
@@ -165,7 +165,11 @@ pub fn agreement_report(
     // the figure shows the labelers that grade: a ranker's constant "grade" would read as
     // agreement in the confusion matrices and bars (its ranking measures are in the table)
     let figure: Vec<LabelerReport> = graded.iter().map(|&i| reports[i].clone()).collect();
-    plot::render_png(png, "Agreement with human judgments (evaluation pool)", &figure)?;
+    plot::render_png(
+        png,
+        "Agreement with human judgments (evaluation pool)",
+        &figure,
+    )?;
     println!("figure: {}", png.display());
     Ok(serde_json::json!({ "labelers": labelers, "student_vs_teacher": comparison }))
 }

@@ -1,0 +1,282 @@
+//! The pipeline's view of a cluster: the leading coordinator and the trainer through
+//! `labelfleet-client`, and the cluster's object store through `Blobs`. The same calls drive
+//! the embedded cluster of `labelfleet run` and a real one (`--coordinator`).
+
+use crate::progress;
+use crate::{PipelineError, Result};
+use labelfleet_client::{Client, TrainerClient};
+use labelfleet_cluster::blobs::Blobs;
+use labelfleet_proto::v1::*;
+use labelfleet_types::{GradePrompt, Grading, Pair};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long to wait for a leading coordinator or the trainer to answer.
+const CONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a cluster is: coordinator replicas (comma-separated), the trainer, the object store.
+#[derive(Clone, Debug)]
+pub struct ClusterAddress {
+    pub coordinators: String,
+    pub trainer: String,
+    /// A `--store` value: a directory, file://, s3://, gs:// or az://.
+    pub store: String,
+}
+
+/// A connection to a cluster, with its own async runtime (the stages are synchronous).
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    jobs: Client,
+    trainer: TrainerClient,
+    store: Blobs,
+}
+
+impl Cluster {
+    /// Connects to the leading coordinator and the trainer, and opens the store.
+    pub fn connect(at: &ClusterAddress) -> Result<Cluster> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| PipelineError::io("tokio runtime", e))?;
+        let (jobs, trainer) = rt.block_on(async {
+            let jobs =
+                Client::connect(labelfleet_client::endpoints(&at.coordinators), CONNECT_WAIT)
+                    .await?;
+            let trainer = TrainerClient::connect(&at.trainer, CONNECT_WAIT).await?;
+            Ok::<_, PipelineError>((jobs, trainer))
+        })?;
+        let store = Blobs::open(&at.store)?;
+        Ok(Cluster {
+            rt,
+            jobs,
+            trainer,
+            store,
+        })
+    }
+
+    /// Runs `f` to completion on the connection's runtime.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Writes `data` to object `key` of the cluster's store.
+    pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        Ok(self.rt.block_on(self.store.put(key, data))?)
+    }
+
+    /// Downloads the objects under `prefix` into `dest` (replacing what was there); returns
+    /// how many.
+    pub fn get_dir(&self, prefix: &str, dest: &Path) -> Result<usize> {
+        if dest.exists() {
+            std::fs::remove_dir_all(dest).map_err(|e| PipelineError::io(dest, e))?;
+        }
+        Ok(self.rt.block_on(self.store.get_dir(prefix, dest))?)
+    }
+
+    /// Grades `pairs` with `model` (a decoder with the `prompt` version, or a cross-encoder) as
+    /// one labeling job of `task_size`-pair tasks. Grades come back in input order; a failed
+    /// task fails the call with its reason.
+    pub fn grade(
+        &mut self,
+        model: model_ref::Source,
+        prompt: GradePrompt,
+        pairs: &[Pair],
+        max_tokens: usize,
+        task_size: u32,
+        what: &str,
+    ) -> Result<Vec<Grading>> {
+        let spec = JobSpec {
+            name: what.to_string(),
+            grade_prompt_version: prompt.version().to_string(),
+            student: Some(ModelRef {
+                source: Some(model),
+            }),
+            label_pairs: pairs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| to_pair_input(i, p))
+                .collect(),
+            task_size,
+            max_tokens: max_tokens as u32,
+            ..Default::default()
+        };
+        let jobs = &mut self.jobs;
+        self.rt.block_on(async {
+            let job = run_job(jobs, spec, what).await?;
+            let mut out: Vec<Option<Grading>> = vec![None; pairs.len()];
+            let mut bad = None;
+            jobs.fetch(&job.job_id, "", |batch| {
+                for l in batch.labels {
+                    match l.pair_id.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
+                        Some(slot) => *slot = Some(Grading::from_distribution(l.distribution)),
+                        None => bad = Some(l.pair_id),
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if let Some(id) = bad {
+                return Err(PipelineError::job(
+                    what,
+                    format!("label for unknown pair `{id}`"),
+                ));
+            }
+            out.into_iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    g.ok_or_else(|| PipelineError::job(what, format!("no label for pair #{i}")))
+                })
+                .collect()
+        })
+    }
+
+    /// Writes queries for `docs` with the decoder LM at `model` on the workers: the documents
+    /// are uploaded as a corpus, and the synthesis job takes every one of them as a seed.
+    pub fn synthesize(
+        &mut self,
+        model: &Path,
+        docs: Vec<Document>,
+        queries_per_document: u32,
+        metadata_queries_per_document: u32,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Result<Vec<SyntheticQuery>> {
+        let n = docs.len() as u32;
+        let jobs = &mut self.jobs;
+        self.rt.block_on(async {
+            let uploaded = jobs.upload_corpus("seeds", docs).await?;
+            if let Some(r) = uploaded.rejected.first() {
+                return Err(PipelineError::job(
+                    "queries",
+                    format!(
+                        "seed document {} rejected by the coordinator: field `{}`: {}",
+                        r.id, r.field, r.message
+                    ),
+                ));
+            }
+            let spec = JobSpec {
+                name: "queries".into(),
+                corpus_id: uploaded.corpus_id,
+                seed_documents: n,
+                queries_per_document,
+                metadata_queries_per_document,
+                teacher: Some(ModelRef {
+                    source: Some(model_ref::Source::LocalPath(model.display().to_string())),
+                }),
+                task_size: 8,
+                max_tokens: max_tokens as u32,
+                seed,
+                ..Default::default()
+            };
+            let job = run_job(jobs, spec, "queries").await?;
+            let mut queries = vec![];
+            jobs.fetch(&job.job_id, "", |batch| {
+                queries.extend(batch.queries);
+                Ok(())
+            })
+            .await?;
+            Ok(queries)
+        })
+    }
+
+    /// Distils a student on the trainer from a dataset in the object store, and waits until
+    /// the checkpoint is registered and pushed to the workers.
+    pub fn distill(&mut self, request: DistillRequest) -> Result<TrainingRun> {
+        let trainer = &mut self.trainer;
+        self.rt.block_on(async {
+            let run = trainer.start_distillation(request).await?;
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            let done = trainer
+                .wait(&run.run_id, |m| {
+                    let pb =
+                        bar.get_or_insert_with(|| progress::bar(m.total_steps as u64, "distill"));
+                    pb.set_position(m.step as u64 + 1);
+                    pb.set_message(format!("loss {:.3}", m.loss));
+                })
+                .await;
+            if let Some(pb) = bar {
+                pb.finish();
+            }
+            Ok(done?)
+        })
+    }
+}
+
+/// Submits a job and follows it with a progress bar until it ends; a job that did not
+/// succeed, or lost a task, is an error.
+async fn run_job(jobs: &mut Client, spec: JobSpec, what: &str) -> Result<Job> {
+    let job = jobs.submit(spec, "").await?;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let last = jobs
+        .watch(&job.job_id, |job| {
+            let stage = job.stages.first().cloned().unwrap_or_default();
+            let pb = bar.get_or_insert_with(|| progress::bar(stage.total, what));
+            pb.set_position(stage.done + stage.failed);
+        })
+        .await?;
+    if let Some(pb) = bar {
+        pb.finish();
+    }
+    let stage = last.stages.first().cloned().unwrap_or_default();
+    if last.state != JobState::Succeeded as i32 || stage.failed > 0 {
+        return Err(PipelineError::job(
+            what,
+            format!(
+                "job {} ended {} with {} of {} failed: {}",
+                last.job_id,
+                JobState::try_from(last.state)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("?"),
+                stage.failed,
+                stage.total,
+                last.error
+            ),
+        ));
+    }
+    Ok(last)
+}
+
+/// A label job's pair for the engine's pair: the document goes inline.
+fn to_pair_input(index: usize, p: &Pair) -> PairInput {
+    PairInput {
+        pair_id: index.to_string(),
+        query_id: String::new(),
+        query: p.query.clone(),
+        document: Some(pair_input::Document::Inline(Document {
+            id: p.id.clone(),
+            title: p.title.clone().unwrap_or_default(),
+            body: p.body.clone(),
+            metadata: p
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A corpus document as the coordinator takes it.
+pub fn to_proto_document(d: &labelfleet_corpus::Document) -> Document {
+    Document {
+        id: d.id.clone(),
+        title: d.title.clone().unwrap_or_default(),
+        body: d.body.clone(),
+        author: d.author.clone().unwrap_or_default(),
+        path: d.path.clone().unwrap_or_default(),
+        modified: d.modified.clone().unwrap_or_default(),
+        metadata: d
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,995 @@
+//! The stages of the method, in the order `run` calls them. Each takes what the stages before
+//! it made and returns what it makes; the cluster and the caches travel in a [`Context`].
+
+use crate::cluster::{to_proto_document, Cluster};
+use crate::report::{agreement_report, Row};
+use crate::{progress, Config, PipelineError, Result};
+use labelfleet_cache::{self as cache, Cache};
+use labelfleet_corpus::bm25::hard_negatives;
+use labelfleet_corpus::{ingest_dir, ingest_jsonl, Bm25Index, Document, IngestLimits};
+use labelfleet_eval::Judgment;
+use labelfleet_openai::ApiClient;
+use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
+use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
+use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair, SamplingParams, SeedDocument};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Salt of the evaluation pool's sampling seed.
+const EVAL_POOL_SALT: u64 = 0x6576_616c_706f_6f6c;
+/// Pairs per task of the grading jobs.
+const TASK_SIZE: u32 = 64;
+/// Pairs per optimizer step of the student's distillation.
+const STUDENT_BATCH: u32 = 16;
+
+fn input(message: String) -> PipelineError {
+    PipelineError::Input(message)
+}
+
+/// What every stage that does model work needs: the cluster, the API teacher if any, the
+/// output folder, the content-keyed caches and the log of work done.
+pub struct Context<'a> {
+    pub cluster: &'a mut Cluster,
+    pub api: Option<&'a ApiClient>,
+    pub out: PathBuf,
+    pub grades: Cache<Grading>,
+    pub rates: Cache<f64>,
+    /// One line per model stage: what was computed, what came from the cache.
+    pub work: Vec<String>,
+}
+
+impl<'a> Context<'a> {
+    /// Opens the caches under `out/cache`.
+    pub fn open(cluster: &'a mut Cluster, api: Option<&'a ApiClient>, out: &Path) -> Result<Self> {
+        Ok(Context {
+            cluster,
+            api,
+            out: out.to_path_buf(),
+            grades: Cache::open(&out.join("cache/grades.jsonl"))?,
+            rates: Cache::open(&out.join("cache/rates.jsonl"))?,
+            work: vec![],
+        })
+    }
+}
+
+/// Refuses a configuration the method cannot run with.
+pub fn check_config(cfg: &Config) -> Result<()> {
+    if cfg.max_len < 128 {
+        return Err(input(format!(
+            "--max-len {} is too short for the grading and query prompts (at least 128)",
+            cfg.max_len
+        )));
+    }
+    Ok(())
+}
+
+/// The corpus's accepted documents and their BM25 index.
+pub struct Corpus {
+    pub docs: Vec<Document>,
+    pub index: Bm25Index,
+}
+
+impl Corpus {
+    pub fn by_id(&self) -> HashMap<&str, &Document> {
+        self.docs.iter().map(|d| (d.id.as_str(), d)).collect()
+    }
+}
+
+/// Stage 1: ingests the corpus (a JSONL file or a folder) and builds the BM25 index over title,
+/// body, author and path.
+pub fn load_corpus(path: &Path) -> Result<Corpus> {
+    let report = if path.is_dir() {
+        ingest_dir(path, IngestLimits::default())?
+    } else {
+        ingest_jsonl(path, IngestLimits::default())?
+    };
+    for r in report.rejected.iter().take(10) {
+        eprintln!("rejected: {r}");
+    }
+    let docs = report.accepted;
+    eprintln!(
+        "[1/6] corpus: {} documents accepted, {} rejected",
+        docs.len(),
+        report.rejected.len()
+    );
+    if docs.len() < 2 {
+        return Err(input("the corpus needs at least two documents".into()));
+    }
+    let t = Instant::now();
+    let index = Bm25Index::build(&docs, None)?;
+    eprintln!(
+        "      BM25 index over title, body, author, path: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Corpus { docs, index })
+}
+
+/// The engine's view of a corpus document paired with a query.
+pub fn pair_for(id: String, query: &str, d: &Document) -> Pair {
+    let mut metadata = BTreeMap::new();
+    if let Some(a) = &d.author {
+        metadata.insert("author".to_string(), a.clone());
+    }
+    if let Some(p) = &d.path {
+        metadata.insert("path".to_string(), p.clone());
+    }
+    for (k, v) in &d.metadata {
+        if let Some(s) = v.as_str() {
+            metadata.insert(k.clone(), s.to_string());
+        }
+    }
+    Pair {
+        id,
+        query: query.to_string(),
+        title: d.title.clone(),
+        body: d.body.clone(),
+        metadata,
+    }
+}
+
+/// The teacher: a local decoder run by the cluster's workers, or the API teacher.
+pub struct Teacher {
+    /// The local decoder's folder (as the workers see it).
+    pub dir: PathBuf,
+    /// Fingerprint of its weights (or of the API's description): the caches' key.
+    pub fingerprint: String,
+    /// Cache key of its grades: fingerprint and prompt version.
+    pub id: String,
+    /// Provenance written with its labels.
+    pub name: String,
+    pub prompt: GradePrompt,
+}
+
+impl Teacher {
+    pub fn resolve(cfg: &Config, api: Option<&ApiClient>) -> Result<Teacher> {
+        let dir = labelfleet_types::resolve_model(&cfg.teacher);
+        let prompt = cfg.teacher_prompt;
+        let (fingerprint, name) = match api {
+            Some(api) => (
+                cache::key(&[&api.describe()]),
+                format!("{} prompt={}", api.describe(), prompt.version()),
+            ),
+            None => (
+                cache::model_fingerprint(&dir)
+                    .map_err(|e| PipelineError::Input(format!("teacher {}: {e}", dir.display())))?,
+                format!("decoder:{} prompt={}", dir.display(), prompt.version()),
+            ),
+        };
+        Ok(Teacher {
+            id: format!("{fingerprint}:{}", prompt.version()),
+            dir,
+            fingerprint,
+            name,
+            prompt,
+        })
+    }
+}
+
+/// Stage 2: the seed documents, a seeded sample of the corpus.
+pub fn sample_seeds<'d>(docs: &'d [Document], n: usize, rng: &mut StdRng) -> Vec<&'d Document> {
+    let mut seeds: Vec<&Document> = docs.iter().collect();
+    seeds.shuffle(rng);
+    seeds.truncate(n);
+    seeds
+}
+
+/// Stage 3: synthetic queries for the seed documents, written by the teacher (a synthesis job
+/// on the cluster, or the API), cached per document; written to `queries.jsonl`.
+pub fn synthesize_queries(
+    ctx: &mut Context,
+    cfg: &Config,
+    teacher: &Teacher,
+    seeds: &[&Document],
+) -> Result<Vec<GeneratedQuery>> {
+    let mut query_cache: Cache<Vec<GeneratedQuery>> =
+        Cache::open(&ctx.out.join("cache/queries.jsonl"))?;
+    // the worker's sampling: temperature 0.8, top-p 0.95, 32 new tokens, seeded by the documents
+    let sampling = format!(
+        "worker-synthesis:{}:{}:{}:{}:{METADATA_QUERY_PROMPT_VERSION}",
+        cfg.queries_per_doc, cfg.metadata_queries_per_doc, cfg.seed, cfg.max_len
+    );
+    let qkey = |d: &Document| {
+        cache::key(&[
+            &teacher.fingerprint,
+            QUERY_PROMPT_VERSION,
+            &sampling,
+            &d.content_hash(),
+        ])
+    };
+    let missing: Vec<&Document> = seeds
+        .iter()
+        .copied()
+        .filter(|d| query_cache.get(&qkey(d)).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let written = match ctx.api {
+            Some(api) => queries_from_api(ctx.cluster, api, cfg, &missing),
+            None => queries_from_cluster(ctx.cluster, cfg, teacher, &missing)?,
+        };
+        for (d, result) in missing.iter().zip(written) {
+            match result {
+                Ok(mine) => query_cache.insert(qkey(d), mine)?,
+                Err(e) => eprintln!("rejected: seed document {}: {e}", d.id),
+            }
+        }
+        query_cache.flush()?;
+    }
+    let queries: Vec<GeneratedQuery> = seeds
+        .iter()
+        .flat_map(|d| query_cache.get(&qkey(d)).cloned().unwrap_or_default())
+        .collect();
+    ctx.work.push(format!(
+        "query synthesis: {} documents generated, {} from cache",
+        missing.len(),
+        seeds.len() - missing.len()
+    ));
+    write_jsonl(&ctx.out.join("queries.jsonl"), &queries)?;
+    eprintln!(
+        "[2/6] {} queries for {} seed documents",
+        queries.len(),
+        seeds.len()
+    );
+    if queries.len() < 5 {
+        return Err(input(format!(
+            "only {} usable queries were written; raise --seed-docs",
+            queries.len()
+        )));
+    }
+    Ok(queries)
+}
+
+/// Each seed document's queries from the API teacher, or why it has none.
+fn queries_from_api(
+    cluster: &Cluster,
+    api: &ApiClient,
+    cfg: &Config,
+    missing: &[&Document],
+) -> Vec<Result<Vec<GeneratedQuery>, String>> {
+    let seeds_in: Vec<SeedDocument> = missing
+        .iter()
+        .map(|d| {
+            let p = pair_for(d.id.clone(), "", d);
+            SeedDocument {
+                id: d.id.clone(),
+                title: p.title,
+                body: p.body,
+                metadata: p.metadata,
+            }
+        })
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: 32,
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: cfg.seed,
+    };
+    let pb = progress::bar(
+        (seeds_in.len() * (cfg.queries_per_doc + cfg.metadata_queries_per_doc)) as u64,
+        "queries (API)",
+    );
+    let written = cluster.block_on(api.synthesize(
+        &seeds_in,
+        cfg.queries_per_doc,
+        cfg.metadata_queries_per_doc,
+        &params,
+        &|| pb.inc(1),
+    ));
+    pb.finish();
+    written
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Each seed document's queries from a synthesis job on the cluster's workers.
+fn queries_from_cluster(
+    cluster: &mut Cluster,
+    cfg: &Config,
+    teacher: &Teacher,
+    missing: &[&Document],
+) -> Result<Vec<Result<Vec<GeneratedQuery>, String>>> {
+    let written = cluster.synthesize(
+        &teacher.dir,
+        missing.iter().map(|d| to_proto_document(d)).collect(),
+        cfg.queries_per_doc as u32,
+        cfg.metadata_queries_per_doc as u32,
+        cfg.max_len,
+        cfg.seed,
+    )?;
+    Ok(missing
+        .iter()
+        .map(|d| {
+            Ok(written
+                .iter()
+                .filter(|q| q.doc_id == d.id)
+                .map(|q| GeneratedQuery {
+                    doc_id: q.doc_id.clone(),
+                    query: q.text.clone(),
+                    prompt_version: q.prompt_version.clone(),
+                    metadata_field: (!q.metadata_field.is_empty())
+                        .then(|| q.metadata_field.clone()),
+                })
+                .collect())
+        })
+        .collect())
+}
+
+/// The (query, document) pairs to grade, with their texts.
+pub struct Candidates {
+    /// (query text, document id), in order.
+    pub keyed: Vec<(String, String)>,
+    /// The engine's pairs (`syn<i>`), in the same order.
+    pub pairs: Vec<Pair>,
+    /// Queries dropped by the round-trip filter.
+    pub dropped: usize,
+}
+
+/// Stage 4: the round-trip filter (BM25 must rank the seed within `consistency_depth`) and
+/// the candidates: the seed as the positive, plus hard negatives from the BM25 ranking.
+pub fn candidates(
+    cfg: &Config,
+    corpus: &Corpus,
+    queries: &[GeneratedQuery],
+    rng: &mut StdRng,
+) -> Result<Candidates> {
+    let mut keyed: Vec<(String, String)> = vec![];
+    let mut dropped = 0usize;
+    for q in queries {
+        let hits = corpus
+            .index
+            .search(&q.query, cfg.bm25_depth.max(cfg.consistency_depth))?;
+        if cfg.consistency_depth > 0
+            && !hits
+                .iter()
+                .take(cfg.consistency_depth)
+                .any(|h| h.id == q.doc_id)
+        {
+            dropped += 1;
+            continue;
+        }
+        let hits: Vec<_> = hits.into_iter().take(cfg.bm25_depth).collect();
+        let positives: HashSet<&str> = [q.doc_id.as_str()].into();
+        keyed.push((q.query.clone(), q.doc_id.clone()));
+        for h in hard_negatives(
+            &hits,
+            &positives,
+            cfg.negatives_per_query,
+            cfg.rank_sampling,
+            rng,
+        ) {
+            keyed.push((q.query.clone(), h.id));
+        }
+    }
+    let by_id = corpus.by_id();
+    let pairs: Vec<Pair> = keyed
+        .iter()
+        .enumerate()
+        .map(|(i, (q, d))| pair_for(format!("syn{i}"), q, by_id[d.as_str()]))
+        .collect();
+    eprintln!(
+        "[3/6] {} candidate pairs (positive + {} BM25 negatives per query); {dropped} queries dropped: BM25 does not rank their seed in its top {}",
+        keyed.len(),
+        cfg.negatives_per_query,
+        cfg.consistency_depth
+    );
+    if keyed.len() < 10 {
+        return Err(input(format!(
+            "only {} candidate pairs; raise --seed-docs",
+            keyed.len()
+        )));
+    }
+    Ok(Candidates {
+        keyed,
+        pairs,
+        dropped,
+    })
+}
+
+/// Who grades a set of pairs.
+pub enum Labeler {
+    /// A labeling job on the cluster.
+    Job {
+        model: model_ref::Source,
+        prompt: GradePrompt,
+        max_len: usize,
+        what: &'static str,
+    },
+    /// The API teacher.
+    Api,
+}
+
+impl Labeler {
+    fn teacher(ctx: &Context, teacher: &Teacher, max_len: usize) -> Labeler {
+        match ctx.api {
+            Some(_) => Labeler::Api,
+            None => Labeler::Job {
+                model: model_ref::Source::LocalPath(teacher.dir.display().to_string()),
+                prompt: teacher.prompt,
+                max_len,
+                what: "teacher",
+            },
+        }
+    }
+
+    fn grade(&self, ctx: &mut Context, pairs: &[Pair]) -> Result<Vec<Grading>> {
+        match (self, ctx.api) {
+            (
+                Labeler::Job {
+                    model,
+                    prompt,
+                    max_len,
+                    what,
+                },
+                _,
+            ) => ctx
+                .cluster
+                .grade(model.clone(), *prompt, pairs, *max_len, TASK_SIZE, what),
+            (Labeler::Api, Some(api)) => {
+                let pb = progress::bar(pairs.len() as u64, "teacher (API)");
+                let results = ctx.cluster.block_on(api.grade_pairs(pairs, &|| pb.inc(1)));
+                pb.finish();
+                results
+                    .into_iter()
+                    .map(|r| r.map(|g| g.grading).map_err(PipelineError::from))
+                    .collect()
+            }
+            (Labeler::Api, None) => Err(input("no API teacher configured".into())),
+        }
+    }
+}
+
+/// Model work done by one grading call: how many pairs were graded, how many came from the cache.
+pub struct Graded {
+    pub grades: Vec<Grading>,
+    pub computed: usize,
+    /// pairs/s over the computed pairs (None when all came from the cache).
+    pub rate: Option<f64>,
+}
+
+fn pair_key(model: &str, p: &Pair) -> String {
+    let meta = serde_json::to_string(&p.metadata).unwrap_or_default();
+    cache::key(&[
+        model,
+        &p.query,
+        p.title.as_deref().unwrap_or(""),
+        &p.body,
+        &meta,
+    ])
+}
+
+/// Grades pairs with `labeler`, taking what it can from the cache (keyed by `model`, the
+/// grader's fingerprint and prompt version, and the pair's content). Only the pairs not in the
+/// cache are submitted.
+pub fn grade_cached(
+    ctx: &mut Context,
+    labeler: &Labeler,
+    model: &str,
+    pairs: &[Pair],
+) -> Result<Graded> {
+    let keys: Vec<String> = pairs.iter().map(|p| pair_key(model, p)).collect();
+    let todo: Vec<usize> = (0..pairs.len())
+        .filter(|&i| ctx.grades.get(&keys[i]).is_none())
+        .collect();
+    let mut rate = None;
+    if !todo.is_empty() {
+        let batch: Vec<Pair> = todo.iter().map(|&i| pairs[i].clone()).collect();
+        let start = Instant::now();
+        let grades = labeler.grade(ctx, &batch)?;
+        rate = Some(grades.len() as f64 / start.elapsed().as_secs_f64().max(1e-9));
+        for (&i, g) in todo.iter().zip(grades) {
+            ctx.grades.insert(keys[i].clone(), g)?;
+        }
+        ctx.grades.flush()?;
+    }
+    let grades = keys
+        .iter()
+        .map(|k| ctx.grades.get(k).cloned().expect("graded or cached"))
+        .collect();
+    Ok(Graded {
+        grades,
+        computed: todo.len(),
+        rate,
+    })
+}
+
+/// Stage 5: the teacher's grades of the candidates (a labeling job, or the API), written to
+/// `teacher_labels.jsonl`.
+pub fn teacher_grades(
+    ctx: &mut Context,
+    cfg: &Config,
+    teacher: &Teacher,
+    cand: &Candidates,
+) -> Result<Graded> {
+    let labeler = Labeler::teacher(ctx, teacher, cfg.max_len);
+    let graded = grade_cached(ctx, &labeler, &teacher.id, &cand.pairs)?;
+    ctx.work.push(format!(
+        "teacher grading (synthetic pairs): {} graded, {} from cache",
+        graded.computed,
+        cand.pairs.len() - graded.computed
+    ));
+    write_labels(
+        &ctx.out.join("teacher_labels.jsonl"),
+        &cand.keyed,
+        &cand.pairs,
+        &graded.grades,
+        &Provenance {
+            model: &teacher.name,
+            checkpoint: &teacher.fingerprint,
+            prompt_version: teacher.prompt.version(),
+        },
+    )?;
+    let mut hist = [0usize; 4];
+    graded.grades.iter().for_each(|g| hist[g.grade] += 1);
+    eprintln!(
+        "[4/6] teacher grades for {} pairs: {hist:?}",
+        graded.grades.len()
+    );
+    Ok(graded)
+}
+
+/// The distilled student: where the workers find it, its local copy, and how it did against
+/// its teacher on the held-out queries.
+pub struct Student {
+    /// The model the student's grading job pins: the pushed checkpoint, or the local copy.
+    pub source: model_ref::Source,
+    /// The user's copy (`out/student`).
+    pub dir: PathBuf,
+    /// Cache key of its grades.
+    pub id: String,
+    /// Provenance written with its labels.
+    pub name: String,
+    /// The trainer's checkpoint id.
+    pub checkpoint: String,
+    /// (grade agreement, expected-grade error) with the teacher on held-out queries ...
+    pub heldout: (f64, f64),
+    /// ... and the same for the majority class.
+    pub majority: (f64, f64),
+}
+
+/// The distillation dataset: one JSON line per candidate, the pair and its teacher
+/// distribution.
+fn dataset_lines(pairs: &[Pair], grades: &[Grading]) -> Result<Vec<String>> {
+    pairs
+        .iter()
+        .zip(grades)
+        .map(|(p, g)| {
+            let mut v = serde_json::to_value(p)?;
+            v["distribution"] = serde_json::json!(g.distribution);
+            Ok(v.to_string())
+        })
+        .collect()
+}
+
+/// Stage 6: distillation on the trainer, with a held-out split by query. The dataset goes into
+/// the cluster's store (`datasets/teacher-<key>.jsonl`); the checkpoint is pushed to the
+/// workers and copied from the store to `out/student`. Reused when `out/student` was made of
+/// the same base model, teacher labels and config.
+pub fn distill(
+    ctx: &mut Context,
+    cfg: &Config,
+    teacher: &Teacher,
+    cand: &Candidates,
+    grades: &[Grading],
+) -> Result<Student> {
+    let student_dir = labelfleet_types::resolve_model(&cfg.student);
+    // the dataset and checkpoint are keyed by what they are made of: teacher labels, base
+    // model, depth, input length and training config
+    let lines = dataset_lines(&cand.pairs, grades)?;
+    let dataset_key = cache::key(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let request = DistillRequest {
+        job_id: "run".into(),
+        base: Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath(
+                student_dir.display().to_string(),
+            )),
+        }),
+        dataset: format!("datasets/teacher-{dataset_key}.jsonl"),
+        epochs: cfg.epochs as u32,
+        learning_rate: cfg.learning_rate,
+        heldout_fraction: cfg.heldout,
+        seed: cfg.seed,
+        keep_layers: cfg.student_layers as u32,
+        batch_size: STUDENT_BATCH,
+    };
+    let student_key = cache::key(&[
+        &cache::model_fingerprint(&student_dir)?,
+        &format!("{request:?}"),
+        &cfg.student_max_len.to_string(),
+    ]);
+    let ckpt = ctx.out.join("student");
+    let previous = read_json(&ckpt.join("labelfleet.json"))
+        .filter(|m| m["provenance"]["cache_key"] == student_key.as_str());
+    let (source, checkpoint, heldout, majority) = match previous {
+        Some(meta) => {
+            ctx.work.push(
+                "distillation: reused the checkpoint (same base model, teacher labels and config)"
+                    .into(),
+            );
+            let p = &meta["provenance"];
+            let num = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+            (
+                model_ref::Source::LocalPath(ckpt.display().to_string()),
+                p["checkpoint_id"].as_str().unwrap_or_default().to_string(),
+                (
+                    num("heldout_agreement_with_teacher"),
+                    num("heldout_expected_grade_mae"),
+                ),
+                (num("majority_baseline"), num("majority_expected_grade_mae")),
+            )
+        }
+        None => {
+            ctx.cluster
+                .put(&request.dataset, (lines.join("\n") + "\n").into_bytes())?;
+            let run = ctx.cluster.distill(request)?;
+            // the user's copy of the checkpoint, with what it is made of
+            ctx.cluster
+                .get_dir(&format!("checkpoints/{}", run.checkpoint_id), &ckpt)?;
+            record_provenance(&ckpt, &student_key, &teacher.name, &run.checkpoint_id)?;
+            ctx.work.push(format!(
+                "distillation: trained checkpoint {} on the trainer",
+                run.checkpoint_id
+            ));
+            (
+                model_ref::Source::CheckpointId(run.checkpoint_id.clone()),
+                run.checkpoint_id.clone(),
+                (
+                    run.heldout_agreement_with_teacher,
+                    run.heldout_expected_grade_mae,
+                ),
+                (run.majority_baseline, run.majority_expected_grade_mae),
+            )
+        }
+    };
+    eprintln!(
+        "[5/6] student on held-out queries, against its teacher: grade agreement {:.3} (majority class {:.3}), expected-grade error {:.3} (majority class {:.3}); checkpoint {}",
+        heldout.0, majority.0, heldout.1, majority.1,
+        ckpt.display()
+    );
+    Ok(Student {
+        source,
+        id: format!("{}:student", cache::model_fingerprint(&ckpt)?),
+        name: format!("cross-encoder:{}", ckpt.display()),
+        dir: ckpt,
+        checkpoint,
+        heldout,
+        majority,
+    })
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Adds the cache key, the teacher and the checkpoint id to the student's `labelfleet.json`.
+fn record_provenance(ckpt: &Path, key: &str, teacher: &str, checkpoint_id: &str) -> Result<()> {
+    let meta_path = ckpt.join("labelfleet.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| PipelineError::io(&meta_path, e))?;
+    let mut meta: serde_json::Value = serde_json::from_str(&text)?;
+    meta["provenance"]["cache_key"] = serde_json::json!(key);
+    meta["provenance"]["teacher"] = serde_json::json!(teacher);
+    meta["provenance"]["checkpoint_id"] = serde_json::json!(checkpoint_id);
+    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)
+        .map_err(|e| PipelineError::io(&meta_path, e))
+}
+
+/// The evaluation pool: sampled human queries, each with its judged documents plus the top-k
+/// BM25 documents not judged (grade 0).
+pub struct Pool {
+    /// (query id, document id, human grade).
+    pub judged: Vec<(String, String, usize)>,
+    /// The engine's pairs, in the same order.
+    pub pairs: Vec<Pair>,
+    /// BM25's score of each pair.
+    pub bm25: Vec<f64>,
+}
+
+/// `qid<TAB>text` lines.
+fn read_queries(path: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(std::fs::read_to_string(path)
+        .map_err(|e| PipelineError::io(path, e))?
+        .lines()
+        .filter_map(|l| {
+            l.split_once('\t')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+        })
+        .collect())
+}
+
+/// TREC qrels (`qid 0 docid grade`), grades capped at 3.
+fn read_qrels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, usize>>> {
+    let mut qrels: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+    for (n, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), n + 1);
+        let [q, _, d, g] = f[..] else {
+            return Err(input(format!("{at}: expected `qid 0 docid grade`")));
+        };
+        let g: usize = g
+            .parse()
+            .map_err(|e| input(format!("{at}: grade `{g}`: {e}")))?;
+        qrels
+            .entry(q.to_string())
+            .or_default()
+            .insert(d.to_string(), g.min(3));
+    }
+    Ok(qrels)
+}
+
+/// Stage 7: the evaluation pool from the human judgments, sampled with its own generator (the
+/// pool must not depend on how many queries the stages before wrote, so every run with this
+/// seed is scored on the same pool).
+pub fn evaluation_pool(
+    cfg: &Config,
+    corpus: &Corpus,
+    queries: &Path,
+    qrels: &Path,
+) -> Result<Pool> {
+    let texts = read_queries(queries)?;
+    let qrels = read_qrels(qrels)?;
+    let by_id = corpus.by_id();
+    let mut eval_q: Vec<&String> = qrels.keys().filter(|q| texts.contains_key(*q)).collect();
+    eval_q.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ EVAL_POOL_SALT));
+    eval_q.truncate(cfg.eval_sample);
+    let mut pool = Pool {
+        judged: vec![],
+        pairs: vec![],
+        bm25: vec![],
+    };
+    for q in &eval_q {
+        let judged = &qrels[*q];
+        let hits = corpus.index.search(&texts[*q], 1000)?;
+        let score_of: HashMap<&str, f32> = hits.iter().map(|h| (h.id.as_str(), h.score)).collect();
+        let mut docs_q: Vec<(String, usize)> = judged
+            .iter()
+            .filter(|(d, _)| by_id.contains_key(d.as_str()))
+            .map(|(d, g)| (d.clone(), *g))
+            .collect();
+        docs_q.extend(
+            hits.iter()
+                .filter(|h| !judged.contains_key(&h.id))
+                .take(cfg.pool_k)
+                .map(|h| (h.id.clone(), 0)),
+        );
+        for (d, g) in docs_q {
+            pool.pairs.push(pair_for(
+                format!("eval-q{q}-d{d}"),
+                &texts[*q],
+                by_id[d.as_str()],
+            ));
+            pool.bm25
+                .push(*score_of.get(d.as_str()).unwrap_or(&0.0) as f64);
+            pool.judged.push(((*q).clone(), d, g));
+        }
+    }
+    eprintln!(
+        "[6/6] evaluation pool: {} queries, {} pairs (judged + top-{} BM25 unjudged as grade 0)",
+        eval_q.len(),
+        pool.judged.len(),
+        cfg.pool_k
+    );
+    Ok(pool)
+}
+
+/// Stage 8: teacher and student grade the pool (cached); the student's labels are written
+/// (`eval_student_labels.jsonl`, `eval_student.qrels`). Returns the report's rows: BM25,
+/// teacher, student.
+pub fn evaluate(
+    ctx: &mut Context,
+    cfg: &Config,
+    teacher: &Teacher,
+    student: &Student,
+    pool: &Pool,
+) -> Result<Vec<Row>> {
+    let teacher_labeler = Labeler::teacher(ctx, teacher, cfg.max_len);
+    let student_labeler = Labeler::Job {
+        model: student.source.clone(),
+        prompt: GradePrompt::default(),
+        max_len: cfg.student_max_len,
+        what: "student",
+    };
+    let t = grade_cached(ctx, &teacher_labeler, &teacher.id, &pool.pairs)?;
+    let s = grade_cached(ctx, &student_labeler, &student.id, &pool.pairs)?;
+    ctx.work.push(format!(
+        "evaluation pool: teacher graded {}, student graded {}, the rest from cache",
+        t.computed, s.computed
+    ));
+    // throughput is measured when a labeler grades the pool; a re-run reports the last
+    // measurement for the same model
+    let t_rate = remember_rate(&mut ctx.rates, &teacher.id, t.rate)?;
+    let s_rate = remember_rate(&mut ctx.rates, &student.id, s.rate)?;
+    let keyed: Vec<(String, String)> = pool
+        .judged
+        .iter()
+        .map(|(q, d, _)| (q.clone(), d.clone()))
+        .collect();
+    write_labels(
+        &ctx.out.join("eval_student_labels.jsonl"),
+        &keyed,
+        &pool.pairs,
+        &s.grades,
+        &Provenance {
+            model: &student.name,
+            checkpoint: &student.checkpoint,
+            prompt_version: teacher.prompt.version(),
+        },
+    )?;
+    write_qrels(&ctx.out.join("eval_student.qrels"), &keyed, &s.grades)?;
+    let judgments = |pred: &dyn Fn(usize) -> (usize, f64)| -> Vec<Judgment> {
+        pool.judged
+            .iter()
+            .enumerate()
+            .map(|(i, (q, d, h))| {
+                let (p, s) = pred(i);
+                Judgment {
+                    query: q.clone(),
+                    doc: d.clone(),
+                    human: *h,
+                    predicted: p,
+                    score: s,
+                }
+            })
+            .collect()
+    };
+    let (tg, sg) = (&t.grades, &s.grades);
+    Ok(vec![
+        Row {
+            name: "BM25 score".into(),
+            judgments: judgments(&|i| (0, pool.bm25[i])),
+            pairs_per_s: None,
+            graded: false,
+        },
+        Row {
+            name: format!("teacher ({})", cfg.teacher),
+            judgments: judgments(&|i| (tg[i].grade, tg[i].expected as f64)),
+            pairs_per_s: t_rate,
+            graded: true,
+        },
+        Row {
+            name: format!("student ({}, distilled)", cfg.student),
+            judgments: judgments(&|i| (sg[i].grade, sg[i].expected as f64)),
+            pairs_per_s: s_rate,
+            graded: true,
+        },
+    ])
+}
+
+/// Sizes of what the stages made, for the report.
+pub struct Counts {
+    pub documents: usize,
+    pub queries: usize,
+    pub candidates: usize,
+    /// Queries dropped by the round-trip filter.
+    pub dropped: usize,
+}
+
+/// Stage 9: the agreement report (tables, `agreement.png`) and `report.json`.
+pub fn write_report(
+    ctx: &Context,
+    cfg: &Config,
+    counts: &Counts,
+    teacher_graded: &Graded,
+    student: &Student,
+    rows: &[Row],
+    started: Instant,
+) -> Result<()> {
+    let report = agreement_report(
+        rows,
+        cfg.price_per_hour,
+        &cfg.out.join("agreement.png"),
+        cfg.seed,
+    )?;
+    let (held, majority) = (student.heldout, student.majority);
+    let json = serde_json::json!({
+        "corpus_documents": counts.documents, "queries": counts.queries,
+        "candidate_pairs": counts.candidates,
+        "queries_dropped_by_round_trip": counts.dropped,
+        "teacher_prompt_version": cfg.teacher_prompt.version(),
+        "api_teacher_usage": ctx.api.map(|api| api.usage()),
+        "teacher_pairs_per_s": teacher_graded.rate,
+        "student_heldout_agreement_with_teacher": held.0, "heldout_majority_baseline": majority.0,
+        "student_heldout_expected_grade_mae": held.1, "heldout_majority_expected_grade_mae": majority.1,
+        "model_work": ctx.work,
+        "agreement_with_humans": report,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let path = cfg.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .map_err(|e| PipelineError::io(&path, e))?;
+    for w in &ctx.work {
+        eprintln!("model work: {w}");
+    }
+    eprintln!(
+        "done in {:.0}s; outputs in {}",
+        started.elapsed().as_secs_f64(),
+        cfg.out.display()
+    );
+    Ok(())
+}
+
+/// Where a label comes from: the labeler, its weights, and the grading prompt (for a student,
+/// the prompt of the teacher it was distilled from).
+struct Provenance<'a> {
+    model: &'a str,
+    checkpoint: &'a str,
+    prompt_version: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct LabelRecord<'a> {
+    id: &'a str,
+    query: &'a str,
+    doc_id: &'a str,
+    grade: usize,
+    expected: f32,
+    distribution: &'a [f32],
+    model: &'a str,
+    checkpoint: &'a str,
+    prompt_version: &'a str,
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut out = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    std::fs::write(path, out).map_err(|e| PipelineError::io(path, e))
+}
+
+fn write_labels(
+    path: &Path,
+    keyed: &[(String, String)],
+    texts: &[Pair],
+    grades: &[Grading],
+    from: &Provenance,
+) -> Result<()> {
+    let records: Vec<LabelRecord> = keyed
+        .iter()
+        .zip(texts)
+        .zip(grades)
+        .map(|(((q, d), p), g)| LabelRecord {
+            id: &p.id,
+            query: q,
+            doc_id: d,
+            grade: g.grade,
+            expected: g.expected,
+            distribution: &g.distribution,
+            model: from.model,
+            checkpoint: from.checkpoint,
+            prompt_version: from.prompt_version,
+        })
+        .collect();
+    write_jsonl(path, &records)
+}
+
+fn write_qrels(path: &Path, keyed: &[(String, String)], grades: &[Grading]) -> Result<()> {
+    let mut s = String::new();
+    for ((q, d), g) in keyed.iter().zip(grades) {
+        s.push_str(&format!("{q} 0 {d} {}\n", g.grade));
+    }
+    std::fs::write(path, s).map_err(|e| PipelineError::io(path, e))
+}
+
+/// The throughput to report for `model`: the one measured now (remembered for re-runs), or the
+/// last one measured.
+fn remember_rate(
+    cache: &mut Cache<f64>,
+    model: &str,
+    measured: Option<f64>,
+) -> Result<Option<f64>> {
+    if let Some(r) = measured {
+        cache.insert(model.to_string(), r)?;
+        cache.flush()?;
+        return Ok(Some(r));
+    }
+    Ok(cache.get(model).copied())
+}
