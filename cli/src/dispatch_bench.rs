@@ -254,7 +254,14 @@ async fn measure(
     let coordinator = Running::start(config).await?;
     let mut jobs = connect_leader(&coordinator.url).await?;
     let corpus_id = upload_corpus(&mut jobs).await?;
-    let job = submit(&mut jobs, &corpus_id, pairs, a.task_size, &format!("bench-{workers}")).await?;
+    let job = submit(
+        &mut jobs,
+        &corpus_id,
+        pairs,
+        a.task_size,
+        &format!("bench-{workers}"),
+    )
+    .await?;
     let seconds = drive(&coordinator.url, workers, pair_cost_ms, pairs as u64).await?;
     check_finished(&mut jobs, &job.job_id, pairs as u64).await?;
     coordinator.stop().await?;
@@ -298,7 +305,12 @@ async fn measure_scale(
         std::process::Command::new(std::env::current_exe()?)
             .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--etcd", &etcd.join(","), "--etcd-prefix", &prefix])
-            .args(["--store", &dir.to_string_lossy(), "--task-lease-ms", "120000"])
+            .args([
+                "--store",
+                &dir.to_string_lossy(),
+                "--task-lease-ms",
+                "120000",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -306,8 +318,8 @@ async fn measure_scale(
             .context("starting the coordinator process")?,
     );
     let url = format!("http://127.0.0.1:{port}");
-    let mut client = labelfleet_client::Client::connect(vec![url.clone()], Duration::from_secs(60))
-        .await?;
+    let mut client =
+        labelfleet_client::Client::connect(vec![url.clone()], Duration::from_secs(60)).await?;
     let uploaded = client.upload_corpus("bench", bench_documents()).await?;
     let spec = JobSpec {
         name: format!("scale-{pairs}"),
@@ -331,7 +343,8 @@ async fn measure_scale(
     if fetched != pairs {
         bail!("fetched {fetched} labels of {pairs}");
     }
-    let peak_rss_bytes = peak_rss_of(coordinator.0.id()).context("reading the coordinator's VmHWM")?;
+    let peak_rss_bytes =
+        peak_rss_of(coordinator.0.id()).context("reading the coordinator's VmHWM")?;
     coordinator.kill();
     Ok(ScaleRun {
         pairs,
@@ -383,7 +396,14 @@ async fn measure_failover(
     let corpus_id = upload_corpus(&mut jobs).await?;
     let mut committed = 0;
     for k in 0..a.failover_jobs {
-        let job = submit(&mut jobs, &corpus_id, a.failover_pairs, a.failover_task_size, &format!("history-{k}")).await?;
+        let job = submit(
+            &mut jobs,
+            &corpus_id,
+            a.failover_pairs,
+            a.failover_task_size,
+            &format!("history-{k}"),
+        )
+        .await?;
         let seconds = drive(&first.url, a.dispatch_workers, 0.0, a.failover_pairs as u64).await?;
         check_finished(&mut jobs, &job.job_id, a.failover_pairs as u64).await?;
         committed += a.failover_pairs as u64;

@@ -33,8 +33,16 @@ pub struct Line<T> {
 pub fn read<T: DeserializeOwned>(
     path: &Path,
 ) -> Result<Vec<Result<Line<T>, JsonlError>>, JsonlError> {
+    Ok(lines(path)?.collect())
+}
+
+/// Like [`read`], one line at a time: the file is never held in memory. An error reading the
+/// file ends the iteration with that error.
+pub fn lines<T: DeserializeOwned>(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<Line<T>, JsonlError>> + Send + 'static, JsonlError> {
     let file = path.display().to_string();
-    let reader: Box<dyn Read> = if path == Path::new("-") {
+    let reader: Box<dyn Read + Send> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
         Box::new(std::fs::File::open(path).map_err(|source| JsonlError::Io {
@@ -42,34 +50,40 @@ pub fn read<T: DeserializeOwned>(
             source,
         })?)
     };
-    let mut out = vec![];
     let mut reader = BufReader::new(reader);
     let mut buf = vec![];
     let mut line = 0;
-    loop {
+    let mut done = false;
+    Ok(std::iter::from_fn(move || loop {
+        if done {
+            return None;
+        }
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| JsonlError::Io {
-                file: file.clone(),
-                source,
-            })?;
+        let n = match reader.read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(source) => {
+                done = true;
+                return Some(Err(JsonlError::Io {
+                    file: file.clone(),
+                    source,
+                }));
+            }
+        };
         if n == 0 {
-            break;
+            return None;
         }
         line += 1;
         let Ok(text) = std::str::from_utf8(&buf) else {
-            out.push(Err(JsonlError::Utf8 {
+            return Some(Err(JsonlError::Utf8 {
                 file: file.clone(),
                 line,
             }));
-            continue;
         };
         if text.trim().is_empty() {
             continue;
         }
         let text = text.trim_end_matches(['\n', '\r']);
-        out.push(
+        return Some(
             serde_json::from_str::<T>(text)
                 .map(|value| Line { line, value })
                 .map_err(|e| {
@@ -82,8 +96,7 @@ pub fn read<T: DeserializeOwned>(
                     }
                 }),
         );
-    }
-    Ok(out)
+    }))
 }
 
 /// A JSONL writer that flushes on drop.

@@ -8,6 +8,7 @@ mod cluster;
 mod dispatch_bench;
 mod embedded;
 mod evaluate;
+mod jobs_cmd;
 mod jsonl;
 mod label;
 mod progress;
@@ -61,21 +62,21 @@ enum Command {
     /// Cluster trainer: distills students and pushes checkpoints to every live worker.
     Trainer(cluster::TrainerArgs),
     /// Ask the trainer to distill a student from teacher labels, and push it.
-    Distill(cluster::DistillArgs),
+    Distill(jobs_cmd::DistillArgs),
     /// Upload a corpus and submit a query-synthesis job to the cluster.
-    Synthesize(cluster::SynthesizeArgs),
+    Synthesize(jobs_cmd::SynthesizeArgs),
     /// Upload a corpus and submit a labeling job to the cluster.
-    Submit(cluster::SubmitArgs),
+    Submit(jobs_cmd::SubmitArgs),
     /// Show a job.
-    Status(cluster::JobArgs),
+    Status(jobs_cmd::JobArgs),
     /// Follow a job's progress until it ends.
-    Watch(cluster::JobArgs),
+    Watch(jobs_cmd::JobArgs),
     /// List jobs.
-    List(cluster::ListArgs),
+    List(jobs_cmd::ListArgs),
     /// Cancel a job.
-    Cancel(cluster::CancelArgs),
+    Cancel(jobs_cmd::CancelArgs),
     /// Download a job's labels (JSONL, TREC qrels).
-    Fetch(cluster::FetchArgs),
+    Fetch(jobs_cmd::FetchArgs),
 }
 
 /// Where and how a model runs.
@@ -190,14 +191,14 @@ fn main() {
         Command::Coordinator(a) => cluster::coordinator(a),
         Command::Worker(a) => cluster::worker(a),
         Command::Trainer(a) => cluster::trainer(a),
-        Command::Distill(a) => cluster::distill(a),
-        Command::Synthesize(a) => cluster::synthesize(a),
-        Command::Submit(a) => cluster::submit(a),
-        Command::Status(a) => cluster::status(a),
-        Command::Watch(a) => cluster::watch(a),
-        Command::List(a) => cluster::list(a),
-        Command::Cancel(a) => cluster::cancel(a),
-        Command::Fetch(a) => cluster::fetch(a),
+        Command::Distill(a) => jobs_cmd::distill(a),
+        Command::Synthesize(a) => jobs_cmd::synthesize(a),
+        Command::Submit(a) => jobs_cmd::submit(a),
+        Command::Status(a) => jobs_cmd::status(a),
+        Command::Watch(a) => jobs_cmd::watch(a),
+        Command::List(a) => jobs_cmd::list(a),
+        Command::Cancel(a) => jobs_cmd::cancel(a),
+        Command::Fetch(a) => jobs_cmd::fetch(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -140,7 +140,11 @@ impl Client {
             .chunks(DOCUMENTS_PER_CHUNK)
             .enumerate()
             .map(|(i, c)| CorpusChunk {
-                corpus_name: if i == 0 { name.to_string() } else { String::new() },
+                corpus_name: if i == 0 {
+                    name.to_string()
+                } else {
+                    String::new()
+                },
                 documents: c.to_vec(),
             })
             .collect();

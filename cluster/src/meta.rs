@@ -170,9 +170,9 @@ impl MetaStore {
                         }
                     }
                 };
-                let key = won.leader().ok_or_else(|| {
-                    ClusterError::NotLeader("campaign returned no key".into())
-                })?;
+                let key = won
+                    .leader()
+                    .ok_or_else(|| ClusterError::NotLeader("campaign returned no key".into()))?;
                 Ok(Leadership {
                     fence: Fence {
                         key: key.key().to_vec(),
@@ -345,9 +345,9 @@ impl MetaStore {
             }
             MetaStore::Etcd { client, .. } => {
                 let txn = Txn::new().when(vec![fence.holds()]).and_then(vec![
-                        TxnOp::delete(key, None),
-                        TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
-                    ]);
+                    TxnOp::delete(key, None),
+                    TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
+                ]);
                 if client.clone().txn(txn).await?.succeeded() {
                     Ok(())
                 } else {

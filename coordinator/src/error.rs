@@ -73,8 +73,14 @@ mod tests {
     #[test]
     fn codes_say_what_happened() {
         let code = |e: CoordinatorError| tonic::Status::from(e).code();
-        assert_eq!(code(CoordinatorError::Invalid("x".into())), Code::InvalidArgument);
-        assert_eq!(code(CoordinatorError::NotLeader("k".into())), Code::Unavailable);
+        assert_eq!(
+            code(CoordinatorError::Invalid("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(CoordinatorError::NotLeader("k".into())),
+            Code::Unavailable
+        );
         let fenced = ClusterError::NotLeader("k".into());
         assert_eq!(code(CoordinatorError::Cluster(fenced)), Code::Unavailable);
         assert_eq!(code(CoordinatorError::NotFound("j".into())), Code::NotFound);

@@ -1,9 +1,9 @@
 //! Corpora and jobs as stored: validation of uploaded documents, corpus shards, and the
 //! split of a job into tasks. Errors name the record and the field.
 
-use labelfleet_cluster::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::{task_id, JobPlan, MAX_ATTEMPTS_LIMIT};
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::{
     model_ref, pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task,
     TaskKind,
@@ -244,7 +244,10 @@ fn unsupported_stage_fields(spec: &JobSpec) -> Vec<&'static str> {
             spec.label_candidates_per_query != 0,
         ),
     ];
-    set.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
+    set.iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// Checks everything in a spec but its pairs (a streamed submit sends those later).
@@ -504,7 +507,9 @@ mod tests {
     fn corpus_rejections_name_the_record_and_field_and_keep_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::local(dir.path()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let mut b = CorpusBuilder::default();
         let chunk = CorpusChunk {
             corpus_name: "c".into(),

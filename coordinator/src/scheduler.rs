@@ -722,7 +722,10 @@ mod tests {
     fn task_ids_round_trip_and_plans_split_items() {
         assert_eq!(task_id("job-1-ab", 7), "job-1-ab-t00007");
         assert_eq!(parse_task_id("job-1-ab-t00007"), Some(("job-1-ab", 7)));
-        assert_eq!(parse_task_id("job-1-ab-t1234567"), Some(("job-1-ab", 1234567)));
+        assert_eq!(
+            parse_task_id("job-1-ab-t1234567"),
+            Some(("job-1-ab", 1234567))
+        );
         assert_eq!(parse_task_id("job-1-ab"), None);
         assert_eq!(parse_task_id("-t5"), None);
         assert_eq!(parse_task_id("x-t5a"), None);
@@ -777,7 +780,10 @@ mod tests {
         assert_eq!(s.lease_expiries(), 1);
         // The expired task goes out again before the never-leased one.
         let second = s.lease("w2", 1, now + Duration::from_secs(11));
-        assert_eq!((second[0].task_id.as_str(), second[0].attempt), ("a-t00000", 2));
+        assert_eq!(
+            (second[0].task_id.as_str(), second[0].attempt),
+            ("a-t00000", 2)
+        );
         let lease = TaskLease {
             task_id: "a-t00000".into(),
             attempt: 1,

@@ -2,12 +2,12 @@
 //! NOT_SERVING), campaigns in the etcd election, and on winning reloads state and leads until
 //! its lease is lost, when it exits (fail-stop) so a fresh process campaigns again.
 
-use labelfleet_cluster::blobs::Blobs;
 use crate::error::{CoordinatorError, Result};
-use labelfleet_cluster::meta::MetaStore;
-use labelfleet_cluster::metrics::{self, write_metric};
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
+use labelfleet_cluster::blobs::Blobs;
+use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::metrics::{self, write_metric};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
 use labelfleet_proto::v1::task_service_server::TaskServiceServer;
 use std::net::SocketAddr;

@@ -3,13 +3,13 @@
 //! A standby serves the same endpoints but answers `UNAVAILABLE` (and its health reports
 //! NOT_SERVING) until it wins the election and has reloaded state.
 
-use labelfleet_cluster::blobs::{Blobs, Created};
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, CorpusBuilder};
-use labelfleet_cluster::meta::{keys, Fence, MetaStore};
-use labelfleet_cluster::metrics::Counter;
 use crate::recovery::{self, JobRecord};
 use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
+use labelfleet_cluster::blobs::{Blobs, Created};
+use labelfleet_cluster::meta::{keys, Fence, MetaStore};
+use labelfleet_cluster::metrics::Counter;
 use labelfleet_proto::v1::job_service_server::JobService;
 use labelfleet_proto::v1::task_service_server::TaskService;
 use labelfleet_proto::v1::*;
@@ -74,7 +74,8 @@ pub struct Coordinator {
 }
 
 /// Seconds the last state load of this process took (f64 bits; NaN before any load).
-static LAST_LOAD_SECONDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+static LAST_LOAD_SECONDS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
 
 /// Seconds the last state load of a leader in this process took.
 pub fn last_load_seconds() -> Option<f64> {
@@ -168,7 +169,8 @@ impl Coordinator {
 
     async fn write_record(&self, leader: &Leader, rec: &JobRecord) -> Result<()> {
         let key = keys::job(self.meta.prefix(), &rec.job_id);
-        let value = serde_json::to_vec(rec).map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
+        let value =
+            serde_json::to_vec(rec).map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
         self.meta.put_fenced(&leader.fence, &key, value).await?;
         Ok(())
     }
@@ -481,9 +483,10 @@ impl Coordinator {
             return Ok(t.clone());
         }
         let key = jobs::task_key(job_id, task_id);
-        let bytes = self.blobs.get(&key).await?.ok_or_else(|| {
-            CoordinatorError::DataLoss(format!("task object `{key}` is missing"))
-        })?;
+        let bytes =
+            self.blobs.get(&key).await?.ok_or_else(|| {
+                CoordinatorError::DataLoss(format!("task object `{key}` is missing"))
+            })?;
         let task = Task::decode(bytes).map_err(|e| {
             CoordinatorError::DataLoss(format!("task object `{key}` undecodable: {e}"))
         })?;
@@ -873,7 +876,10 @@ impl JobService for JobApi {
         let mut builder = CorpusBuilder::default();
         loop {
             let step = match stream.message().await {
-                Ok(Some(chunk)) => builder.add_chunk(chunk, &self.0.blobs).await.map_err(status),
+                Ok(Some(chunk)) => builder
+                    .add_chunk(chunk, &self.0.blobs)
+                    .await
+                    .map_err(status),
                 Ok(None) => break,
                 Err(s) => Err(s),
             };

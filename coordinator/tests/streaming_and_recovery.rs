@@ -22,11 +22,7 @@ async fn start(meta: &MetaStore, store: &std::path::Path) -> Replica {
     start_with(meta, store, CoordinatorConfig::default()).await
 }
 
-async fn start_with(
-    meta: &MetaStore,
-    store: &std::path::Path,
-    base: CoordinatorConfig,
-) -> Replica {
+async fn start_with(meta: &MetaStore, store: &std::path::Path, base: CoordinatorConfig) -> Replica {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -268,7 +264,8 @@ async fn a_streamed_job_survives_a_new_leader_with_every_pair_labeled_once() {
         .expect_err("unknown document");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
-        err.message().contains("label_pairs[1] (pair `p5`).doc_id: `nope`"),
+        err.message()
+            .contains("label_pairs[1] (pair `p5`).doc_id: `nope`"),
         "{}",
         err.message()
     );
@@ -370,11 +367,7 @@ async fn an_unreadable_object_fails_its_own_job_and_the_new_leader_still_leads()
     let broken = submit("broken").await;
     let healthy = submit("healthy").await;
     first.stop().await;
-    let spec = dir
-        .path()
-        .join("jobs")
-        .join(&broken.job_id)
-        .join("spec.pb");
+    let spec = dir.path().join("jobs").join(&broken.job_id).join("spec.pb");
     std::fs::write(&spec, b"\xff\xff\xff not a spec").expect("corrupt the spec");
 
     let second = start(&meta, dir.path()).await;
