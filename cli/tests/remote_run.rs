@@ -1,0 +1,122 @@
+//! `labelfleet run --coordinator` against `labelfleet serve` (a cluster in its own process, on
+//! free loopback ports) runs the same pipeline as the embedded `run`: with the same seed it
+//! writes the same queries and teacher labels, byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn data_dir() -> PathBuf {
+    let d = std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    assert!(
+        d.join("cranfield/corpus.jsonl").is_file(),
+        "Cranfield not found under {}",
+        d.display()
+    );
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Stops the cluster when the test ends, passed or not.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(corpus: &Path, out: &Path, extra: &[String]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_labelfleet"))
+        .args([
+            "run",
+            "--device",
+            "cpu",
+            "--seed-docs",
+            "16",
+            "--queries-per-doc",
+            "2",
+            "--metadata-queries-per-doc",
+            "1",
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+        ])
+        .arg("--corpus")
+        .arg(corpus)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn run_on_a_served_cluster_writes_what_the_embedded_run_writes() {
+    let data = data_dir().join("cranfield");
+    let dir = tempfile::tempdir().unwrap();
+    let slice = dir.path().join("corpus.jsonl");
+    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
+    std::fs::write(
+        &slice,
+        corpus.lines().take(300).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+
+    let (jobs, trainer) = (free_port(), free_port());
+    let store = dir.path().join("store");
+    let _serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_labelfleet"))
+            .args(["serve", "--device", "cpu"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{jobs}"))
+            .arg("--trainer-listen")
+            .arg(format!("127.0.0.1:{trainer}"))
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let embedded = dir.path().join("embedded");
+    run(&slice, &embedded, &[]);
+    let remote = dir.path().join("remote");
+    run(
+        &slice,
+        &remote,
+        &[
+            "--coordinator".into(),
+            format!("127.0.0.1:{jobs}"),
+            "--trainer".into(),
+            format!("127.0.0.1:{trainer}"),
+            "--store".into(),
+            store.display().to_string(),
+        ],
+    );
+
+    for file in ["queries.jsonl", "teacher_labels.jsonl"] {
+        let a = std::fs::read(embedded.join(file)).unwrap();
+        let b = std::fs::read(remote.join(file)).unwrap();
+        assert!(!a.is_empty(), "{file} is empty");
+        assert!(
+            a == b,
+            "{file} differs between the embedded and the served cluster"
+        );
+    }
+    // the checkpoint came back from the cluster's store, and its dataset went in
+    assert!(remote.join("student/labelfleet.json").is_file());
+    let datasets = std::fs::read_dir(store.join("datasets")).unwrap().count();
+    assert_eq!(datasets, 1);
+}
