@@ -4,7 +4,11 @@ Reads DUMP/model (the exact checkpoint the engine ran) and DUMP/inputs.jsonl (to
 and the engine's grade distributions) and times:
   - transformers, batches in input order, padded, full logits (how the model card runs it);
   - transformers, length-sorted batches, reading only the answer position (tuned);
-  - sentence-transformers CrossEncoder on the text pairs (cross-encoders only).
+  - sentence-transformers CrossEncoder on the text pairs (cross-encoders only);
+  - ONNX Runtime (cross-encoders only, CPU): the same checkpoint exported to ONNX, all graph
+    optimizations, length-sorted batches, the same thread count; and the same ONNX model after
+    ONNX Runtime's dynamic int8 quantization (`quantize_dynamic`, the int8 peer of
+    `labelfleet bench --dtype int8`).
 Each line also reports max |p_python - p_engine| over the grade distributions, which shows both
 sides computed the same thing. Prints one JSON line per baseline.
 
@@ -44,6 +48,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--label", default="")
+    ap.add_argument("--impls", default="transformers,sentence-transformers,onnxruntime",
+                    help="which baselines to run (comma-separated)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -95,9 +101,10 @@ def main() -> None:
 
     input_order = list(range(n))
     by_length = sorted(input_order, key=lambda i: -len(rows[i]["ids"]))
+    impls = set(args.impls.split(","))
     with torch.inference_mode():
         run(input_order[: args.batch_size], False)  # warm-up
-        for name, order, tuned in [("transformers (input order, padded)", input_order, False),
+        for name, order, tuned in [] if "transformers" not in impls else [("transformers (input order, padded)", input_order, False),
                                    ("transformers (length-sorted" + (", answer position only)" if meta["kind"] == "decoder" else ")"), by_length, True)]:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -106,7 +113,7 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             report(name, time.perf_counter() - t, probs)
-        if meta["kind"] != "decoder":
+        if meta["kind"] != "decoder" and "sentence-transformers" in impls:
             from sentence_transformers import CrossEncoder
             ce = CrossEncoder(str(model_dir), device=args.device, max_length=max(len(r["ids"]) for r in rows))
             texts = [(r["query"], r["document"]) for r in rows]
@@ -115,6 +122,49 @@ def main() -> None:
             logits = ce.predict(texts, batch_size=args.batch_size, activation_fn=torch.nn.Identity(),
                                 convert_to_tensor=True)
             report("sentence-transformers CrossEncoder", time.perf_counter() - t, logits.float().softmax(-1))
+        if meta["kind"] != "decoder" and dev.type == "cpu" and "onnxruntime" in impls:
+            onnx_baselines(model, rows, by_length, args, report)
+
+
+def onnx_baselines(model, rows, order, args, report):
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import numpy as np
+    fp32_path = args.dump / "model.onnx"
+    int8_path = args.dump / "model.int8.onnx"
+    ids, mask = pad([rows[i]["ids"] for i in order[:2]], 0)
+    types, _ = pad([rows[i]["type_ids"] for i in order[:2]], 0)
+    axes = {0: "batch", 1: "seq"}
+    torch.onnx.export(model, (ids, mask, types), str(fp32_path), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=["logits"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                    "token_type_ids": axes, "logits": {0: "batch"}})
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    n = len(rows)
+    for name, path in [("onnxruntime (length-sorted)", fp32_path),
+                       ("onnxruntime int8 dynamic (length-sorted)", int8_path)]:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+        def run(order):
+            probs = torch.zeros(n, model.config.num_labels)
+            for b in batches(rows, order, args.batch_size):
+                ids, mask = pad([rows[i]["ids"] for i in b], 0)
+                types, _ = pad([rows[i]["type_ids"] for i in b], 0)
+                out = sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                            "token_type_ids": types.numpy()})[0]
+                probs[b] = torch.from_numpy(np.asarray(out, dtype=np.float32)).softmax(-1)
+            return probs
+
+        run(order[: args.batch_size])  # warm-up
+        t = time.perf_counter()
+        probs = run(order)
+        report(name, time.perf_counter() - t, probs)
 
 
 if __name__ == "__main__":

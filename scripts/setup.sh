@@ -16,7 +16,7 @@ MODELS="$HOME_DIR/models"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY_PKGS=(torch==2.11.0 transformers==4.57.6 gguf==0.17.1 accelerate==1.11.0 safetensors==0.6.2 \
          sentence-transformers==5.1.2 numpy scikit-learn==1.9.1 krippendorff==0.9.0 \
-         'moto[server]==5.2.5')
+         'moto[server]==5.2.5' onnxruntime==1.32.0 onnx==1.23.2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 mkdir -p "$HOME_DIR" "$MODELS"

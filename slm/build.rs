@@ -2,12 +2,35 @@
 //! - an rpath to the libtorch folder, so the binary runs without LD_LIBRARY_PATH where it was built;
 //! - `libtorch_cuda` kept with --no-as-needed when it exists: nothing references its symbols
 //!   directly, so the linker would drop it and CUDA would never be seen at run time.
+//!
+//! It also compiles `csrc/int8.cpp`, the int8 linear layers (libtorch's fbgemm ops, which `tch`
+//! does not wrap), against the same libtorch headers and C++ ABI as `torch-sys`.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-changed=csrc/int8.cpp");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
         }
+        let root = std::path::Path::new(&lib)
+            .parent()
+            .expect("libtorch lib folder has a parent");
+        // PyTorch wheels since 2.7 and libtorch's cxx11 builds use the new ABI.
+        let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+        cc::Build::new()
+            .cpp(true)
+            .pic(true)
+            .warnings(false)
+            .include(root.join("include"))
+            .include(root.join("include/torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            .file("csrc/int8.cpp")
+            .compile("labelfleet_int8");
+        println!("cargo:rustc-link-lib=dylib=torch_cpu");
+        println!("cargo:rustc-link-lib=dylib=c10");
+        println!("cargo:rustc-link-search=native={lib}");
     }
 }

@@ -108,6 +108,13 @@ impl DecoderLm {
     /// Builds the model with freshly initialised weights (for throughput runs of configs whose
     /// weights we do not have, and as the skeleton `load` fills).
     pub fn new(config: DecoderConfig, placement: Placement, max_len: usize) -> Result<Self> {
+        if placement.int8 {
+            return Err(SlmError::Argument(
+                "dtype int8 is implemented for cross-encoders (the student) only; run decoders \
+                 in fp32 on the CPU"
+                    .into(),
+            ));
+        }
         let vs = nn::VarStore::new(placement.device);
         let root = vs.root();
         let c = &config;

@@ -114,6 +114,9 @@ impl CrossEncoder {
         if placement.kind != Kind::Float {
             model.vs.set_kind(placement.kind);
         }
+        if placement.int8 {
+            model.quantize_int8()?;
+        }
         Ok(model)
     }
 
@@ -196,7 +199,33 @@ impl CrossEncoder {
             });
         }
         model.initialized = report.initialized;
+        if placement.int8 {
+            model.quantize_int8()?;
+        }
         Ok(model)
+    }
+
+    /// Rebuilds the int8 copies of the transformer layers' linear weights from the fp32 ones
+    /// (dynamic quantization: the activations are quantized per call). The pooler and the grade
+    /// head stay fp32: they run once per pair and hold the grade. Called by `new`/`load` when
+    /// the placement asks for int8; call it again after changing the weights.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        if self.placement.device != tch::Device::Cpu {
+            return Err(SlmError::Argument("dtype int8 runs on the CPU only".into()));
+        }
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                lin.quantize_int8()?;
+            }
+        }
+        Ok(())
     }
 
     /// Hidden states `[B, T, hidden]` for token ids, segment ids and a padding mask (`[B, T]`,
@@ -209,6 +238,11 @@ impl CrossEncoder {
         train: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.size2()?;
+        if train && self.placement.int8 {
+            return Err(SlmError::Argument(
+                "an int8 model cannot be trained: load it in fp32".into(),
+            ));
+        }
         if t as usize > self.max_len {
             return Err(SlmError::Argument(format!(
                 "sequence of {t} tokens exceeds max_len {}",

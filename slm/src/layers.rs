@@ -1,5 +1,7 @@
 //! Building blocks shared by the models: a linear layer with Hugging Face parameter names.
 
+use crate::error::Result;
+use crate::int8::Int8Linear;
 use tch::{nn, Tensor};
 
 /// `y = x W^T + b`, stored as `{prefix}.weight` / `{prefix}.bias` like `torch.nn.Linear`.
@@ -7,6 +9,8 @@ use tch::{nn, Tensor};
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// An int8 copy of the weights (CPU, `--dtype int8`); `forward` uses it when present.
+    pub int8: Option<Int8Linear>,
 }
 
 impl Linear {
@@ -20,11 +24,24 @@ impl Linear {
             },
         );
         let bias = bias.then(|| p.var("bias", &[out_dim as i64], nn::Init::Const(0.0)));
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            int8: None,
+        }
+    }
+
+    /// (Re)builds the int8 copy from the current fp32 weights.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        self.int8 = Some(Int8Linear::quantize(&self.weight, self.bias.as_ref())?);
+        Ok(())
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        match &self.int8 {
+            Some(q) => q.forward(x),
+            None => x.linear(&self.weight, self.bias.as_ref()),
+        }
     }
 }
 

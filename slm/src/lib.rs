@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod error;
 pub mod generate;
 pub mod grading;
+pub mod int8;
 pub mod layers;
 pub mod querygen;
 pub mod tokenizer;
