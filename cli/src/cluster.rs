@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_coordinator::server::CoordinatorConfig;
-use labelfleet_proto::v1::*;
 use labelfleet_worker::WorkerConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,28 +166,6 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     runtime()?
         .block_on(labelfleet_worker::run(config, shutdown_signal()))
         .context("worker")
-}
-
-pub(crate) fn to_proto_document(d: &labelfleet_corpus::ingest::Document) -> Document {
-    Document {
-        id: d.id.clone(),
-        title: d.title.clone().unwrap_or_default(),
-        body: d.body.clone(),
-        author: d.author.clone().unwrap_or_default(),
-        path: d.path.clone().unwrap_or_default(),
-        modified: d.modified.clone().unwrap_or_default(),
-        metadata: d
-            .metadata
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), s)
-            })
-            .collect(),
-    }
 }
 
 #[derive(Args)]

@@ -179,7 +179,7 @@ async fn upload_corpus(client: &mut Client, path: &std::path::Path) -> Result<St
     let docs: Vec<Document> = report
         .accepted
         .iter()
-        .map(crate::cluster::to_proto_document)
+        .map(labelfleet_pipeline::cluster::to_proto_document)
         .collect();
     let uploaded = client
         .upload_corpus(&path.display().to_string(), docs)

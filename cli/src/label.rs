@@ -8,7 +8,7 @@
 use crate::{jsonl, progress, EngineArgs, Rejected};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use labelfleet_corpus::{ingest_dir, ingest_jsonl, Bm25Index, Document, IngestLimits};
+use labelfleet_corpus::{ingest_path, Bm25Index, Document, IngestLimits};
 use labelfleet_slm::grading::{default_grade_labels, grade, load_grader, GRADE_PROMPT_VERSION};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,11 +103,7 @@ pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
 }
 
 pub fn read_corpus(path: &Path) -> Result<Vec<Document>> {
-    let report = if path.is_dir() {
-        ingest_dir(path, IngestLimits::default())?
-    } else {
-        ingest_jsonl(path, IngestLimits::default())?
-    };
+    let report = ingest_path(path, IngestLimits::default())?;
     for r in report.rejected.iter().take(10) {
         eprintln!("rejected: {r}");
     }
@@ -255,7 +251,11 @@ mod tests {
         );
 
         let jl = dir.path().join("q.jsonl");
-        std::fs::write(&jl, "{\"id\": 7, \"query\": \"flutter\"}\n{\"query_id\": \"b\", \"query\": \"heat\"}\n").unwrap();
+        std::fs::write(
+            &jl,
+            "{\"id\": 7, \"query\": \"flutter\"}\n{\"query_id\": \"b\", \"query\": \"heat\"}\n",
+        )
+        .unwrap();
         let q = read_queries(&jl).unwrap();
         assert_eq!(q[0].id, "7");
         assert_eq!(q[1].text, "heat");
@@ -266,7 +266,10 @@ mod tests {
 
         std::fs::write(&tsv, "1\tx\n1\ty\n").unwrap();
         let e = read_queries(&tsv).unwrap_err().to_string();
-        assert!(e.contains(":2: record 1: field `id`: duplicate of line 1"), "{e}");
+        assert!(
+            e.contains(":2: record 1: field `id`: duplicate of line 1"),
+            "{e}"
+        );
 
         std::fs::write(&tsv, "1 no tab\n").unwrap();
         let e = read_queries(&tsv).unwrap_err().to_string();

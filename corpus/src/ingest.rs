@@ -250,6 +250,15 @@ pub fn ingest_jsonl(path: &Path, limits: IngestLimits) -> Result<IngestReport> {
     Ok(v.report)
 }
 
+/// Reads a corpus from a folder ([`ingest_dir`]) or a JSONL file ([`ingest_jsonl`]).
+pub fn ingest_path(path: &Path, limits: IngestLimits) -> Result<IngestReport> {
+    if path.is_dir() {
+        ingest_dir(path, limits)
+    } else {
+        ingest_jsonl(path, limits)
+    }
+}
+
 /// Reads every `.txt`, `.md` and `.markdown` file under `dir` (recursively, in path order).
 /// The id and path are the path relative to `dir`; the title is the first Markdown heading,
 /// else the file name; `modified` is the file's modification time in Unix seconds.

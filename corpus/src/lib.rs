@@ -5,7 +5,9 @@ pub mod bm25;
 pub mod ingest;
 
 pub use bm25::{Bm25Index, Hit};
-pub use ingest::{ingest_dir, ingest_jsonl, Document, IngestLimits, IngestReport, Rejection};
+pub use ingest::{
+    ingest_dir, ingest_jsonl, ingest_path, Document, IngestLimits, IngestReport, Rejection,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {

@@ -6,7 +6,7 @@ use crate::report::{agreement_report, Row};
 use crate::{progress, Config, PipelineError, Result};
 use labelfleet_cache::{self as cache, Cache};
 use labelfleet_corpus::bm25::hard_negatives;
-use labelfleet_corpus::{ingest_dir, ingest_jsonl, Bm25Index, Document, IngestLimits};
+use labelfleet_corpus::{ingest_path, Bm25Index, Document, IngestLimits};
 use labelfleet_eval::Judgment;
 use labelfleet_openai::ApiClient;
 use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
@@ -82,11 +82,7 @@ impl Corpus {
 /// Stage 1: ingests the corpus (a JSONL file or a folder) and builds the BM25 index over title,
 /// body, author and path.
 pub fn load_corpus(path: &Path) -> Result<Corpus> {
-    let report = if path.is_dir() {
-        ingest_dir(path, IngestLimits::default())?
-    } else {
-        ingest_jsonl(path, IngestLimits::default())?
-    };
+    let report = ingest_path(path, IngestLimits::default())?;
     for r in report.rejected.iter().take(10) {
         eprintln!("rejected: {r}");
     }
