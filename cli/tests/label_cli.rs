@@ -34,9 +34,14 @@ fn labels_bm25_candidates_with_provenance() {
         "a\tboundary layer transition\nb\tbuckling of cylindrical shells\nc\theat transfer in hypersonic flow\n",
     )
     .unwrap();
-    let (out, qrels) = (dir.path().join("labels.jsonl"), dir.path().join("labels.qrels"));
+    let (out, qrels) = (
+        dir.path().join("labels.jsonl"),
+        dir.path().join("labels.qrels"),
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_labelfleet"))
-        .args(["label", "--model", "minilm", "--device", "cpu", "--top-k", "5"])
+        .args([
+            "label", "--model", "minilm", "--device", "cpu", "--top-k", "5",
+        ])
         .arg("--corpus")
         .arg(&corpus)
         .arg("--queries")
@@ -59,11 +64,20 @@ fn labels_bm25_candidates_with_provenance() {
     let corpus_ids: std::collections::HashSet<String> = text
         .lines()
         .take(200)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string().trim_matches('"').to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .to_string()
+                .trim_matches('"')
+                .to_string()
+        })
         .collect();
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["query_id"], ["a", "b", "c"][i / 5]);
-        assert_eq!(l["bm25_rank"].as_u64().unwrap() as usize, i % 5 + 1, "ranks in order");
+        assert_eq!(
+            l["bm25_rank"].as_u64().unwrap() as usize,
+            i % 5 + 1,
+            "ranks in order"
+        );
         assert!(corpus_ids.contains(l["doc_id"].as_str().unwrap()));
         let dist: Vec<f64> = l["distribution"]
             .as_array()
@@ -76,7 +90,11 @@ fn labels_bm25_candidates_with_provenance() {
         let expected: f64 = dist.iter().enumerate().map(|(g, p)| g as f64 * p).sum();
         assert!((l["expected"].as_f64().unwrap() - expected).abs() < 1e-3);
         assert!(l["model"].as_str().unwrap().starts_with("cross-encoder:"));
-        assert_eq!(l["checkpoint"].as_str().unwrap().len(), 32, "model fingerprint");
+        assert_eq!(
+            l["checkpoint"].as_str().unwrap().len(),
+            32,
+            "model fingerprint"
+        );
         assert_eq!(l["prompt_version"], "grade-v1");
     }
     // the qrels hold the same labels

@@ -84,14 +84,15 @@ fn run_writes_every_stage() {
 
     let queries = read_jsonl(&out.join("queries.jsonl"));
     assert!(queries.len() >= 5, "{stderr}");
-    let docs: std::collections::HashMap<String, serde_json::Value> = std::fs::read_to_string(&slice)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].to_string().trim_matches('"').to_string(), v)
-        })
-        .collect();
+    let docs: std::collections::HashMap<String, serde_json::Value> =
+        std::fs::read_to_string(&slice)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["id"].to_string().trim_matches('"').to_string(), v)
+            })
+            .collect();
     for q in &queries {
         let text = q["query"].as_str().unwrap();
         assert!(q["doc_id"].is_string() && !text.is_empty());
@@ -129,7 +130,11 @@ fn run_writes_every_stage() {
         assert!(l["grade"].as_u64().unwrap() < 4);
         assert!(l["model"].as_str().unwrap().contains("prompt=grade-v1"));
         assert_eq!(l["prompt_version"], "grade-v1");
-        assert_eq!(l["checkpoint"].as_str().unwrap().len(), 32, "teacher fingerprint");
+        assert_eq!(
+            l["checkpoint"].as_str().unwrap().len(),
+            32,
+            "teacher fingerprint"
+        );
     }
     // the teacher graded every pair on the embedded cluster's worker: each grading and query
     // job left its task and result objects in the store
@@ -137,10 +142,17 @@ fn run_writes_every_stage() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert!(jobs.len() >= 4, "synthesis, teacher, teacher (pool), student jobs: {jobs:?}");
+    assert!(
+        jobs.len() >= 4,
+        "synthesis, teacher, teacher (pool), student jobs: {jobs:?}"
+    );
     for j in &jobs {
         let n = |d: &str| std::fs::read_dir(j.join(d)).map(|r| r.count()).unwrap_or(0);
-        assert!(n("tasks") > 0 && n("tasks") == n("results"), "{}", j.display());
+        assert!(
+            n("tasks") > 0 && n("tasks") == n("results"),
+            "{}",
+            j.display()
+        );
     }
     // the student checkpoint is a transformers cross-encoder folder with provenance
     let ckpt = out.join("student");
@@ -181,10 +193,17 @@ fn run_writes_every_stage() {
     // the student learned from its teacher: on held-out queries its expected grades are closer
     // to the teacher's than the majority-class baseline's are
     let (student_err, majority_err) = (
-        report["student_heldout_expected_grade_mae"].as_f64().unwrap(),
-        report["heldout_majority_expected_grade_mae"].as_f64().unwrap(),
+        report["student_heldout_expected_grade_mae"]
+            .as_f64()
+            .unwrap(),
+        report["heldout_majority_expected_grade_mae"]
+            .as_f64()
+            .unwrap(),
     );
-    assert!(student_err < majority_err, "{student_err} vs {majority_err}");
+    assert!(
+        student_err < majority_err,
+        "{student_err} vs {majority_err}"
+    );
     let agreement = &report["agreement_with_humans"];
     let rows = agreement["labelers"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "BM25, teacher, student");
@@ -198,12 +217,20 @@ fn run_writes_every_stage() {
     }
     // the student against its teacher: a paired difference with an interval and a verdict for
     // every measure
-    let measures = agreement["student_vs_teacher"]["measures"].as_array().unwrap();
+    let measures = agreement["student_vs_teacher"]["measures"]
+        .as_array()
+        .unwrap();
     assert_eq!(measures.len(), 7);
     for m in measures {
-        assert!(m["verdict"].is_string() && m["ci"]["used"].as_u64().is_some(), "{m}");
+        assert!(
+            m["verdict"].is_string() && m["ci"]["used"].as_u64().is_some(),
+            "{m}"
+        );
     }
-    assert!(stdout.contains("Student against teacher on the same"), "{stdout}");
+    assert!(
+        stdout.contains("Student against teacher on the same"),
+        "{stdout}"
+    );
     let png = std::fs::read(out.join("agreement.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 

@@ -368,8 +368,9 @@ impl DecoderGrader {
     /// The chat prompt for a pair, as text, with the document body in place.
     pub fn prompt_text(&self, pair: &Pair) -> String {
         let t = &self.tokenizer;
-        let messages =
-            grade_messages_for(self.prompt, pair, self.grade_labels.len(), |s| t.sanitize(s));
+        let messages = grade_messages_for(self.prompt, pair, self.grade_labels.len(), |s| {
+            t.sanitize(s)
+        });
         t.render_chat(&messages, true)
     }
 

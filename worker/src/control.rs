@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
-
 /// State the control server shares with the worker loop.
 #[derive(Debug, Default)]
 pub struct ControlState {
@@ -25,8 +24,6 @@ pub struct ControlApi {
     pub state: Arc<ControlState>,
     pub checkpoints: PathBuf,
 }
-
-
 
 fn plain_file_name(name: &str) -> bool {
     !name.is_empty()
@@ -157,4 +154,3 @@ fn rand_suffix() -> u64 {
         .map(|d| d.subsec_nanos() as u64 % 1_000_000)
         .unwrap_or(0)
 }
-
