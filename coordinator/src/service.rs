@@ -58,6 +58,12 @@ impl Leader {
     fn inputs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task>>> {
         self.inputs.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Drops the cached inputs of a job that ended (leases it still had when cancelled).
+    fn forget_inputs(&self, job_id: &str) {
+        let prefix = format!("{job_id}-t");
+        self.inputs().retain(|task, _| !task.starts_with(&prefix));
+    }
 }
 
 /// State shared by the services of one coordinator replica.
@@ -216,6 +222,7 @@ impl Coordinator {
     ) -> Result<()> {
         if let Some(f) = finished {
             tracing::info!(job = %f.job_id, state = ?f.state, "job finished");
+            leader.forget_inputs(&f.job_id);
             self.persist_job(leader, &f.job_id).await?;
         }
         Ok(())
@@ -757,6 +764,7 @@ impl JobService for JobApi {
                 req.job_id
             )));
         }
+        leader.forget_inputs(&req.job_id);
         self.0
             .persist_job(&leader, &req.job_id)
             .await
