@@ -1,20 +1,9 @@
 //! `labelfleet run` end to end on a small slice, with the real models, tantivy and files:
 //! every stage runs and writes its documented outputs.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn data_dir() -> PathBuf {
-    let d = std::env::var_os("LABELFLEET_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    assert!(
-        d.join("cranfield/corpus.jsonl").is_file(),
-        "Cranfield not found under {}",
-        d.display()
-    );
-    d
-}
+mod common;
 
 fn read_jsonl(p: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
@@ -26,16 +15,9 @@ fn read_jsonl(p: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn run_writes_every_stage() {
-    let data = data_dir().join("cranfield");
+    let data = common::data_dir().join("cranfield");
     let dir = tempfile::tempdir().unwrap();
-    // a 300-document slice of the corpus keeps the test near two minutes on two cores
-    let slice = dir.path().join("corpus.jsonl");
-    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
-    std::fs::write(
-        &slice,
-        corpus.lines().take(300).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    let slice = common::cranfield_slice(dir.path(), 300);
     let out = dir.path().join("out");
     let run = |teacher_prompt: &str| {
         Command::new(env!("CARGO_BIN_EXE_labelfleet"))

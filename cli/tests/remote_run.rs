@@ -2,20 +2,10 @@
 //! free loopback ports) runs the same pipeline as the embedded `run`: with the same seed it
 //! writes the same queries and teacher labels, byte for byte.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-fn data_dir() -> PathBuf {
-    let d = std::env::var_os("LABELFLEET_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    assert!(
-        d.join("cranfield/corpus.jsonl").is_file(),
-        "Cranfield not found under {}",
-        d.display()
-    );
-    d
-}
+mod common;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,15 +53,8 @@ fn run(corpus: &Path, out: &Path, extra: &[String]) {
 
 #[test]
 fn run_on_a_served_cluster_writes_what_the_embedded_run_writes() {
-    let data = data_dir().join("cranfield");
     let dir = tempfile::tempdir().unwrap();
-    let slice = dir.path().join("corpus.jsonl");
-    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
-    std::fs::write(
-        &slice,
-        corpus.lines().take(300).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    let slice = common::cranfield_slice(dir.path(), 300);
 
     let (jobs, trainer) = (free_port(), free_port());
     let store = dir.path().join("store");
