@@ -89,7 +89,12 @@ pub fn spawn_env(
     env: &[(String, String)],
 ) -> Proc {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).expect("log file");
+    // Appended to, so a process restarted under the same name keeps its predecessor's log.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
     let err = out.try_clone().expect("log file");
     let child = Command::new(program)
         .args(args)
@@ -123,6 +128,13 @@ pub struct Options {
     pub election_ttl_s: u64,
     pub registration_ttl_s: u64,
     pub store: Store,
+    /// Start a trainer with the cluster, on a port picked before the coordinators start, so
+    /// that every coordinator is given `--trainer 127.0.0.1:<port>` (and a `--scratch` folder
+    /// of its own): what a corpus job needs.
+    pub trainer: bool,
+    /// The trainer's `--max-tokens` (a corpus job's student inputs: the `--student-max-len`
+    /// of the `labelfleet run` that submits it).
+    pub trainer_max_tokens: usize,
 }
 
 impl Default for Options {
@@ -134,6 +146,8 @@ impl Default for Options {
             election_ttl_s: 3,
             registration_ttl_s: 3,
             store: Store::Local,
+            trainer: false,
+            trainer_max_tokens: 48,
         }
     }
 }
@@ -254,6 +268,9 @@ pub struct Cluster {
     pub metrics_ports: Vec<u16>,
     pub workers: Vec<Proc>,
     pub worker_ports: Vec<u16>,
+    /// The trainer of an `Options::trainer` cluster, and its port (0 without one).
+    pub trainer: Option<Proc>,
+    pub trainer_port: u16,
     pub options: Options,
 }
 
@@ -272,9 +289,15 @@ impl Cluster {
             metrics_ports: Vec::new(),
             workers: Vec::new(),
             worker_ports: Vec::new(),
+            trainer: None,
+            trainer_port: 0,
             options,
         };
         c.start_etcd();
+        if c.options.trainer {
+            c.trainer_port = free_port();
+            c.trainer = Some(c.spawn_trainer("trainer", c.trainer_port, 0.0));
+        }
         for i in 0..c.options.coordinators {
             let port = free_port();
             c.coordinator_ports.push(port);
@@ -375,6 +398,19 @@ impl Cluster {
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
+        let mut args = args;
+        if self.options.trainer {
+            args.extend([
+                "--trainer".into(),
+                format!("127.0.0.1:{}", self.trainer_port),
+                "--scratch".into(),
+                self.dir
+                    .path()
+                    .join(format!("scratch-coord{i}"))
+                    .display()
+                    .to_string(),
+            ]);
+        }
         spawn_env(
             &format!("coordinator{i}"),
             &binary(),
@@ -382,6 +418,14 @@ impl Cluster {
             self.dir.path(),
             &self.store_env(),
         )
+    }
+
+    /// Starts replica `i` again with the same arguments and port (after [`Proc::kill9`], say),
+    /// appending to its log; it rejoins as a standby while another replica leads.
+    pub fn restart_coordinator(&mut self, i: usize) {
+        self.coordinators[i].kill9();
+        let p = self.spawn_coordinator(i, self.coordinator_ports[i]);
+        self.coordinators[i] = p;
     }
 
     pub fn spawn_worker(&self, i: usize, port: u16) -> Proc {
@@ -537,7 +581,7 @@ impl Cluster {
             "--threads".into(),
             "1".into(),
             "--max-tokens".into(),
-            "48".into(),
+            self.options.trainer_max_tokens.to_string(),
             "--push-rate-mib-s".into(),
             push_rate_mib_s.to_string(),
             "--reconcile-interval-s".into(),
@@ -700,6 +744,7 @@ impl Cluster {
             .coordinators
             .iter()
             .chain(self.workers.iter())
+            .chain(self.trainer.iter())
             .chain(self.etcd.iter())
             .chain(self.s3.as_ref().map(|s| &s.proc))
         {
@@ -724,11 +769,36 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The Cranfield collection: `../shared/data/cranfield` (or `$LABELFLEET_DATA/cranfield`), with
+/// `corpus.jsonl`, `queries.tsv` and `qrels.txt`.
+pub fn cranfield_dir() -> PathBuf {
+    let data = std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+        .join("cranfield");
+    assert!(
+        data.join("corpus.jsonl").is_file(),
+        "Cranfield not found under {}",
+        data.display()
+    );
+    data
+}
+
+/// The first `n` Cranfield documents as `dir/corpus-<n>.jsonl`.
+pub fn cranfield_slice(dir: &Path, n: usize) -> PathBuf {
+    let corpus = std::fs::read_to_string(cranfield_dir().join("corpus.jsonl")).expect("corpus");
+    let slice = dir.join(format!("corpus-{n}.jsonl"));
+    let mut text = corpus.lines().take(n).collect::<Vec<_>>().join("\n");
+    text.push('\n');
+    std::fs::write(&slice, text).expect("corpus slice");
+    slice
+}
+
 /// Test data from the Cranfield collection (real text): the corpus file, and `n` pairs of a
 /// query with a document, written as `{id, query_id, query, doc_id}`. `bad` pair ids get an
 /// empty query, which the engine refuses.
 pub fn cranfield_pairs(dir: &Path, n: usize, bad: &[&str]) -> (PathBuf, PathBuf) {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cranfield");
+    let data = cranfield_dir();
     let corpus = data.join("corpus.jsonl");
     assert!(corpus.is_file(), "{} is missing", corpus.display());
     let mut doc_ids = Vec::new();

@@ -116,6 +116,9 @@ struct Shared {
     blobs: Blobs,
     config: TrainerConfig,
     runs: Mutex<HashMap<String, TrainingRun>>,
+    /// (job id, dataset) -> run id of the runs started for a job, so a request repeated by a
+    /// new coordinator leader after a failover gets the run already under way (or done).
+    runs_by_job: Mutex<HashMap<(String, String), String>>,
     metrics_tx: broadcast::Sender<TrainingMetrics>,
     pushes: Counter,
     push_failures: Counter,
@@ -147,6 +150,7 @@ pub async fn run_with_meta(
         blobs,
         config: config.clone(),
         runs: Mutex::new(HashMap::new()),
+        runs_by_job: Mutex::new(HashMap::new()),
         metrics_tx,
         pushes: Counter::default(),
         push_failures: Counter::default(),
@@ -456,20 +460,33 @@ fn distill(
             ))
         }
     };
+    // the request's input length (a corpus job's `student_max_tokens`), else the trainer's
+    let max_tokens = match req.max_tokens {
+        0 => s.config.max_tokens,
+        n => n as usize,
+    };
     let examples = read_dataset(dataset, &req.dataset)?;
     let base_dir = labelfleet_slm::resolve_model(&base);
+    // A cross-encoder's classification head is new, drawn from libtorch's global generator
+    // when the student loads: seed it from the request, so the same request trains the same
+    // student whatever the process did before (a trainer that trained other runs, or the
+    // embedded cluster whose workers sampled queries in the same process).
+    tch::manual_seed(req.seed as i64);
+    // a bare sentence encoder gets a fresh classification head at load: seed it too, so the
+    // same request trains the same weights in any process (a new leader's request, a rerun)
+    tch::manual_seed(req.seed as i64);
     let student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
         (0, _) => load_grader(
             &base_dir,
             &default_grade_labels(),
             s.config.placement,
-            s.config.max_tokens,
+            max_tokens,
         )?,
         (k, GraderKind::CrossEncoder) => Box::new(EncoderGrader::load_layers(
             &base_dir,
             &default_grade_labels(),
             s.config.placement,
-            s.config.max_tokens,
+            max_tokens,
             Some(k as usize),
         )?),
         (_, GraderKind::Decoder) => {
@@ -577,7 +594,7 @@ fn distill(
             req.seed,
             req.keep_layers,
             cfg.batch_size,
-            s.config.max_tokens
+            max_tokens
         )
         .as_bytes(),
     );
@@ -657,7 +674,26 @@ impl TrainerService for TrainerApi {
             state: "training".into(),
             ..Default::default()
         };
-        self.set_run(run.clone());
+        // Idempotent by job id: a new coordinator leader re-requests the distillation of the
+        // job it took over. The same non-empty job id with the same dataset gets the run
+        // already started for it, unless that run failed (then it is tried afresh). Looked up
+        // and recorded under one lock, so two concurrent requests start one run.
+        if !req.job_id.is_empty() {
+            let mut by_job = self.0.runs_by_job.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (req.job_id.clone(), req.dataset.clone());
+            let runs = self.0.runs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(existing) = by_job.get(&key).and_then(|id| runs.get(id)) {
+                if existing.state != "failed" {
+                    tracing::info!(run = %existing.run_id, job = %req.job_id, "distillation already requested for this job; returning its run");
+                    return Ok(Response::new(existing.clone()));
+                }
+            }
+            drop(runs);
+            by_job.insert(key, run_id.clone());
+            self.set_run(run.clone());
+        } else {
+            self.set_run(run.clone());
+        }
         let api = self.clone();
         tokio::spawn(async move {
             let trained = train_and_store(&api.0, &run_id, &req).await;
@@ -731,14 +767,37 @@ impl TrainerService for TrainerApi {
     ) -> std::result::Result<Response<Self::WatchTrainingStream>, Status> {
         let id = req.into_inner().run_id;
         let mut rx = self.0.metrics_tx.subscribe();
+        let shared = self.0.clone();
+        // The stream also ends once the run is no longer training (or is unknown): a run that
+        // StartDistillation handed back to a repeated request may be past its last step, or
+        // done, and sends no more metrics.
+        let training = move |id: &str| {
+            shared
+                .runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .is_some_and(|r| r.state == "training")
+        };
         let stream = async_stream(move |tx| async move {
-            while let Ok(m) = rx.recv().await {
-                if m.run_id != id {
-                    continue;
-                }
-                let last = m.step + 1 >= m.total_steps;
-                if tx.send(Ok(m)).await.is_err() || last {
-                    return;
+            let mut check = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(m) if m.run_id == id => {
+                            let last = m.step + 1 >= m.total_steps;
+                            if tx.send(Ok(m)).await.is_err() || last {
+                                return;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = check.tick() => {
+                        if !training(&id) {
+                            return;
+                        }
+                    }
                 }
             }
         });
