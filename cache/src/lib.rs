@@ -34,6 +34,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     }
 }
 
+/// Content key of raw bytes (SHA-256, first 128 bits, hex).
+pub fn bytes_key(data: &[u8]) -> String {
+    hex::encode(&Sha256::digest(data)[..16])
+}
+
 /// SHA-256 (first 128 bits, hex) over the parts, each followed by a separator byte.
 pub fn key(parts: &[&str]) -> String {
     let mut h = Sha256::new();

@@ -8,8 +8,10 @@ use labelfleet_client::{Client, TrainerClient};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::*;
 use labelfleet_types::{GradePrompt, Grading, Pair};
+use prost::Message;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long to wait for a leading coordinator or the trainer to answer.
@@ -24,12 +26,33 @@ pub struct ClusterAddress {
     pub store: String,
 }
 
+/// Who follows a run of the pipeline from outside: the coordinator's driver of a corpus job
+/// records the stage and its progress, and can stop the run (the job was cancelled, or this
+/// replica stopped leading).
+pub trait Observer: Send + Sync {
+    /// The pipeline entered `stage`.
+    fn stage(&self, stage: &str);
+    /// Progress of the stage's child job or training run.
+    fn progress(&self, stage: &str, done: u64, total: u64);
+    /// The stage submitted (or got back) child job `job_id`.
+    fn child_job(&self, stage: &str, job_id: &str);
+    /// Why the run must stop now, if it must.
+    fn stop(&self) -> Option<String>;
+}
+
+/// How often a wait on a child job asks the observer whether to stop.
+const STOP_POLL: Duration = Duration::from_millis(300);
+
 /// A connection to a cluster, with its own async runtime (the stages are synchronous).
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
     jobs: Client,
     trainer: TrainerClient,
     store: Blobs,
+    observer: Option<Arc<dyn Observer>>,
+    /// Prefix of the idempotency keys of the child jobs (the corpus job's id): a re-run of
+    /// the stages after a leader change gets the same child jobs back instead of new ones.
+    key_prefix: Option<String>,
 }
 
 impl Cluster {
@@ -53,7 +76,39 @@ impl Cluster {
             jobs,
             trainer,
             store,
+            observer: None,
+            key_prefix: None,
         })
+    }
+
+    /// Reports stages and progress to `observer`, and keys every child job and training run
+    /// by `key_prefix`, the stage and its content, so that running the stages again (a new
+    /// leader's driver) submits nothing twice.
+    pub fn observe(&mut self, observer: Arc<dyn Observer>, key_prefix: &str) {
+        self.observer = Some(observer);
+        self.key_prefix = Some(key_prefix.to_string());
+    }
+
+    /// Tells the observer the pipeline entered `stage`; an error if it must stop.
+    pub fn stage(&self, stage: &str) -> Result<()> {
+        if let Some(o) = &self.observer {
+            if let Some(why) = o.stop() {
+                return Err(PipelineError::Stopped(why));
+            }
+            o.stage(stage);
+        }
+        Ok(())
+    }
+
+    /// The idempotency key of a child job of `stage` with this content ("" without a prefix).
+    fn key(&self, stage: &str, content: &[u8]) -> String {
+        match &self.key_prefix {
+            Some(prefix) => {
+                let digest = labelfleet_cache::bytes_key(content);
+                format!("{prefix}/{stage}/{digest}")
+            }
+            None => String::new(),
+        }
     }
 
     /// Runs `f` to completion on the connection's runtime.
@@ -102,9 +157,11 @@ impl Cluster {
             max_tokens: max_tokens as u32,
             ..Default::default()
         };
+        let key = self.key(what, &spec.encode_to_vec());
+        let observer = self.observer.clone();
         let jobs = &mut self.jobs;
         self.rt.block_on(async {
-            let job = run_job(jobs, spec, what).await?;
+            let job = run_job(jobs, spec, &key, what, observer.as_deref()).await?;
             let mut out: Vec<Option<Grading>> = vec![None; pairs.len()];
             let mut bad = None;
             jobs.fetch(&job.job_id, "", |batch| {
@@ -144,6 +201,8 @@ impl Cluster {
         seed: u64,
     ) -> Result<Vec<SyntheticQuery>> {
         let n = docs.len() as u32;
+        let observer = self.observer.clone();
+        let prefix = self.key_prefix.clone();
         let jobs = &mut self.jobs;
         self.rt.block_on(async {
             let uploaded = jobs.upload_corpus("seeds", docs).await?;
@@ -170,7 +229,11 @@ impl Cluster {
                 seed,
                 ..Default::default()
             };
-            let job = run_job(jobs, spec, "queries").await?;
+            let key = match &prefix {
+                Some(p) => format!("{p}/queries/{}", spec.corpus_id),
+                None => String::new(),
+            };
+            let job = run_job(jobs, spec, &key, "queries", observer.as_deref()).await?;
             let mut queries = vec![];
             jobs.fetch(&job.job_id, "", |batch| {
                 queries.extend(batch.queries);
@@ -183,19 +246,29 @@ impl Cluster {
 
     /// Distils a student on the trainer from a dataset in the object store, and waits until
     /// the checkpoint is registered and pushed to the workers.
-    pub fn distill(&mut self, request: DistillRequest) -> Result<TrainingRun> {
+    /// With a key prefix, the run's job id is `<prefix>/distill`: the trainer hands back a run
+    /// already going for the same job and dataset instead of starting another.
+    pub fn distill(&mut self, mut request: DistillRequest) -> Result<TrainingRun> {
+        if let Some(prefix) = &self.key_prefix {
+            request.job_id = format!("{prefix}/distill");
+        }
+        let observer = self.observer.clone();
         let trainer = &mut self.trainer;
         self.rt.block_on(async {
             let run = trainer.start_distillation(request).await?;
             let mut bar: Option<indicatif::ProgressBar> = None;
-            let done = trainer
-                .wait(&run.run_id, |m| {
-                    let pb =
-                        bar.get_or_insert_with(|| progress::bar(m.total_steps as u64, "distill"));
-                    pb.set_position(m.step as u64 + 1);
-                    pb.set_message(format!("loss {:.3}", m.loss));
-                })
-                .await;
+            let wait = trainer.wait(&run.run_id, |m| {
+                let pb = bar.get_or_insert_with(|| progress::bar(m.total_steps as u64, "distill"));
+                pb.set_position(m.step as u64 + 1);
+                pb.set_message(format!("loss {:.3}", m.loss));
+                if let Some(o) = &observer {
+                    o.progress("distill", m.step as u64 + 1, m.total_steps as u64);
+                }
+            });
+            let done = tokio::select! {
+                done = wait => done,
+                why = stopped(observer.as_deref()) => return Err(PipelineError::Stopped(why)),
+            };
             if let Some(pb) = bar {
                 pb.finish();
             }
@@ -204,18 +277,42 @@ impl Cluster {
     }
 }
 
-/// Submits a job and follows it with a progress bar until it ends; a job that did not
-/// succeed, or lost a task, is an error.
-async fn run_job(jobs: &mut Client, spec: JobSpec, what: &str) -> Result<Job> {
-    let job = jobs.submit(spec, "").await?;
+/// Resolves when the observer says the run must stop, with why (never without an observer).
+async fn stopped(observer: Option<&dyn Observer>) -> String {
+    loop {
+        if let Some(why) = observer.and_then(|o| o.stop()) {
+            return why;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Submits a job (with idempotency key `key`, "" for none) and follows it with a progress bar
+/// until it ends; a job that did not succeed, or lost a task, is an error.
+async fn run_job(
+    jobs: &mut Client,
+    spec: JobSpec,
+    key: &str,
+    what: &str,
+    observer: Option<&dyn Observer>,
+) -> Result<Job> {
+    let job = jobs.submit(spec, key).await?;
+    if let Some(o) = observer {
+        o.child_job(what, &job.job_id);
+    }
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let last = jobs
-        .watch(&job.job_id, |job| {
-            let stage = job.stages.first().cloned().unwrap_or_default();
-            let pb = bar.get_or_insert_with(|| progress::bar(stage.total, what));
-            pb.set_position(stage.done + stage.failed);
-        })
-        .await?;
+    let watch = jobs.watch(&job.job_id, |job| {
+        let stage = job.stages.first().cloned().unwrap_or_default();
+        let pb = bar.get_or_insert_with(|| progress::bar(stage.total, what));
+        pb.set_position(stage.done + stage.failed);
+        if let Some(o) = observer {
+            o.progress(what, stage.done + stage.failed, stage.total);
+        }
+    });
+    let last = tokio::select! {
+        last = watch => last?,
+        why = stopped(observer) => return Err(PipelineError::Stopped(why)),
+    };
     if let Some(pb) = bar {
         pb.finish();
     }
@@ -279,4 +376,26 @@ pub fn to_proto_document(d: &labelfleet_corpus::Document) -> Document {
             })
             .collect(),
     }
+}
+
+/// A document the coordinator stored, as a record of the corpus JSONL the pipeline ingests
+/// (the inverse of [`to_proto_document`]: metadata goes back to top-level fields).
+pub fn corpus_record(d: &Document) -> serde_json::Value {
+    let mut record = serde_json::Map::new();
+    for (k, v) in &d.metadata {
+        record.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    record.insert("id".into(), d.id.clone().into());
+    record.insert("body".into(), d.body.clone().into());
+    for (field, value) in [
+        ("title", &d.title),
+        ("author", &d.author),
+        ("path", &d.path),
+        ("modified", &d.modified),
+    ] {
+        if !value.is_empty() {
+            record.insert(field.into(), value.clone().into());
+        }
+    }
+    serde_json::Value::Object(record)
 }

@@ -18,7 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod stages;
 
-pub use cluster::{Cluster, ClusterAddress};
+pub use cluster::{Cluster, ClusterAddress, Observer};
 pub use stages::Context;
 
 use labelfleet_corpus::bm25::RankSampling;
@@ -50,6 +50,9 @@ pub enum PipelineError {
     Store(#[from] labelfleet_cluster::ClusterError),
     #[error("{what}: {message}")]
     Job { what: String, message: String },
+    /// The observer stopped the run (its job was cancelled, or its driver lost leadership).
+    #[error("stopped: {0}")]
+    Stopped(String),
     #[error("API teacher: {0}")]
     Api(#[from] labelfleet_openai::ApiError),
     #[error(transparent)]
@@ -82,8 +85,10 @@ pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
 pub struct Config {
     /// Corpus: a JSONL file or a folder of .txt/.md files.
     pub corpus: PathBuf,
-    /// Where every stage writes its outputs (and the caches).
+    /// Where every stage writes its outputs.
     pub out: PathBuf,
+    /// The content-keyed caches (grades, queries, rates, students); None: `out/cache`.
+    pub cache: Option<PathBuf>,
     /// Teacher model, a local decoder (name or folder); also writes the queries.
     pub teacher: String,
     pub teacher_prompt: GradePrompt,
@@ -102,7 +107,9 @@ pub struct Config {
     pub epochs: usize,
     pub learning_rate: f64,
     pub seed: u64,
+    /// Queries whose BM25 top `pool_k` documents the student labels (`qid<TAB>text`) ...
     pub eval_queries: Option<PathBuf>,
+    /// ... and, optionally, human judgments of them: the agreement report.
     pub eval_qrels: Option<PathBuf>,
     pub eval_sample: usize,
     pub pool_k: usize,
@@ -119,25 +126,34 @@ pub fn run(cfg: &Config, cluster: &mut Cluster, api: Option<&ApiClient>) -> Resu
     stages::check_config(cfg)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::io(&cfg.out, e))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut ctx = Context::open(cluster, api, &cfg.out)?;
+    let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
+    let mut ctx = Context::open(cluster, api, &cfg.out, &cache)?;
 
+    ctx.cluster.stage("corpus")?;
     let corpus = stages::load_corpus(&cfg.corpus)?;
     let teacher = stages::Teacher::resolve(cfg, api)?;
     let seeds = stages::sample_seeds(&corpus.docs, cfg.seed_docs, &mut rng);
+    ctx.cluster.stage("queries")?;
     let queries = stages::synthesize_queries(&mut ctx, cfg, &teacher, &seeds)?;
+    ctx.cluster.stage("negatives")?;
     let cand = stages::candidates(cfg, &corpus, &queries, &mut rng)?;
+    ctx.cluster.stage("teacher")?;
     let graded = stages::teacher_grades(&mut ctx, cfg, &teacher, &cand)?;
+    ctx.cluster.stage("distill")?;
     let student = stages::distill(&mut ctx, cfg, &teacher, &cand, &graded.grades)?;
-    let rows = match (&cfg.eval_queries, &cfg.eval_qrels) {
-        (Some(q), Some(r)) => {
-            let pool = stages::evaluation_pool(cfg, &corpus, q, r)?;
+    let rows = match &cfg.eval_queries {
+        Some(q) => {
+            let pool = stages::evaluation_pool(cfg, &corpus, q, cfg.eval_qrels.as_deref())?;
             stages::evaluate(&mut ctx, cfg, &teacher, &student, &pool)?
         }
-        _ => {
-            eprintln!("[6/6] no --eval-queries/--eval-qrels: agreement with humans not measured");
+        None => {
+            eprintln!(
+                "[6/6] no --eval-queries: no targets labeled, agreement with humans not measured"
+            );
             vec![]
         }
     };
+    ctx.cluster.stage("report")?;
     let counts = stages::Counts {
         documents: corpus.docs.len(),
         queries: queries.len(),

@@ -40,6 +40,9 @@ pub fn agreement_report(
     png: &Path,
     seed: u64,
 ) -> Result<serde_json::Value> {
+    use std::fmt::Write;
+    // the tables, printed here and kept in the report for a client that ran remotely
+    let mut text = String::new();
     if rows.is_empty() {
         return Ok(serde_json::Value::Null);
     }
@@ -118,7 +121,8 @@ pub fn agreement_report(
             "report": rep, "pairs_per_s": row.pairs_per_s, "cost_per_million": cost,
         }));
     }
-    println!(
+    let _ = writeln!(
+        text,
         "\nAgreement with human judgments (grades 0-3; 95% CI over {} query resamples; BM25 only ranks, so only its ranking measures apply)\n{}",
         cfg.resamples,
         progress::table(&header, table)
@@ -140,7 +144,8 @@ pub fn agreement_report(
                 ]
             })
             .collect();
-        println!(
+        let _ = writeln!(
+        text,
             "\nStudent against teacher on the same {} pairs ({} queries): difference student - teacher, paired query bootstrap\n{}",
             cmp.pairs,
             cmp.queries,
@@ -155,7 +160,8 @@ pub fn agreement_report(
             (Some(r), Some(t)) => format!(", at {:.1}x its throughput", r / t),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+        text,
             "The student agrees with the human judges at least as well as its teacher (better, or non-inferior at margin {}) on {at_least} of {} measures{speed}.",
             cfg.margin,
             cmp.measures.len()
@@ -170,6 +176,13 @@ pub fn agreement_report(
         "Agreement with human judgments (evaluation pool)",
         &figure,
     )?;
-    println!("figure: {}", png.display());
-    Ok(serde_json::json!({ "labelers": labelers, "student_vs_teacher": comparison }))
+    let _ = writeln!(
+        text,
+        "figure: {}",
+        png.file_name().unwrap_or_default().to_string_lossy()
+    );
+    print!("{text}");
+    Ok(serde_json::json!({
+        "labelers": labelers, "student_vs_teacher": comparison, "tables": text,
+    }))
 }

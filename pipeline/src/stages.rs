@@ -36,6 +36,8 @@ pub struct Context<'a> {
     pub cluster: &'a mut Cluster,
     pub api: Option<&'a ApiClient>,
     pub out: PathBuf,
+    /// Folder of the content-keyed caches (shared by runs: keyed by content, never by run).
+    pub cache: PathBuf,
     pub grades: Cache<Grading>,
     pub rates: Cache<f64>,
     /// One line per model stage: what was computed, what came from the cache.
@@ -43,14 +45,20 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    /// Opens the caches under `out/cache`.
-    pub fn open(cluster: &'a mut Cluster, api: Option<&'a ApiClient>, out: &Path) -> Result<Self> {
+    /// Opens the caches under `cache`.
+    pub fn open(
+        cluster: &'a mut Cluster,
+        api: Option<&'a ApiClient>,
+        out: &Path,
+        cache: &Path,
+    ) -> Result<Self> {
         Ok(Context {
             cluster,
             api,
             out: out.to_path_buf(),
-            grades: Cache::open(&out.join("cache/grades.jsonl"))?,
-            rates: Cache::open(&out.join("cache/rates.jsonl"))?,
+            cache: cache.to_path_buf(),
+            grades: Cache::open(&cache.join("grades.jsonl"))?,
+            rates: Cache::open(&cache.join("rates.jsonl"))?,
             work: vec![],
         })
     }
@@ -150,8 +158,7 @@ impl Teacher {
                 format!("{} prompt={}", api.describe(), prompt.version()),
             ),
             None => (
-                cache::model_fingerprint(&dir)
-                    .map_err(|e| PipelineError::Input(format!("teacher {}: {e}", dir.display())))?,
+                fingerprint(&dir, "teacher")?,
                 format!("decoder:{} prompt={}", dir.display(), prompt.version()),
             ),
         };
@@ -163,6 +170,17 @@ impl Teacher {
             prompt,
         })
     }
+}
+
+/// What identifies a model folder's weights in the caches' keys. A folder this process
+/// cannot see (the coordinator of a cluster whose models live on the workers) is named by its
+/// path: the workers resolve it, and the caches are keyed by what was asked for.
+fn fingerprint(dir: &Path, what: &str) -> Result<String> {
+    if !dir.exists() {
+        return Ok(cache::key(&["path", &dir.display().to_string()]));
+    }
+    cache::model_fingerprint(dir)
+        .map_err(|e| PipelineError::Input(format!("{what} {}: {e}", dir.display())))
 }
 
 /// Stage 2: the seed documents, a seeded sample of the corpus.
@@ -182,7 +200,7 @@ pub fn synthesize_queries(
     seeds: &[&Document],
 ) -> Result<Vec<GeneratedQuery>> {
     let mut query_cache: Cache<Vec<GeneratedQuery>> =
-        Cache::open(&ctx.out.join("cache/queries.jsonl"))?;
+        Cache::open(&ctx.cache.join("queries.jsonl"))?;
     // the worker's sampling: temperature 0.8, top-p 0.95, 32 new tokens, seeded by the documents
     let sampling = format!(
         "worker-synthesis:{}:{}:{}:{}:{METADATA_QUERY_PROMPT_VERSION}",
@@ -590,13 +608,15 @@ pub fn distill(
         seed: cfg.seed,
         keep_layers: cfg.student_layers as u32,
         batch_size: STUDENT_BATCH,
+        max_tokens: cfg.student_max_len as u32,
     };
     let student_key = cache::key(&[
-        &cache::model_fingerprint(&student_dir)?,
+        &fingerprint(&student_dir, "student")?,
         &format!("{request:?}"),
         &cfg.student_max_len.to_string(),
     ]);
-    let ckpt = ctx.out.join("student");
+    // the local copy is cached by what it is made of, and copied to `out/student`
+    let ckpt = ctx.cache.join("students").join(&student_key);
     let previous = read_json(&ckpt.join("labelfleet.json"))
         .filter(|m| m["provenance"]["cache_key"] == student_key.as_str());
     let (source, checkpoint, heldout, majority) = match previous {
@@ -643,17 +663,35 @@ pub fn distill(
     eprintln!(
         "[5/6] student on held-out queries, against its teacher: grade agreement {:.3} (majority class {:.3}), expected-grade error {:.3} (majority class {:.3}); checkpoint {}",
         heldout.0, majority.0, heldout.1, majority.1,
-        ckpt.display()
+        checkpoint
     );
+    let copy = ctx.out.join("student");
+    copy_dir(&ckpt, &copy)?;
     Ok(Student {
         source,
         id: format!("{}:student", cache::model_fingerprint(&ckpt)?),
-        name: format!("cross-encoder:{}", ckpt.display()),
-        dir: ckpt,
+        name: format!("cross-encoder:{checkpoint}"),
+        dir: copy,
         checkpoint,
         heldout,
         majority,
     })
+}
+
+/// Copies the files of folder `from` into `to` (made afresh).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(|e| PipelineError::io(to, e))?;
+    }
+    std::fs::create_dir_all(to).map_err(|e| PipelineError::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| PipelineError::io(from, e))? {
+        let path = entry.map_err(|e| PipelineError::io(from, e))?.path();
+        if path.is_file() {
+            let dest = to.join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &dest).map_err(|e| PipelineError::io(&dest, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
@@ -673,11 +711,13 @@ fn record_provenance(ckpt: &Path, key: &str, teacher: &str, checkpoint_id: &str)
         .map_err(|e| PipelineError::io(&meta_path, e))
 }
 
-/// The evaluation pool: sampled human queries, each with its judged documents plus the top-k
-/// BM25 documents not judged (grade 0).
+/// The evaluation pool (the student's targets): sampled queries, each with its judged
+/// documents plus the top-k BM25 documents not judged (grade 0).
 pub struct Pool {
-    /// (query id, document id, human grade).
+    /// (query id, document id, human grade; 0 without judgments).
     pub judged: Vec<(String, String, usize)>,
+    /// Whether humans judged the pool's queries (the agreement report needs them).
+    pub has_judgments: bool,
     /// The engine's pairs, in the same order.
     pub pairs: Vec<Pair>,
     /// BM25's score of each pair.
@@ -685,7 +725,7 @@ pub struct Pool {
 }
 
 /// `qid<TAB>text` lines.
-fn read_queries(path: &Path) -> Result<BTreeMap<String, String>> {
+pub fn read_queries(path: &Path) -> Result<BTreeMap<String, String>> {
     Ok(std::fs::read_to_string(path)
         .map_err(|e| PipelineError::io(path, e))?
         .lines()
@@ -697,7 +737,7 @@ fn read_queries(path: &Path) -> Result<BTreeMap<String, String>> {
 }
 
 /// TREC qrels (`qid 0 docid grade`), grades capped at 3.
-fn read_qrels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, usize>>> {
+pub fn read_qrels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, usize>>> {
     let mut qrels: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
     for (n, line) in text.lines().enumerate() {
@@ -727,16 +767,22 @@ pub fn evaluation_pool(
     cfg: &Config,
     corpus: &Corpus,
     queries: &Path,
-    qrels: &Path,
+    qrels: Option<&Path>,
 ) -> Result<Pool> {
     let texts = read_queries(queries)?;
-    let qrels = read_qrels(qrels)?;
+    let has_judgments = qrels.is_some();
+    let qrels = match qrels {
+        Some(path) => read_qrels(path)?,
+        // no judgments: every query's targets are its BM25 top k
+        None => texts.keys().map(|q| (q.clone(), BTreeMap::new())).collect(),
+    };
     let by_id = corpus.by_id();
     let mut eval_q: Vec<&String> = qrels.keys().filter(|q| texts.contains_key(*q)).collect();
     eval_q.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ EVAL_POOL_SALT));
     eval_q.truncate(cfg.eval_sample);
     let mut pool = Pool {
         judged: vec![],
+        has_judgments,
         pairs: vec![],
         bm25: vec![],
     };
@@ -792,15 +838,28 @@ pub fn evaluate(
         max_len: cfg.student_max_len,
         what: "student",
     };
-    let t = grade_cached(ctx, &teacher_labeler, &teacher.id, &pool.pairs)?;
+    // without human judgments there is nothing to compare the teacher with: the student
+    // labels the targets alone
+    let t = if pool.has_judgments {
+        ctx.cluster.stage("teacher")?;
+        Some(grade_cached(
+            ctx,
+            &teacher_labeler,
+            &teacher.id,
+            &pool.pairs,
+        )?)
+    } else {
+        None
+    };
+    ctx.cluster.stage("student")?;
     let s = grade_cached(ctx, &student_labeler, &student.id, &pool.pairs)?;
     ctx.work.push(format!(
         "evaluation pool: teacher graded {}, student graded {}, the rest from cache",
-        t.computed, s.computed
+        t.as_ref().map_or(0, |t| t.computed),
+        s.computed
     ));
     // throughput is measured when a labeler grades the pool; a re-run reports the last
     // measurement for the same model
-    let t_rate = remember_rate(&mut ctx.rates, &teacher.id, t.rate)?;
     let s_rate = remember_rate(&mut ctx.rates, &student.id, s.rate)?;
     let keyed: Vec<(String, String)> = pool
         .judged
@@ -819,6 +878,10 @@ pub fn evaluate(
         },
     )?;
     write_qrels(&ctx.out.join("eval_student.qrels"), &keyed, &s.grades)?;
+    let Some(t) = t else {
+        return Ok(vec![]);
+    };
+    let t_rate = remember_rate(&mut ctx.rates, &teacher.id, t.rate)?;
     let judgments = |pred: &dyn Fn(usize) -> (usize, f64)| -> Vec<Judgment> {
         pool.judged
             .iter()
@@ -877,12 +940,15 @@ pub fn write_report(
     rows: &[Row],
     started: Instant,
 ) -> Result<()> {
-    let report = agreement_report(
-        rows,
-        cfg.price_per_hour,
-        &cfg.out.join("agreement.png"),
-        cfg.seed,
-    )?;
+    let report = match rows.is_empty() {
+        true => None,
+        false => Some(agreement_report(
+            rows,
+            cfg.price_per_hour,
+            &cfg.out.join("agreement.png"),
+            cfg.seed,
+        )?),
+    };
     let (held, majority) = (student.heldout, student.majority);
     let json = serde_json::json!({
         "corpus_documents": counts.documents, "queries": counts.queries,
@@ -903,11 +969,7 @@ pub fn write_report(
     for w in &ctx.work {
         eprintln!("model work: {w}");
     }
-    eprintln!(
-        "done in {:.0}s; outputs in {}",
-        started.elapsed().as_secs_f64(),
-        cfg.out.display()
-    );
+    eprintln!("stages done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
