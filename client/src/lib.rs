@@ -239,6 +239,37 @@ impl Client {
         }
     }
 
+    /// Reads output `name` of a corpus job (`Job.artifacts`) whole, finding the leader again
+    /// if the stream breaks (the read starts over).
+    pub async fn fetch_artifact(&mut self, job_id: &str, name: &str) -> Result<Vec<u8>> {
+        let request = FetchArtifactRequest {
+            job_id: job_id.to_string(),
+            name: name.to_string(),
+        };
+        for _ in 0..20 {
+            let mut stream = self
+                .retrying("fetch artifact", |mut c| {
+                    let request = request.clone();
+                    async move { c.fetch_artifact(request).await }
+                })
+                .await?;
+            let mut data = Vec::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.data),
+                    Ok(None) => return Ok(data),
+                    Err(s) if s.code() == Code::Unavailable => break,
+                    Err(s) => return Err(refused("fetch artifact")(s)),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.reconnect().await?;
+        }
+        Err(refused("fetch artifact")(tonic::Status::unavailable(
+            "the stream broke 20 times",
+        )))
+    }
+
     /// Reads a job's results in order, resuming from the count received after a broken
     /// stream, and hands each batch to `on_batch`. For a job that has ended, checks that the
     /// count received is the count it committed. Returns the count.

@@ -16,6 +16,9 @@ pub enum CoordinatorError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is valid, but this cluster is not set up to run it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -46,6 +49,7 @@ impl From<CoordinatorError> for tonic::Status {
         match e {
             CoordinatorError::Invalid(m) => Status::invalid_argument(m),
             CoordinatorError::NotFound(m) => Status::not_found(m),
+            CoordinatorError::FailedPrecondition(m) => Status::failed_precondition(m),
             CoordinatorError::DataLoss(_) => Status::data_loss(message),
             CoordinatorError::Transport(_) => Status::unavailable(message),
             CoordinatorError::Cluster(c) => match c {

@@ -5,8 +5,8 @@ use crate::error::{CoordinatorError, Result};
 use crate::scheduler::{task_id, JobPlan, MAX_ATTEMPTS_LIMIT};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::{
-    model_ref, pair_input, CorpusChunk, Document, JobSpec, ModelRef, PairInput, Rejection, Task,
-    TaskKind,
+    model_ref, pair_input, CorpusChunk, Document, JobKind, JobSpec, ModelRef, PairInput, Rejection,
+    Task, TaskKind,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -176,13 +176,22 @@ pub const DEFAULT_GENERATOR: &str = "smollm2";
 
 /// A job that writes queries for seed documents (no pairs given).
 pub fn is_synthesis(spec: &JobSpec) -> bool {
-    spec.label_pairs.is_empty() && spec.seed_documents > 0
+    match JobKind::try_from(spec.kind) {
+        Ok(JobKind::Synthesize) => true,
+        Ok(JobKind::Unspecified) => spec.label_pairs.is_empty() && spec.seed_documents > 0,
+        _ => false,
+    }
+}
+
+/// A job that runs the whole method (see [`crate::corpus_job`]).
+pub fn is_corpus(spec: &JobSpec) -> bool {
+    spec.kind == JobKind::Corpus as i32
 }
 
 /// Checks a spec before anything is stored; errors name the field (and the pair).
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     validate_spec_settings(spec)?;
-    if is_synthesis(spec) {
+    if is_synthesis(spec) || is_corpus(spec) {
         return Ok(());
     }
     if spec.label_pairs.is_empty() {
@@ -228,11 +237,17 @@ fn check_pair(i: u64, p: &PairInput) -> Result<()> {
     Ok(())
 }
 
-/// Spec fields of the stages a coordinator does not run yet (BM25 negatives, distillation,
-/// labeling BM25 candidates): a spec that sets one is refused rather than silently run
-/// without it. `labelfleet run` runs those stages as a client today.
-fn unsupported_stage_fields(spec: &JobSpec) -> Vec<&'static str> {
+/// Spec fields of the stages only a corpus job runs (BM25 negatives, distillation, labeling
+/// BM25 candidates): a labeling or synthesis spec that sets one is refused rather than
+/// silently run without it.
+fn corpus_only_fields(spec: &JobSpec) -> Vec<&'static str> {
     let set = [
+        ("consistency_depth", spec.consistency_depth != 0),
+        ("student_layers", spec.student_layers != 0),
+        ("student_max_tokens", spec.student_max_tokens != 0),
+        ("label_queries", !spec.label_queries.is_empty()),
+        ("label_queries_sample", spec.label_queries_sample != 0),
+        ("human_judgments", !spec.human_judgments.is_empty()),
         ("bm25_depth", spec.bm25_depth != 0),
         ("negatives_per_query", spec.negatives_per_query != 0),
         ("rank_sampling", spec.rank_sampling != 0),
@@ -253,12 +268,14 @@ fn unsupported_stage_fields(spec: &JobSpec) -> Vec<&'static str> {
 /// Checks everything in a spec but its pairs (a streamed submit sends those later).
 pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
-    let unsupported = unsupported_stage_fields(spec);
+    if is_corpus(spec) {
+        return crate::corpus_job::validate(spec);
+    }
+    let unsupported = corpus_only_fields(spec);
     if !unsupported.is_empty() {
         return invalid(format!(
-            "spec.{}: the coordinator runs labeling and query-synthesis jobs; the BM25, \
-             distillation and candidate stages run in `labelfleet run` (a client) for now, so \
-             leave these fields unset",
+            "spec.{}: only a corpus job (kind JOB_KIND_CORPUS) runs the BM25, distillation \
+             and target stages; leave these fields unset in a labeling or synthesis job",
             unsupported.join(", spec.")
         ));
     }
@@ -596,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn stage_fields_the_coordinator_does_not_run_are_refused_by_name() {
+    fn corpus_stage_fields_are_refused_by_name_in_a_synthesis_job() {
         let spec = JobSpec {
             seed_documents: 3,
             corpus_id: "c".into(),

@@ -51,6 +51,16 @@ pub struct JobRecord {
     pub items_done: u64,
     #[serde(default)]
     pub items_failed: u64,
+    /// A corpus job (the whole method): no tasks of its own; the stage it is in, and, once it
+    /// succeeded, its student checkpoint and outputs.
+    #[serde(default)]
+    pub corpus: bool,
+    #[serde(default)]
+    pub stage: String,
+    #[serde(default)]
+    pub checkpoint_id: String,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
 }
 
 impl JobRecord {
@@ -93,15 +103,22 @@ pub struct Broken {
     pub reason: String,
 }
 
-/// Reads every job back into `sched`.
-pub async fn load_jobs(
-    meta: &MetaStore,
-    blobs: &Blobs,
-    sched: &mut Scheduler,
-) -> Result<(LoadReport, Vec<Broken>)> {
+/// What a load read back besides the scheduler's jobs.
+#[derive(Default)]
+pub struct Loaded {
+    pub report: LoadReport,
+    /// Jobs that could not be restored: their records are rewritten as failed.
+    pub broken: Vec<Broken>,
+    /// Corpus jobs (they have no tasks; their drivers restart), as a job view each.
+    pub corpus: Vec<(JobRecord, Job)>,
+}
+
+/// Reads every job back: labeling and synthesis jobs into `sched`, corpus jobs aside.
+pub async fn load_jobs(meta: &MetaStore, blobs: &Blobs, sched: &mut Scheduler) -> Result<Loaded> {
     let prefix = meta.prefix().to_string();
     let mut report = LoadReport::default();
     let mut broken = Vec::new();
+    let mut corpus = Vec::new();
     let now = Instant::now();
     for (key, value) in meta.list(&keys::jobs(&prefix)).await? {
         if !key.ends_with("/record") {
@@ -149,6 +166,13 @@ pub async fn load_jobs(
             updated_unix_ms: rec.updated_unix_ms,
             ..Default::default()
         };
+        if rec.corpus {
+            if !rec.is_final() {
+                report.running += 1;
+            }
+            corpus.push((rec, job));
+            continue;
+        }
         let resume = if rec.is_final() {
             Resume::Finished(rec.counts())
         } else {
@@ -167,7 +191,11 @@ pub async fn load_jobs(
             now,
         );
     }
-    Ok((report, broken))
+    Ok(Loaded {
+        report,
+        broken,
+        corpus,
+    })
 }
 
 /// The job's spec object (pairs stripped), or why it cannot be read.

@@ -2,6 +2,7 @@
 //! NOT_SERVING), campaigns in the etcd election, and on winning reloads state and leads until
 //! its lease is lost, when it exits (fail-stop) so a fresh process campaigns again.
 
+use crate::corpus_job::{self, DriverEnv};
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
@@ -11,6 +12,7 @@ use labelfleet_cluster::metrics::{self, write_metric};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
 use labelfleet_proto::v1::task_service_server::TaskServiceServer;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
@@ -35,6 +37,10 @@ pub struct CoordinatorConfig {
     pub job_retention: Duration,
     /// How often the leader looks for finished jobs past their retention.
     pub gc_interval: Duration,
+    /// The trainer (`host:port`): with it, the replica runs corpus jobs.
+    pub trainer: Option<String>,
+    /// Local folder of corpus jobs' working files and caches.
+    pub scratch: PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -51,6 +57,8 @@ impl Default for CoordinatorConfig {
             election_ttl: Duration::from_secs(10),
             job_retention: Duration::from_secs(7 * 24 * 3600),
             gc_interval: Duration::from_secs(60),
+            trainer: None,
+            scratch: std::env::temp_dir().join("labelfleet-coordinator"),
         }
     }
 }
@@ -82,6 +90,20 @@ pub async fn run_with_meta(
         blobs,
         (config.task_lease / 3).max(Duration::from_millis(100)),
     ));
+    if let Some(trainer) = &config.trainer {
+        // the driver of a corpus job is a client of this replica, over loopback when it
+        // listens on every interface
+        let own = match bound.ip().is_unspecified() {
+            true => format!("127.0.0.1:{}", bound.port()),
+            false => bound.to_string(),
+        };
+        coord.set_driver_env(DriverEnv {
+            trainer: trainer.clone(),
+            own_address: own,
+            store: config.store.clone(),
+            scratch: config.scratch.clone(),
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
@@ -142,6 +164,7 @@ pub async fn run_with_meta(
             );
             let leader = Arc::new(coord.load(leadership.fence, sched_config).await?);
             *coord.leader.write().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
+            corpus_job::resume_all(&coord, &leader)?;
             for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
                 health
                     .set_service_status(name, ServingStatus::Serving)

@@ -3,6 +3,7 @@
 //! A standby serves the same endpoints but answers `UNAVAILABLE` (and its health reports
 //! NOT_SERVING) until it wins the election and has reloaded state.
 
+use crate::corpus_job::{self, CorpusJobs, DriverEnv};
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, CorpusBuilder};
 use crate::recovery::{self, JobRecord};
@@ -40,6 +41,8 @@ pub struct Leader {
     /// Inputs of tasks leased and not yet final, read from the store at lease time, so a
     /// completion is checked against them without reading the object again.
     inputs: Mutex<HashMap<String, Arc<Task>>>,
+    /// Corpus jobs (no tasks of their own; their drivers run on this leader).
+    corpus: CorpusJobs,
 }
 
 impl Leader {
@@ -48,7 +51,12 @@ impl Leader {
             fence,
             sched: Mutex::new(sched),
             inputs: Mutex::new(HashMap::new()),
+            corpus: CorpusJobs::default(),
         }
+    }
+
+    pub fn corpus(&self) -> &CorpusJobs {
+        &self.corpus
     }
 
     pub fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
@@ -77,6 +85,8 @@ pub struct Coordinator {
     /// Workers registered in etcd at the last look.
     members: Mutex<HashSet<String>>,
     pub heartbeat_interval: Duration,
+    /// Set when the replica knows its trainer: it can run corpus jobs.
+    driver_env: std::sync::OnceLock<DriverEnv>,
 }
 
 /// Seconds the last state load of this process took (f64 bits; NaN before any load).
@@ -106,7 +116,43 @@ impl Coordinator {
             workers: Mutex::new(HashSet::new()),
             members: Mutex::new(HashSet::new()),
             heartbeat_interval,
+            driver_env: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets this replica run corpus jobs (set once, when it knows its address and trainer).
+    pub fn set_driver_env(&self, env: DriverEnv) {
+        let _ = self.driver_env.set(env);
+    }
+
+    pub fn driver_env(&self) -> Option<DriverEnv> {
+        self.driver_env.get().cloned()
+    }
+
+    /// Whether `leader` is still this replica's leadership.
+    pub fn is_leader(&self, leader: &Arc<Leader>) -> bool {
+        matches!(self.leader().ok(), Some(l) if Arc::ptr_eq(&l, leader))
+    }
+
+    /// A job as clients see it: a labeling or synthesis job, or a corpus job.
+    pub fn job_view(&self, leader: &Leader, job_id: &str) -> Option<Job> {
+        let job = leader.sched().job(job_id, Instant::now());
+        job.or_else(|| leader.corpus().view(job_id))
+    }
+
+    /// Cancels a labeling or synthesis job and records it.
+    pub async fn cancel_job(&self, leader: &Leader, job_id: &str, reason: &str) -> Result<()> {
+        let found = leader
+            .sched()
+            .cancel(job_id, reason, Instant::now())
+            .is_some();
+        if !found {
+            return Err(CoordinatorError::NotFound(format!(
+                "job `{job_id}`: no such job"
+            )));
+        }
+        leader.forget_inputs(job_id);
+        self.persist_job(leader, job_id).await
     }
 
     pub fn leader(&self) -> std::result::Result<Arc<Leader>, Status> {
@@ -126,8 +172,13 @@ impl Coordinator {
     ) -> Result<Leader> {
         let started = Instant::now();
         let mut sched = Scheduler::new(config);
-        let (report, broken) = recovery::load_jobs(&self.meta, &self.blobs, &mut sched).await?;
+        let recovery::Loaded {
+            report,
+            broken,
+            corpus,
+        } = recovery::load_jobs(&self.meta, &self.blobs, &mut sched).await?;
         let leader = Leader::new(fence, sched);
+        leader.corpus().restore(corpus);
         for b in broken {
             self.fail_unloadable(&leader, &b.job_id, &b.reason).await?;
         }
@@ -173,7 +224,7 @@ impl Coordinator {
         self.write_record(leader, &rec).await
     }
 
-    async fn write_record(&self, leader: &Leader, rec: &JobRecord) -> Result<()> {
+    pub(crate) async fn write_record(&self, leader: &Leader, rec: &JobRecord) -> Result<()> {
         let key = keys::job(self.meta.prefix(), &rec.job_id);
         let value =
             serde_json::to_vec(rec).map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
@@ -210,6 +261,7 @@ impl Coordinator {
                 tasks_failed: c.tasks_failed,
                 items_done: c.items_done,
                 items_failed: c.items_failed,
+                ..Default::default()
             }
         };
         self.write_record(leader, &rec).await
@@ -292,7 +344,7 @@ impl Coordinator {
     }
 
     /// A new job id, or the job an earlier submit with the same idempotency key created.
-    async fn claim_job_id(
+    pub(crate) async fn claim_job_id(
         &self,
         leader: &Leader,
         idempotency_key: &str,
@@ -307,7 +359,7 @@ impl Coordinator {
             {
                 let existing = String::from_utf8_lossy(&existing).into_owned();
                 // The first submit may have died before writing the job; fall through then.
-                if let Some(job) = leader.sched().job(&existing, Instant::now()) {
+                if let Some(job) = self.job_view(leader, &existing) {
                     return Ok(Err(job));
                 }
             }
@@ -340,9 +392,9 @@ impl Coordinator {
             .spec
             .ok_or_else(|| CoordinatorError::Invalid("request.spec: missing".into()))?;
         jobs::validate_spec_settings(&spec)?;
-        if jobs::is_synthesis(&spec) || spec.seed_documents > 0 {
+        if jobs::is_synthesis(&spec) || jobs::is_corpus(&spec) || spec.seed_documents > 0 {
             return Err(CoordinatorError::Invalid(
-                "request.spec.seed_documents: a streamed submit labels pairs; submit synthesis jobs with SubmitJob".into(),
+                "request.spec.seed_documents: a streamed submit labels pairs; submit synthesis and corpus jobs with SubmitJob".into(),
             ));
         }
         let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
@@ -550,7 +602,8 @@ impl Coordinator {
     /// marks and record. Run periodically by the leader.
     pub async fn collect_garbage(&self, leader: &Leader, retention: Duration) -> Result<usize> {
         let cutoff = now_ms() - retention.as_millis() as i64;
-        let old = leader.sched().ended_before(cutoff);
+        let mut old = leader.sched().ended_before(cutoff);
+        old.extend(leader.corpus().ended_before(cutoff));
         for job_id in &old {
             let deleted = self.blobs.delete_prefix(&jobs::job_prefix(job_id)).await?;
             let prefix = self.meta.prefix();
@@ -562,6 +615,7 @@ impl Coordinator {
                 )
                 .await?;
             leader.sched().remove(job_id);
+            leader.corpus().remove(job_id);
             tracing::info!(job = %job_id, objects = deleted, "finished job past its retention deleted");
         }
         Ok(old.len())
@@ -674,6 +728,9 @@ fn status(e: CoordinatorError) -> Status {
     e.into()
 }
 
+/// Bytes per message of a streamed artifact.
+const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
 /// `JobService` over a shared coordinator.
@@ -686,11 +743,12 @@ impl JobService for JobApi {
         &self,
         req: Request<SubmitJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
-        self.0
-            .submit(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        let req = req.into_inner();
+        let submitted = match req.spec.as_ref().is_some_and(jobs::is_corpus) {
+            true => corpus_job::submit(self.0.clone(), req).await,
+            false => self.0.submit(req).await,
+        };
+        submitted.map(Response::new).map_err(status)
     }
 
     async fn submit_job_stream(
@@ -710,7 +768,7 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Job>, Status> {
         let leader = self.0.leader()?;
         let id = req.into_inner().job_id;
-        let job = leader.sched().job(&id, Instant::now());
+        let job = self.0.job_view(&leader, &id);
         job.map(Response::new)
             .ok_or_else(|| Status::not_found(format!("job `{id}`: no such job")))
     }
@@ -726,13 +784,13 @@ impl JobService for JobApi {
         } else {
             req.page_size as usize
         };
-        let sched = leader.sched();
-        let now = Instant::now();
-        let mut jobs: Vec<Job> = sched
-            .job_ids()
+        let mut ids = leader.sched().job_ids();
+        ids.extend(leader.corpus().ids());
+        ids.sort();
+        let mut jobs: Vec<Job> = ids
             .into_iter()
             .filter(|id| req.page_token.is_empty() || *id > req.page_token)
-            .filter_map(|id| sched.job(&id, now))
+            .filter_map(|id| self.0.job_view(&leader, &id))
             .filter(|j| req.state == 0 || j.state == req.state)
             .take(page + 1)
             .collect();
@@ -754,19 +812,12 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Job>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
-        let found = leader
-            .sched()
-            .cancel(&req.job_id, &req.reason, Instant::now())
-            .is_some();
-        if !found {
-            return Err(Status::not_found(format!(
-                "job `{}`: no such job",
-                req.job_id
-            )));
+        if leader.corpus().contains(&req.job_id) {
+            let job = corpus_job::cancel(&self.0, &leader, &req.job_id, &req.reason).await;
+            return job.map(Response::new).map_err(status);
         }
-        leader.forget_inputs(&req.job_id);
         self.0
-            .persist_job(&leader, &req.job_id)
+            .cancel_job(&leader, &req.job_id, &req.reason)
             .await
             .map_err(status)?;
         let job = leader.sched().job(&req.job_id, Instant::now());
@@ -786,8 +837,8 @@ impl JobService for JobApi {
         tokio::spawn(async move {
             loop {
                 let snap = coord.leader().and_then(|l| {
-                    l.sched()
-                        .job(&id, Instant::now())
+                    coord
+                        .job_view(&l, &id)
                         .ok_or_else(|| Status::not_found(format!("job `{id}`: no such job")))
                 });
                 let terminal = match &snap {
@@ -813,6 +864,13 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
+        if let Some(job) = leader.corpus().view(&req.job_id) {
+            return Err(Status::invalid_argument(format!(
+                "job `{}` is a corpus job: its outputs are artifacts, read with FetchArtifact ({})",
+                req.job_id,
+                job.artifacts.join(", ")
+            )));
+        }
         let synthesis = {
             let sched = leader.sched();
             if !sched.contains(&req.job_id) {
@@ -873,6 +931,40 @@ impl JobService for JobApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    type FetchArtifactStream = BoxStream<ArtifactChunk>;
+
+    async fn fetch_artifact(
+        &self,
+        req: Request<FetchArtifactRequest>,
+    ) -> std::result::Result<Response<Self::FetchArtifactStream>, Status> {
+        let leader = self.0.leader()?;
+        let req = req.into_inner();
+        let job = leader.corpus().view(&req.job_id).ok_or_else(|| {
+            Status::not_found(format!("corpus job `{}`: no such job", req.job_id))
+        })?;
+        if !job.artifacts.contains(&req.name) {
+            return Err(Status::not_found(format!(
+                "job `{}` has no artifact `{}` (it has: {})",
+                req.job_id,
+                req.name,
+                job.artifacts.join(", ")
+            )));
+        }
+        let key = corpus_job::artifact_key(&req.job_id, &req.name);
+        let data = self
+            .0
+            .blobs
+            .get(&key)
+            .await
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| Status::data_loss(format!("{key}: recorded but missing")))?;
+        let chunks: Vec<std::result::Result<ArtifactChunk, Status>> = data
+            .chunks(ARTIFACT_CHUNK_BYTES)
+            .map(|c| Ok(ArtifactChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn upload_corpus(
