@@ -80,6 +80,13 @@ pub struct CoordinatorArgs {
     /// (0 keeps them forever).
     #[arg(long, env = "LABELFLEET_JOB_RETENTION_H", default_value_t = 168.0)]
     job_retention_h: f64,
+    /// The trainer (`host:port`): with it, this replica runs corpus jobs (the whole method as
+    /// one job); without it, it refuses them.
+    #[arg(long, env = "LABELFLEET_TRAINER")]
+    trainer: Option<String>,
+    /// Local folder for corpus jobs' working files and content-keyed caches.
+    #[arg(long, env = "LABELFLEET_SCRATCH")]
+    scratch: Option<PathBuf>,
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
@@ -94,6 +101,10 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         max_attempts: a.max_attempts,
         election_ttl: Duration::from_secs(a.election_ttl_s),
         job_retention: Duration::from_secs_f64(a.job_retention_h.max(0.0) * 3600.0),
+        trainer: a.trainer,
+        scratch: a
+            .scratch
+            .unwrap_or_else(|| labelfleet_slm::home_dir().join("coordinator-scratch")),
         ..Default::default()
     };
     runtime()?

@@ -87,6 +87,8 @@ impl EmbeddedCluster {
                 listen: address,
                 store: o.store.clone(),
                 metrics_listen: o.metrics_listen,
+                trainer: Some(trainer_address.to_string()),
+                scratch: local.join("coordinator-scratch"),
                 ..Default::default()
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_rest));

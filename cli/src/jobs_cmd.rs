@@ -170,9 +170,10 @@ fn id_digest(id: &str) -> u128 {
     u128::from_le_bytes(b)
 }
 
-/// Validates a corpus file here, uploads the accepted documents, and returns the corpus id.
-async fn upload_corpus(client: &mut Client, path: &std::path::Path) -> Result<String> {
-    let report = labelfleet_corpus::ingest::ingest_jsonl(path, Default::default())?;
+/// Validates a corpus (a JSONL file or a folder) here, uploads the accepted documents, and
+/// returns the corpus id.
+pub(crate) async fn upload_corpus(client: &mut Client, path: &std::path::Path) -> Result<String> {
+    let report = labelfleet_corpus::ingest_path(path, Default::default())?;
     for r in report.rejected.iter().take(20) {
         eprintln!("rejected: {r}");
     }
@@ -398,11 +399,19 @@ fn job_table(jobs: &[Job]) -> String {
     let rows = jobs
         .iter()
         .map(|j| {
-            let s = j.stages.first().cloned().unwrap_or_default();
+            // a corpus job shows the stage it is in and that stage's progress
+            let s = match j.stage.is_empty() {
+                true => j.stages.first().cloned().unwrap_or_default(),
+                false => j.stages.last().cloned().unwrap_or_default(),
+            };
+            let state = match j.stage.is_empty() {
+                true => state_name(j.state),
+                false => format!("{} ({})", state_name(j.state), j.stage),
+            };
             vec![
                 j.job_id.clone(),
                 j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-                state_name(j.state),
+                state,
                 format!("{}/{}", s.done, s.total),
                 s.failed.to_string(),
                 format!("{:.1}", s.items_per_second),
@@ -573,6 +582,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 seed: a.seed,
                 keep_layers: a.keep_layers,
                 batch_size: a.batch_size,
+                max_tokens: 0,
             })
             .await
             .map_err(|s| anyhow::anyhow!("distill refused: {}", s.message()))?

@@ -1,21 +1,30 @@
-//! `labelfleet run`: the method end to end (`labelfleet-pipeline`), on the embedded cluster
-//! (the default for a laptop: coordinator, one worker and the trainer in this process, over
-//! loopback gRPC) or, with `--coordinator`, on a running cluster. Either way the pipeline talks
-//! to the cluster through the cluster client and its object store only: one code path.
+//! `labelfleet run`: the method end to end, as one corpus job (`JobKind::Corpus`), on the
+//! embedded cluster (the default for a laptop: coordinator, one worker and the trainer in this
+//! process, over loopback gRPC) or, with `--coordinator`, on a running cluster. Either way this
+//! command is a client: it uploads the corpus, submits the job, follows its stages and writes
+//! the job's outputs into `--out`; the coordinator's driver runs the stages
+//! (`labelfleet-pipeline`). One code path.
 //!
 //! corpus -> seed documents -> synthetic queries (SmolLM2) -> BM25 hard negatives (tantivy)
 //! -> teacher grades (SmolLM2, local) -> distilled student (MiniLM cross-encoder)
-//! -> agreement of BM25, teacher and student with human judgments on an evaluation pool.
+//! -> student labels of the targets, and the agreement of BM25, teacher and student with human
+//! judgments on them.
 
 use crate::api_args::ApiArgs;
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crate::EngineArgs;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use labelfleet_client::Client;
 use labelfleet_corpus::bm25::RankSampling;
-use labelfleet_pipeline::{Cluster, ClusterAddress, Config};
+use labelfleet_pipeline::{progress, stages, Config};
+use labelfleet_proto::v1 as proto;
+use labelfleet_proto::v1::{
+    model_ref, HumanJudgment, Job, JobKind, JobSpec, JobState, ModelRef, OpenAiEndpoint, QueryInput,
+};
 use labelfleet_slm::grading::{GradePrompt, GRADE_PROMPT_VERSION};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The engine's view of a corpus document paired with a query (`labelfleet label` uses it too).
 pub use labelfleet_pipeline::stages::pair_for;
@@ -105,18 +114,11 @@ pub struct RunArgs {
 /// Where a running cluster is.
 #[derive(Args)]
 struct RemoteArgs {
-    /// Run on a cluster instead of the embedded one: its coordinator replicas (`host:port`,
-    /// comma-separated). Needs `--trainer` and `--store` (the cluster's object store).
-    #[arg(long, requires_all = ["trainer", "store"])]
+    /// Run the corpus job on a cluster instead of the embedded one: its coordinator replicas
+    /// (`host:port`, comma-separated). The coordinators must know their trainer (`labelfleet
+    /// coordinator --trainer`); the outputs come back through them.
+    #[arg(long, env = "LABELFLEET_COORDINATOR")]
     coordinator: Option<String>,
-    /// The cluster's trainer (`host:port`), with `--coordinator`.
-    #[arg(long, requires = "coordinator")]
-    trainer: Option<String>,
-    /// The cluster's object store, as its roles were given it (a directory, file://, s3://,
-    /// gs://, az://), with `--coordinator`: the distillation dataset goes in, the checkpoint
-    /// comes out.
-    #[arg(long, requires = "coordinator")]
-    store: Option<String>,
 }
 
 fn parse_rank_sampling(s: &str) -> Result<RankSampling, String> {
@@ -133,6 +135,7 @@ impl RunArgs {
         Ok(Config {
             corpus: self.corpus.clone(),
             out: self.out.clone(),
+            cache: None,
             teacher: self.teacher.clone(),
             teacher_prompt: GradePrompt::parse(&self.teacher_prompt).context("--teacher-prompt")?,
             student: self.student.clone(),
@@ -159,31 +162,106 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// The corpus job: the method's settings, the targets and the human judgments (read here,
+    /// sent with the spec: they are used for the report only, never for training).
+    fn spec(&self, cfg: &Config, corpus_id: String) -> Result<JobSpec> {
+        let (label_queries, human_judgments) = targets(cfg)?;
+        let teacher = match &self.api.api_base {
+            Some(base) => model_ref::Source::Openai(OpenAiEndpoint {
+                base_url: base.clone(),
+                model: self.api.api_model.clone().unwrap_or_default(),
+                api_key_env: self.api.api_key_env.clone(),
+                requests_per_second: self.api.api_rpm.map_or(0.0, |rpm| rpm / 60.0),
+                usd_per_million_input_tokens: self.api.price_input_per_mtok,
+                usd_per_million_output_tokens: self.api.price_output_per_mtok,
+            }),
+            None => model_ref::Source::LocalPath(cfg.teacher.clone()),
+        };
+        let rank_sampling = match cfg.rank_sampling {
+            RankSampling::Top => proto::RankSampling::Top,
+            RankSampling::Uniform => proto::RankSampling::Uniform,
+            RankSampling::Stratified => proto::RankSampling::Stratified,
+        };
+        Ok(JobSpec {
+            kind: JobKind::Corpus as i32,
+            name: format!("run {}", cfg.corpus.display()),
+            corpus_id,
+            seed_documents: cfg.seed_docs as u32,
+            queries_per_document: cfg.queries_per_doc as u32,
+            metadata_queries_per_document: cfg.metadata_queries_per_doc as u32,
+            bm25_depth: cfg.bm25_depth as u32,
+            consistency_depth: cfg.consistency_depth as u32,
+            negatives_per_query: cfg.negatives_per_query as u32,
+            rank_sampling: rank_sampling as i32,
+            teacher: Some(ModelRef {
+                source: Some(teacher),
+            }),
+            grade_prompt_version: cfg.teacher_prompt.version().to_string(),
+            student: Some(ModelRef {
+                source: Some(model_ref::Source::LocalPath(cfg.student.clone())),
+            }),
+            student_layers: cfg.student_layers as u32,
+            student_max_tokens: cfg.student_max_len as u32,
+            epochs: cfg.epochs as u32,
+            learning_rate: cfg.learning_rate,
+            heldout_fraction: cfg.heldout,
+            seed: cfg.seed,
+            max_tokens: cfg.max_len as u32,
+            label_queries,
+            label_queries_sample: cfg.eval_sample as u32,
+            label_candidates_per_query: cfg.pool_k as u32,
+            human_judgments,
+            ..Default::default()
+        })
+    }
+}
+
+/// The target queries (`--eval-queries`) and their judgments (`--eval-qrels`, only those of
+/// queries in the file).
+fn targets(cfg: &Config) -> Result<(Vec<QueryInput>, Vec<HumanJudgment>)> {
+    let Some(path) = &cfg.eval_queries else {
+        return Ok((vec![], vec![]));
+    };
+    let texts = stages::read_queries(path)?;
+    let judgments = match &cfg.eval_qrels {
+        Some(qrels) => stages::read_qrels(qrels)?
+            .into_iter()
+            .filter(|(q, _)| texts.contains_key(q))
+            .flat_map(|(q, docs)| {
+                docs.into_iter().map(move |(d, g)| HumanJudgment {
+                    query_id: q.clone(),
+                    doc_id: d,
+                    grade: g as u32,
+                })
+            })
+            .collect(),
+        None => vec![],
+    };
+    let queries = texts
+        .into_iter()
+        .map(|(query_id, text)| QueryInput { query_id, text })
+        .collect();
+    Ok((queries, judgments))
+}
+
+/// How long to wait for a leading coordinator.
+const CONNECT_WAIT: Duration = Duration::from_secs(60);
+
 pub fn run(a: RunArgs) -> Result<()> {
     let cfg = a.config()?;
     labelfleet_pipeline::stages::check_config(&cfg)?;
-    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
-    // an API teacher answers over the network from this process, with its own response cache;
-    // a local teacher runs on the cluster's workers
-    let mut api_args = a.api.clone();
-    if api_args.api_cache.is_none() {
-        api_args.api_cache = Some(a.out.join("cache/api.jsonl"));
+    if a.api.api_base.is_some() {
+        a.api.config()?;
     }
-    let api = api_args.client_with_prompt(cfg.teacher_prompt)?;
-    let (address, embedded) = match (&a.remote.coordinator, &a.remote.trainer, &a.remote.store) {
-        (Some(coordinators), Some(trainer), Some(store)) => (
-            ClusterAddress {
-                coordinators: coordinators.clone(),
-                trainer: trainer.clone(),
-                store: store.clone(),
-            },
-            None,
-        ),
-        _ => {
+    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+    let (coordinators, embedded) = match &a.remote.coordinator {
+        Some(list) => (list.clone(), None),
+        None => {
             // The embedded cluster: coordinator, one worker and the trainer, over loopback gRPC.
             let store = a.out.join("cluster").display().to_string();
             let cluster = EmbeddedCluster::start(EmbeddedOptions {
-                store: store.clone(),
+                store,
                 listen: "127.0.0.1:0".parse()?,
                 trainer_listen: "127.0.0.1:0".parse()?,
                 workers: 1,
@@ -192,26 +270,95 @@ pub fn run(a: RunArgs) -> Result<()> {
                 trainer_max_tokens: a.student_max_len,
                 metrics_listen: None,
             })?;
-            let address = ClusterAddress {
-                coordinators: cluster.address.to_string(),
-                trainer: cluster.trainer_address.to_string(),
-                store,
-            };
-            (address, Some(cluster))
+            (cluster.address.to_string(), Some(cluster))
         }
     };
-    let result = Cluster::connect(&address)
-        .and_then(|mut cluster| labelfleet_pipeline::run(&cfg, &mut cluster, api.as_ref()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run_corpus_job(&a, &cfg, &coordinators));
     if let Some(cluster) = embedded {
         cluster.shutdown()?;
     }
-    result?;
-    if let Some(api) = &api {
-        eprintln!(
-            "API teacher {}:\n{}",
-            api.describe(),
-            crate::api_args::usage_table(&api.usage())
+    let report = result?;
+    if a.remote.coordinator.is_some() {
+        // the embedded cluster's driver printed these in this process already
+        if let Some(tables) = report["agreement_with_humans"]["tables"].as_str() {
+            print!("{tables}");
+        }
+        for w in report["model_work"].as_array().into_iter().flatten() {
+            eprintln!("model work: {}", w.as_str().unwrap_or_default());
+        }
+    }
+    eprintln!("outputs in {}", a.out.display());
+    Ok(())
+}
+
+/// Uploads the corpus, submits the corpus job, follows it stage by stage, and writes its
+/// outputs into `--out`; returns the job's `report.json`.
+async fn run_corpus_job(
+    a: &RunArgs,
+    cfg: &Config,
+    coordinators: &str,
+) -> Result<serde_json::Value> {
+    let mut client = Client::connect(labelfleet_client::endpoints(coordinators), CONNECT_WAIT)
+        .await
+        .context("connecting to the coordinator")?;
+    let corpus_id = crate::jobs_cmd::upload_corpus(&mut client, &cfg.corpus).await?;
+    let spec = a.spec(cfg, corpus_id)?;
+    // one key per invocation: a submit retried after a leader change gets the same job
+    let key = format!("run-{:032x}", rand::random::<u128>());
+    let job = client
+        .submit(spec, &key)
+        .await
+        .context("submitting the corpus job")?;
+    eprintln!("corpus job {}", job.job_id);
+    let job = follow(&mut client, &job.job_id).await?;
+    if job.state != JobState::Succeeded as i32 {
+        bail!(
+            "corpus job {} ended {} in stage `{}`: {}",
+            job.job_id,
+            JobState::try_from(job.state)
+                .map(|s| s.as_str_name())
+                .unwrap_or("?"),
+            job.stage,
+            job.error
         );
     }
-    Ok(())
+    let student = a.out.join("student");
+    if student.exists() {
+        std::fs::remove_dir_all(&student).with_context(|| student.display().to_string())?;
+    }
+    for name in &job.artifacts {
+        let data = client.fetch_artifact(&job.job_id, name).await?;
+        let path = a.out.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, data).with_context(|| path.display().to_string())?;
+    }
+    let report = std::fs::read_to_string(a.out.join("report.json")).context("report.json")?;
+    Ok(serde_json::from_str(&report)?)
+}
+
+/// Follows a corpus job with one progress bar per stage, until it ends.
+async fn follow(client: &mut Client, job_id: &str) -> Result<Job> {
+    let mut bars: Vec<(String, indicatif::ProgressBar)> = vec![];
+    let job = client
+        .watch(job_id, |job| {
+            for (i, s) in job.stages.iter().enumerate() {
+                if bars.len() <= i {
+                    bars.push((s.stage.clone(), progress::bar(s.total, &s.stage)));
+                }
+                let (_, pb) = &bars[i];
+                pb.set_length(s.total.max(1));
+                pb.set_position(s.done);
+            }
+        })
+        .await?;
+    for (_, pb) in bars {
+        pb.finish();
+    }
+    Ok(job)
 }

@@ -118,12 +118,17 @@ fn run_writes_every_stage() {
             "teacher fingerprint"
         );
     }
-    // the teacher graded every pair on the embedded cluster's worker: each grading and query
-    // job left its task and result objects in the store
-    let jobs: Vec<_> = std::fs::read_dir(out.join("cluster/jobs"))
+    // the run is one corpus job, whose outputs are in the store, and whose stages are child
+    // jobs: the teacher graded every pair on the embedded cluster's worker, and each grading
+    // and query job left its task and result objects in the store
+    let (corpus_jobs, jobs): (Vec<_>, Vec<_>) = std::fs::read_dir(out.join("cluster/jobs"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .collect();
+        .partition(|j| j.join("outputs").is_dir());
+    assert_eq!(corpus_jobs.len(), 1, "{corpus_jobs:?}");
+    assert!(corpus_jobs[0]
+        .join("outputs/teacher_labels.jsonl")
+        .is_file());
     assert!(
         jobs.len() >= 4,
         "synthesis, teacher, teacher (pool), student jobs: {jobs:?}"
