@@ -472,9 +472,6 @@ fn distill(
     // student whatever the process did before (a trainer that trained other runs, or the
     // embedded cluster whose workers sampled queries in the same process).
     tch::manual_seed(req.seed as i64);
-    // a bare sentence encoder gets a fresh classification head at load: seed it too, so the
-    // same request trains the same weights in any process (a new leader's request, a rerun)
-    tch::manual_seed(req.seed as i64);
     let student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
         (0, _) => load_grader(
             &base_dir,
