@@ -116,9 +116,10 @@ struct Shared {
     blobs: Blobs,
     config: TrainerConfig,
     runs: Mutex<HashMap<String, TrainingRun>>,
-    /// (job id, dataset) -> run id of the runs started for a job, so a request repeated by a
-    /// new coordinator leader after a failover gets the run already under way (or done).
-    runs_by_job: Mutex<HashMap<(String, String), String>>,
+    /// (job id, dataset, the whole request) -> run id of the runs started for a job, so a
+    /// request repeated by a new coordinator leader after a failover gets the run already under
+    /// way (or done).
+    runs_by_job: Mutex<HashMap<(String, String, String), String>>,
     metrics_tx: broadcast::Sender<TrainingMetrics>,
     pushes: Counter,
     push_failures: Counter,
@@ -672,12 +673,13 @@ impl TrainerService for TrainerApi {
             ..Default::default()
         };
         // Idempotent by job id: a new coordinator leader re-requests the distillation of the
-        // job it took over. The same non-empty job id with the same dataset gets the run
-        // already started for it, unless that run failed (then it is tried afresh). Looked up
-        // and recorded under one lock, so two concurrent requests start one run.
+        // job it took over. The same non-empty job id with the same dataset (and the same
+        // request otherwise: a changed epoch count or depth trains anew) gets the run already
+        // started for it, unless that run failed (then it is tried afresh). Looked up and
+        // recorded under one lock, so two concurrent requests start one run.
         if !req.job_id.is_empty() {
             let mut by_job = self.0.runs_by_job.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (req.job_id.clone(), req.dataset.clone());
+            let key = (req.job_id.clone(), req.dataset.clone(), format!("{req:?}"));
             let runs = self.0.runs.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = by_job.get(&key).and_then(|id| runs.get(id)) {
                 if existing.state != "failed" {
@@ -811,4 +813,89 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(scratch: &Path) -> TrainerApi {
+        let (metrics_tx, _) = broadcast::channel(16);
+        TrainerApi(Arc::new(Shared {
+            meta: MetaStore::memory(),
+            blobs: Blobs::local(&scratch.join("store")).unwrap(),
+            config: TrainerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                etcd: vec![],
+                etcd_prefix: "/t".into(),
+                store: scratch.join("store").display().to_string(),
+                scratch: scratch.to_path_buf(),
+                placement: Placement::cpu(),
+                threads: 1,
+                max_tokens: 32,
+                push_rate_mib_s: 0.0,
+                reconcile_interval: Duration::from_secs(60),
+                metrics_listen: None,
+            },
+            runs: Mutex::new(HashMap::new()),
+            runs_by_job: Mutex::new(HashMap::new()),
+            metrics_tx,
+            pushes: Counter::default(),
+            push_failures: Counter::default(),
+            pushing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    async fn start(api: &TrainerApi, job_id: &str, epochs: u32) -> TrainingRun {
+        api.start_distillation(Request::new(DistillRequest {
+            job_id: job_id.into(),
+            // No such object: the run fails as soon as it starts.
+            dataset: "datasets/missing.jsonl".into(),
+            epochs,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
+    /// A repeated request of a job gets its run back, until that run failed; another request
+    /// (another job, or other settings) starts its own run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_distillation_is_idempotent_by_job_id() {
+        let scratch =
+            std::env::temp_dir().join(format!("labelfleet-trainer-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let api = api(&scratch);
+        // On a current-thread runtime the spawned training has not run yet: the run is "training".
+        let first = start(&api, "job-1/distill", 1).await;
+        assert_eq!(first.state, "training");
+        let again = start(&api, "job-1/distill", 1).await;
+        assert_eq!(again.run_id, first.run_id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let other = start(&api, "job-1/distill", 2).await;
+        assert_ne!(other.run_id, first.run_id, "other settings train anew");
+        // Once the run failed, the same request starts afresh.
+        for _ in 0..200 {
+            let run = api
+                .0
+                .runs
+                .lock()
+                .unwrap()
+                .get(&first.run_id)
+                .cloned()
+                .unwrap();
+            if run.state == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let retried = start(&api, "job-1/distill", 1).await;
+        assert_ne!(
+            retried.run_id, first.run_id,
+            "a failed run is not handed back"
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
 }
