@@ -8,7 +8,6 @@ use labelfleet_client::{Client, TrainerClient};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::*;
 use labelfleet_types::{GradePrompt, Grading, Pair};
-use prost::Message;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -157,7 +156,16 @@ impl Cluster {
             max_tokens: max_tokens as u32,
             ..Default::default()
         };
-        let key = self.key(what, &spec.encode_to_vec());
+        // the key hashes a canonical form: the spec's documents carry metadata maps, whose
+        // encoded order differs from process to process
+        let canonical = serde_json::to_vec(&(
+            format!(
+                "{:?}|{}|{max_tokens}|{task_size}",
+                spec.student, spec.grade_prompt_version
+            ),
+            pairs,
+        ))?;
+        let key = self.key(what, &canonical);
         let observer = self.observer.clone();
         let jobs = &mut self.jobs;
         self.rt.block_on(async {

@@ -627,9 +627,16 @@ pub fn distill(
             );
             let p = &meta["provenance"];
             let num = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+            let id = p["checkpoint_id"].as_str().unwrap_or_default().to_string();
+            // the workers have the checkpoint by its id (pushed, and kept in their folder);
+            // this process's copy is only a path on this machine
+            let source = match id.is_empty() {
+                true => model_ref::Source::LocalPath(ckpt.display().to_string()),
+                false => model_ref::Source::CheckpointId(id.clone()),
+            };
             (
-                model_ref::Source::LocalPath(ckpt.display().to_string()),
-                p["checkpoint_id"].as_str().unwrap_or_default().to_string(),
+                source,
+                id,
                 (
                     num("heldout_agreement_with_teacher"),
                     num("heldout_expected_grade_mae"),
