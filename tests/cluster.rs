@@ -514,20 +514,21 @@ fn embedded_mode(store: Store) {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let submitted = run(&[
+    let (corpus_arg, pairs_arg) = (corpus.display().to_string(), pairs.display().to_string());
+    let submit_args = [
         "submit",
         "--coordinator",
         &url,
         "--corpus",
-        &corpus.display().to_string(),
+        &corpus_arg,
         "--pairs",
-        &pairs.display().to_string(),
+        &pairs_arg,
         "--task-size",
         "50",
         "--max-tokens",
         "48",
-        "--watch",
-    ]);
+    ];
+    let submitted = run(&[&submit_args[..], &["--watch"]].concat());
     let job_id = submitted.lines().next().expect("job id").trim().to_string();
     let out = dir.path().join("labels.jsonl");
     let qrels = dir.path().join("labels.qrels");
@@ -619,6 +620,26 @@ fn embedded_mode(store: Store) {
     assert!(
         status_out.contains("succeeded") && status_out.contains("4/4"),
         "{status_out}"
+    );
+
+    // A job that ends CANCELLED makes `watch` fail (exit code 4), so whatever waits on it
+    // (a script, a Kubernetes Job) fails too.
+    let submitted = run(&submit_args);
+    let job_id = submitted.lines().next().expect("job id").trim().to_string();
+    run(&["cancel", "--coordinator", &url, &job_id]);
+    let watched = std::process::Command::new(harness::binary())
+        .args(["watch", "--coordinator", &url, &job_id])
+        .output()
+        .expect("labelfleet watch");
+    assert_eq!(
+        watched.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&watched.stderr).contains("CANCELLED")
+            || String::from_utf8_lossy(&watched.stderr).contains("cancelled")
     );
 
     serve.sigterm();

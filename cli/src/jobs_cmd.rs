@@ -117,7 +117,8 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
             total(&job)
         );
         if a.watch {
-            watch_job(&mut client, &job.job_id).await?;
+            let job = watch_job(&mut client, &job.job_id).await?;
+            succeeded(&job)?;
         }
         if rejected > 0 {
             return Err(crate::Rejected(rejected).into());
@@ -256,7 +257,8 @@ pub fn synthesize(a: SynthesizeArgs) -> Result<()> {
         println!("{}", job.job_id);
         eprintln!("submitted {} ({} seed documents)", job.job_id, total(&job));
         if a.watch {
-            watch_job(&mut client, &job.job_id).await?;
+            let job = watch_job(&mut client, &job.job_id).await?;
+            succeeded(&job)?;
         }
         Ok(())
     })
@@ -277,6 +279,20 @@ fn state_name(state: i32) -> String {
 }
 
 /// Follows a job to its end with a progress bar, through leader changes.
+/// A job that ended FAILED or CANCELLED is an error of its own (exit code 4), so a script or
+/// a Kubernetes Job that waits on it fails too.
+fn succeeded(job: &Job) -> Result<()> {
+    if job.state == JobState::Succeeded as i32 {
+        return Ok(());
+    }
+    Err(crate::JobNotSucceeded {
+        job_id: job.job_id.clone(),
+        state: state_name(job.state),
+        error: job.error.clone(),
+    }
+    .into())
+}
+
 async fn watch_job(client: &mut Client, job_id: &str) -> Result<Job> {
     let mut bar: Option<indicatif::ProgressBar> = None;
     let job = client
@@ -329,8 +345,8 @@ pub fn watch(a: JobArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut client = a.client.connect().await?;
         let job = watch_job(&mut client, &a.job_id).await?;
-        println!("{}", job_table(&[job]));
-        Ok(())
+        println!("{}", job_table(std::slice::from_ref(&job)));
+        succeeded(&job)
     })
 }
 
@@ -441,9 +457,14 @@ pub struct FetchArgs {
     /// provenance.
     #[arg(long, short)]
     output: PathBuf,
-    /// Also write TREC qrels (query_id 0 doc_id grade).
+    /// Also write TREC qrels (query_id 0 doc_id grade); a label without a query id is left
+    /// out and makes the command fail.
     #[arg(long)]
     qrels: Option<PathBuf>,
+    /// Fetch from a job that is still running: the results committed so far (without this, a
+    /// running job is refused).
+    #[arg(long)]
+    allow_partial: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -467,6 +488,13 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         let mut client = a.client.connect().await?;
         let job = client.get(&a.job_id).await?;
         if job.state < JobState::Succeeded as i32 {
+            if !a.allow_partial {
+                bail!(
+                    "{} is still {}: wait for it, or pass --allow-partial for the results committed so far",
+                    a.job_id,
+                    state_name(job.state)
+                );
+            }
             eprintln!(
                 "warning: {} is still {}: these are the results committed so far",
                 a.job_id,
@@ -480,7 +508,7 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             )),
             None => None,
         };
-        let (mut labels, mut queries) = (0u64, 0u64);
+        let (mut labels, mut queries, mut no_query_id) = (0u64, 0u64, 0u64);
         let mut write = |batch: ResultBatch| -> std::io::Result<()> {
             use std::io::Write;
             for q in &batch.queries {
@@ -501,8 +529,10 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
                     checkpoint_id: &l.checkpoint_id,
                     prompt_version: &l.prompt_version,
                 })?;
-                if let Some(q) = qrels.as_mut() {
-                    writeln!(q, "{} 0 {} {}", l.query_id, l.doc_id, l.grade)?;
+                match qrels.as_mut() {
+                    Some(_) if l.query_id.is_empty() => no_query_id += 1,
+                    Some(q) => writeln!(q, "{} 0 {} {}", l.query_id, l.doc_id, l.grade)?,
+                    None => {}
                 }
             }
             labels += batch.labels.len() as u64;
@@ -523,6 +553,12 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             "{labels} labels and {queries} queries written to {}",
             a.output.display()
         );
+        if no_query_id > 0 {
+            bail!(
+                "{no_query_id} labels have no query_id, so they are not in the qrels (they are in {}); give pairs a query_id to get TREC qrels",
+                a.output.display()
+            );
+        }
         Ok(())
     })
 }

@@ -202,11 +202,24 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(match e.downcast_ref::<Rejected>() {
-            Some(_) => 3,
-            None => 1,
-        });
+        let code = if e.downcast_ref::<Rejected>().is_some() {
+            3
+        } else if e.downcast_ref::<JobNotSucceeded>().is_some() {
+            4
+        } else {
+            1
+        };
+        std::process::exit(code);
     }
+}
+
+/// A job the command waited on ended FAILED or CANCELLED.
+#[derive(Debug, thiserror::Error)]
+#[error("job {job_id} ended {state}: {error}")]
+pub struct JobNotSucceeded {
+    pub job_id: String,
+    pub state: String,
+    pub error: String,
 }
 
 /// Some records were rejected (the accepted ones were written).

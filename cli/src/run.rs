@@ -13,7 +13,7 @@
 use crate::api_args::ApiArgs;
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crate::EngineArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_client::Client;
 use labelfleet_corpus::bm25::RankSampling;
@@ -316,15 +316,14 @@ async fn run_corpus_job(
     eprintln!("corpus job {}", job.job_id);
     let job = follow(&mut client, &job.job_id).await?;
     if job.state != JobState::Succeeded as i32 {
-        bail!(
-            "corpus job {} ended {} in stage `{}`: {}",
-            job.job_id,
-            JobState::try_from(job.state)
-                .map(|s| s.as_str_name())
-                .unwrap_or("?"),
-            job.stage,
-            job.error
-        );
+        return Err(crate::JobNotSucceeded {
+            job_id: job.job_id.clone(),
+            state: JobState::try_from(job.state)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_default(),
+            error: format!("in stage `{}`: {}", job.stage, job.error),
+        }
+        .into());
     }
     let student = a.out.join("student");
     if student.exists() {

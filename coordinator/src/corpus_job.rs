@@ -862,6 +862,11 @@ mod tests {
         }
     }
 
+    /// Why `spec` is refused.
+    fn refusal(spec: &JobSpec) -> String {
+        validate(spec).unwrap_err().to_string()
+    }
+
     #[test]
     fn a_corpus_spec_with_targets_and_judgments_is_accepted() {
         validate(&spec()).unwrap();
@@ -874,7 +879,7 @@ mod tests {
             label_pairs: vec![PairInput::default()],
             ..spec()
         };
-        let err = validate(&s).unwrap_err().to_string();
+        let err = refusal(&s);
         assert!(err.contains("spec.label_pairs, spec.task_size"), "{err}");
     }
 
@@ -882,7 +887,7 @@ mod tests {
     fn a_judgment_of_a_query_not_among_the_targets_is_named() {
         let mut s = spec();
         s.human_judgments[0].query_id = "q9".into();
-        let err = validate(&s).unwrap_err().to_string();
+        let err = refusal(&s);
         assert!(
             err.contains("spec.human_judgments[0].query_id: `q9` is not among"),
             "{err}"
@@ -893,7 +898,7 @@ mod tests {
     fn duplicate_target_queries_are_named() {
         let mut s = spec();
         s.label_queries.push(s.label_queries[0].clone());
-        let err = validate(&s).unwrap_err().to_string();
+        let err = refusal(&s);
         assert!(
             err.contains("spec.label_queries[1].query_id: `q1` is a duplicate"),
             "{err}"
