@@ -395,15 +395,23 @@ async fn measure_failover(
     let mut jobs = connect_leader(&first.url).await?;
     let corpus_id = upload_corpus(&mut jobs).await?;
     let mut committed = 0;
+    // streamed: a history of ten million pairs is over any one message's limit
+    let mut client =
+        labelfleet_client::Client::connect(vec![first.url.clone()], Duration::from_secs(60))
+            .await?;
     for k in 0..a.failover_jobs {
-        let job = submit(
-            &mut jobs,
-            &corpus_id,
-            a.failover_pairs,
-            a.failover_task_size,
-            &format!("history-{k}"),
-        )
-        .await?;
+        let spec = JobSpec {
+            name: format!("history-{k}"),
+            corpus_id: corpus_id.clone(),
+            student: Some(ModelRef {
+                source: Some(model_ref::Source::LocalPath("stand-in".into())),
+            }),
+            task_size: a.failover_task_size,
+            ..Default::default()
+        };
+        let job = client
+            .submit_pairs(spec, "", (0..a.failover_pairs).map(bench_pair))
+            .await?;
         let seconds = drive(&first.url, a.dispatch_workers, 0.0, a.failover_pairs as u64).await?;
         check_finished(&mut jobs, &job.job_id, a.failover_pairs as u64).await?;
         committed += a.failover_pairs as u64;

@@ -526,7 +526,12 @@ fn drive(coord: Arc<Coordinator>, leader: Arc<Leader>, job_id: String, rt: tokio
         job_id: job_id.clone(),
         rt: rt.clone(),
     });
-    let end = match run_stages(&coord, &job_id, follow.clone(), &rt) {
+    let ran = run_stages(&coord, &job_id, follow.clone(), &rt);
+    // the working copy (corpus, outputs) goes whatever happened; the caches stay
+    if let Some(env) = coord.driver_env() {
+        let _ = std::fs::remove_dir_all(env.scratch.join("jobs").join(&job_id));
+    }
+    let end = match ran {
         Ok(end) => end,
         Err(DriverError::Stopped(why)) => {
             tracing::info!(job = %job_id, %why, "corpus job driver stopped");
@@ -609,7 +614,6 @@ fn run_stages(
         .block_on(store_outputs(&coord.blobs, job_id, &cfg.out))
         .map_err(|e| failed("storing the outputs")(e.to_string()))?;
     let checkpoint_id = checkpoint_of(&cfg.out.join("student")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(End::Succeeded {
         checkpoint_id,
         artifacts,
