@@ -501,7 +501,13 @@ pub async fn cancel(
         .ok_or_else(|| CoordinatorError::NotFound(format!("job `{job_id}`: no such job")))?;
     coord.write_record(leader, &rec).await?;
     for child in children {
-        coord.cancel_job(leader, &child, reason).await?;
+        // a child that already ended, or was deleted past its retention, has nothing to stop
+        if let Err(e) = coord.cancel_job(leader, &child, reason).await {
+            if e.is_not_leader() {
+                return Err(e);
+            }
+            tracing::warn!(job = %job_id, child = %child, error = %e, "child job not cancelled");
+        }
     }
     leader
         .corpus()

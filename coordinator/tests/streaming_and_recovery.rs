@@ -397,3 +397,128 @@ async fn an_unreadable_object_fails_its_own_job_and_the_new_leader_still_leads()
     assert_eq!(done.state, JobState::Succeeded as i32);
     second.stop().await;
 }
+
+/// A corpus job over the seven documents.
+fn corpus_spec(corpus_id: &str) -> JobSpec {
+    JobSpec {
+        kind: JobKind::Corpus as i32,
+        corpus_id: corpus_id.into(),
+        seed_documents: 4,
+        queries_per_document: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_jobs_are_refused_with_the_reason_cancelled_and_recorded_for_a_new_leader() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let meta = MetaStore::memory();
+    // without a trainer, a replica cannot run corpus jobs: FAILED_PRECONDITION, not a retry
+    let plain = start(&meta, dir.path()).await;
+    let (mut jobs, _) = plain.clients().await;
+    let corpus = upload_corpus(&mut jobs).await;
+    let refused = jobs
+        .submit_job(SubmitJobRequest {
+            spec: Some(corpus_spec(&corpus.corpus_id)),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("no trainer");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    // a corpus-only field in a labeling job is refused by name
+    let mut labeling = label_spec(&corpus.corpus_id, 10);
+    labeling.label_queries.push(QueryInput {
+        query_id: "q1".into(),
+        text: "wings".into(),
+    });
+    let refused = jobs
+        .submit_job(SubmitJobRequest {
+            spec: Some(labeling),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("corpus-only field");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("spec.label_queries"),
+        "{refused:?}"
+    );
+    plain.stop().await;
+
+    // with a trainer that never answers, the driver waits on it; the job is cancelled meanwhile
+    let dead_trainer = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let with_trainer = CoordinatorConfig {
+        trainer: Some(dead_trainer.to_string()),
+        scratch: dir.path().join("scratch"),
+        ..Default::default()
+    };
+    let leader = start_with(&meta, &dir.path().join("store"), with_trainer.clone()).await;
+    let (mut jobs, _) = leader.clients().await;
+    let corpus = upload_corpus(&mut jobs).await;
+    let submit = SubmitJobRequest {
+        spec: Some(corpus_spec(&corpus.corpus_id)),
+        idempotency_key: "corpus-1".into(),
+    };
+    let job = jobs
+        .submit_job(submit.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(job.state, JobState::Running as i32);
+    // a retried submit gets the same corpus job
+    let again = jobs
+        .submit_job(submit)
+        .await
+        .expect("resubmit")
+        .into_inner();
+    assert_eq!(again.job_id, job.job_id);
+    let cancelled = jobs
+        .cancel_job(CancelJobRequest {
+            job_id: job.job_id.clone(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(cancelled.state, JobState::Cancelled as i32);
+    // a corpus job's results are artifacts, not labels
+    let fetched = jobs
+        .fetch_results(FetchResultsRequest {
+            job_id: job.job_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("corpus job results");
+    assert_eq!(fetched.code(), tonic::Code::InvalidArgument);
+    leader.stop().await;
+
+    // a new leader reads the corpus job back as it was recorded, and starts no driver for it
+    let successor = start_with(&meta, &dir.path().join("store"), with_trainer).await;
+    let (mut jobs, _) = successor.clients().await;
+    let seen = jobs
+        .get_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(seen.state, JobState::Cancelled as i32, "{seen:?}");
+    assert!(seen.error.contains("test"), "{seen:?}");
+    let kinds: Vec<i32> = jobs
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .iter()
+        .map(|j| j.spec.as_ref().map_or(0, |s| s.kind))
+        .collect();
+    assert_eq!(kinds, vec![JobKind::Corpus as i32]);
+    successor.stop().await;
+}
