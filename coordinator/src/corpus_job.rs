@@ -25,7 +25,7 @@ use labelfleet_cluster::blobs::Blobs;
 use labelfleet_openai::{ApiClient, ApiConfig};
 use labelfleet_pipeline::{Cluster, ClusterAddress, Config, Observer, PipelineError};
 use labelfleet_proto::v1::{
-    model_ref, CorpusChunk, Job, JobSpec, JobState, RankSampling, StageProgress, SubmitJobRequest,
+    model_ref, Job, JobSpec, JobState, RankSampling, StageProgress, SubmitJobRequest,
 };
 use labelfleet_types::GradePrompt;
 use prost::Message;
@@ -433,9 +433,7 @@ pub async fn submit(coord: Arc<Coordinator>, req: SubmitJobRequest) -> Result<Jo
             "this coordinator was started without --trainer, so it cannot run corpus jobs".into(),
         ));
     }
-    if coord
-        .blobs
-        .list(&format!("corpora/{}/", spec.corpus_id))
+    if jobs::corpus_shards(&coord.blobs, &spec.corpus_id)
         .await?
         .is_empty()
     {
@@ -628,15 +626,11 @@ fn run_stages(
 
 /// Writes the corpus's shards, in upload order, as the JSONL the pipeline ingests.
 async fn write_corpus(blobs: &Blobs, corpus_id: &str, path: &Path) -> Result<()> {
-    let mut keys = blobs.list(&format!("corpora/{corpus_id}/")).await?;
-    keys.sort();
     let mut out = Vec::new();
-    for key in keys {
-        let bytes = blobs.get(&key).await?.ok_or_else(|| {
+    for key in jobs::corpus_shards(blobs, corpus_id).await? {
+        let chunk = jobs::read_shard(blobs, &key).await?.ok_or_else(|| {
             CoordinatorError::DataLoss(format!("corpus shard `{key}` is missing"))
         })?;
-        let chunk = CorpusChunk::decode(bytes)
-            .map_err(|e| CoordinatorError::DataLoss(format!("corpus shard `{key}`: {e}")))?;
         for d in &chunk.documents {
             serde_json::to_writer(&mut out, &labelfleet_pipeline::cluster::corpus_record(d))
                 .map_err(|e| CoordinatorError::Invalid(e.to_string()))?;

@@ -147,9 +147,26 @@ pub fn corpus_shard_key(corpus: &str, shard: usize) -> String {
     format!("corpora/{corpus}/shard-{shard:05}.pb")
 }
 
+/// The keys of a corpus's shards, in upload order (none for an unknown corpus).
+pub async fn corpus_shards(blobs: &Blobs, corpus: &str) -> Result<Vec<String>> {
+    let mut keys = blobs.list(&format!("corpora/{corpus}/")).await?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// One shard's documents (None when the object is gone).
+pub async fn read_shard(blobs: &Blobs, key: &str) -> Result<Option<CorpusChunk>> {
+    let Some(bytes) = blobs.get(key).await? else {
+        return Ok(None);
+    };
+    let chunk = CorpusChunk::decode(bytes)
+        .map_err(|e| CoordinatorError::DataLoss(format!("corpus shard `{key}`: {e}")))?;
+    Ok(Some(chunk))
+}
+
 /// Reads every shard of a corpus into an id -> document map.
 pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, Document>> {
-    let keys = blobs.list(&format!("corpora/{corpus}/")).await?;
+    let keys = corpus_shards(blobs, corpus).await?;
     if keys.is_empty() {
         return Err(CoordinatorError::Invalid(format!(
             "corpus_id `{corpus}`: no such corpus (upload it first)"
@@ -157,11 +174,9 @@ pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, 
     }
     let mut docs = HashMap::new();
     for key in keys {
-        let Some(bytes) = blobs.get(&key).await? else {
+        let Some(chunk) = read_shard(blobs, &key).await? else {
             continue;
         };
-        let chunk = CorpusChunk::decode(bytes)
-            .map_err(|e| CoordinatorError::DataLoss(format!("corpus shard `{key}`: {e}")))?;
         for d in chunk.documents {
             docs.insert(d.id.clone(), d);
         }
