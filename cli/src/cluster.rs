@@ -151,6 +151,11 @@ pub struct WorkerArgs {
     /// TTL of the etcd registration: how soon the cluster notices this worker died.
     #[arg(long, default_value_t = 10)]
     registration_ttl_s: u64,
+    /// The cluster's object store (the coordinator's `--store`): a directory, s3://, gs:// or
+    /// az://. BM25 search tasks read corpus shards and their indexes there; a worker without
+    /// one takes no search tasks.
+    #[arg(long, env = "LABELFLEET_STORE")]
+    store: Option<String>,
 }
 
 pub fn worker(a: WorkerArgs) -> Result<()> {
@@ -173,6 +178,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             .unwrap_or_else(|| labelfleet_slm::home_dir().join("checkpoints")),
         metrics_listen: a.metrics_listen,
         registration_ttl: Duration::from_secs(a.registration_ttl_s),
+        store: a.store,
     };
     runtime()?
         .block_on(labelfleet_worker::run(config, shutdown_signal()))

@@ -113,6 +113,7 @@ impl EmbeddedCluster {
                 checkpoints: local.join("worker-checkpoints").join(i.to_string()),
                 metrics_listen: None,
                 registration_ttl: Duration::from_secs(10),
+                store: Some(o.store.clone()),
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_workers));
             worker_tasks.push(rt.spawn(async move {

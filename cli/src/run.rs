@@ -134,6 +134,8 @@ impl RunArgs {
     fn config(&self) -> Result<Config> {
         Ok(Config {
             corpus: self.corpus.clone(),
+            // known once the corpus is uploaded; the spec carries it
+            corpus_id: String::new(),
             out: self.out.clone(),
             cache: None,
             teacher: self.teacher.clone(),

@@ -296,7 +296,8 @@ impl Client {
             loop {
                 match stream.message().await {
                     Ok(Some(batch)) => {
-                        received += (batch.labels.len() + batch.queries.len()) as u64;
+                        received +=
+                            (batch.labels.len() + batch.queries.len() + batch.hits.len()) as u64;
                         on_batch(batch)?;
                     }
                     Ok(None) => break 'attempts,
@@ -322,10 +323,12 @@ impl Client {
 
 /// Results a job's progress says are committed: labels for a labeling job; for a synthesis
 /// job the count is of documents, not queries, so nothing can be checked (0).
+/// Results a labeling job committed (one label per pair done); synthesis and search jobs count
+/// documents and shard searches, not results, so nothing is checked for them.
 fn committed_results(job: &Job) -> u64 {
     job.stages
         .first()
-        .filter(|s| s.stage != "synthesize")
+        .filter(|s| s.stage == "label")
         .map_or(0, |s| s.done)
 }
 

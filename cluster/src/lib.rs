@@ -5,11 +5,13 @@
 //!   in-process store for embedded mode;
 //! - [`blobs`]: the object store for bulk data (corpora, tasks, results, checkpoints);
 //! - [`metrics`]: Prometheus text exposition;
+//! - [`layout`]: where a corpus's shards and their BM25 indexes are in the object store;
 //! - [`checkpoint`]: the checkpoint folder's digest and the chunked push to a worker.
 
 pub mod blobs;
 pub mod checkpoint;
 pub mod error;
+pub mod layout;
 pub mod meta;
 pub mod metrics;
 

@@ -704,6 +704,7 @@ fn config_of(
     };
     Ok(Config {
         corpus,
+        corpus_id: spec.corpus_id.clone(),
         out: dir.join("out"),
         cache: Some(env.scratch.join("cache")),
         teacher: local(&spec.teacher, DEFAULT_TEACHER),

@@ -3,7 +3,9 @@
 
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::{task_id, JobPlan, MAX_ATTEMPTS_LIMIT};
+use crate::search_job;
 use labelfleet_cluster::blobs::Blobs;
+pub use labelfleet_cluster::layout::{corpus_prefix, corpus_shard_key};
 use labelfleet_proto::v1::{
     model_ref, pair_input, CorpusChunk, Document, JobKind, JobSpec, ModelRef, PairInput, Rejection,
     Task, TaskKind,
@@ -130,7 +132,7 @@ impl CorpusBuilder {
             self.write_shard(blobs).await?;
         }
         let id = format!("c-{}", &hex::encode(self.hasher.finalize_reset())[..16]);
-        let already = !blobs.list(&format!("corpora/{id}/")).await?.is_empty();
+        let already = !blobs.list(&corpus_prefix(&id)).await?.is_empty();
         for shard in 0..self.shards {
             let staged = format!("{}/shard-{shard:05}.pb", self.staging);
             if already {
@@ -143,13 +145,9 @@ impl CorpusBuilder {
     }
 }
 
-pub fn corpus_shard_key(corpus: &str, shard: usize) -> String {
-    format!("corpora/{corpus}/shard-{shard:05}.pb")
-}
-
 /// The keys of a corpus's shards, in upload order (none for an unknown corpus).
 pub async fn corpus_shards(blobs: &Blobs, corpus: &str) -> Result<Vec<String>> {
-    let mut keys = blobs.list(&format!("corpora/{corpus}/")).await?;
+    let mut keys = blobs.list(&corpus_prefix(corpus)).await?;
     keys.sort();
     Ok(keys)
 }
@@ -206,7 +204,7 @@ pub fn is_corpus(spec: &JobSpec) -> bool {
 /// Checks a spec before anything is stored; errors name the field (and the pair).
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     validate_spec_settings(spec)?;
-    if is_synthesis(spec) || is_corpus(spec) {
+    if is_synthesis(spec) || is_corpus(spec) || search_job::is_search(spec) {
         return Ok(());
     }
     if spec.label_pairs.is_empty() {
@@ -285,6 +283,9 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
     if is_corpus(spec) {
         return crate::corpus_job::validate(spec);
+    }
+    if search_job::is_search(spec) {
+        return search_job::validate(spec);
     }
     let unsupported = corpus_only_fields(spec);
     if !unsupported.is_empty() {
@@ -482,6 +483,17 @@ pub fn plan_synthesis_tasks(
             ..Default::default()
         })
         .collect())
+}
+
+/// What the tasks of a (non-corpus) job are.
+pub fn task_kind(spec: &JobSpec) -> TaskKind {
+    if is_synthesis(spec) {
+        TaskKind::SynthesizeQueries
+    } else if search_job::is_search(spec) {
+        TaskKind::Search
+    } else {
+        TaskKind::Grade
+    }
 }
 
 /// The plan of a job's tasks: how many, of what size, over how many items.

@@ -3,6 +3,7 @@
 //! - [`scheduler`]: jobs, task leases with deadlines, bounded retries, first-commit-wins;
 //! - [`jobs`]: corpus upload validation and sharding, and the split of a job into tasks;
 //! - [`corpus_job`]: the whole method as one job, driven by the leader through child jobs;
+//! - [`search_job`]: BM25 retrieval over a corpus, shard by shard on the workers;
 //! - [`recovery`]: the job record, and how a new leader reads state back (paged, lazy);
 //! - [`service`]: the `JobService` and `TaskService` gRPC servers;
 //! - [`server`]: one replica, from election to fail-stop.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod jobs;
 pub mod recovery;
 pub mod scheduler;
+pub mod search_job;
 pub mod server;
 pub mod service;
 

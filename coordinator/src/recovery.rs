@@ -16,7 +16,7 @@ use crate::jobs;
 use crate::scheduler::{parse_task_id, JobCounts, JobPlan, Resume, Scheduler};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::meta::{keys, MetaStore};
-use labelfleet_proto::v1::{Job, JobSpec, JobState};
+use labelfleet_proto::v1::{Job, JobSpec, JobState, TaskKind};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -40,6 +40,9 @@ pub struct JobRecord {
     /// Items are seed documents (a synthesis job) rather than pairs.
     #[serde(default)]
     pub synthesis: bool,
+    /// Items are (query, shard) searches (a search job) rather than pairs.
+    #[serde(default)]
+    pub search: bool,
     #[serde(default)]
     pub max_attempts: u32,
     /// Final counts, once the job ended.
@@ -64,6 +67,21 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// What the job's tasks are.
+    pub fn task_kind(&self) -> TaskKind {
+        match (self.synthesis, self.search) {
+            (true, _) => TaskKind::SynthesizeQueries,
+            (_, true) => TaskKind::Search,
+            _ => TaskKind::Grade,
+        }
+    }
+
+    /// Records what the job's tasks are.
+    pub fn set_task_kind(&mut self, kind: TaskKind) {
+        self.synthesis = kind == TaskKind::SynthesizeQueries;
+        self.search = kind == TaskKind::Search;
+    }
+
     pub fn plan(&self) -> JobPlan {
         JobPlan {
             tasks: self.tasks,
@@ -185,7 +203,7 @@ pub async fn load_jobs(meta: &MetaStore, blobs: &Blobs, sched: &mut Scheduler) -
         sched.add_job(
             job,
             rec.plan(),
-            rec.synthesis,
+            rec.task_kind(),
             rec.max_attempts,
             resume,
             now,

@@ -17,9 +17,18 @@
 //! flight and per failed task, so a 10-million-pair job at 100 pairs per task is 100,000 slots.
 //! Tasks are handed out in order by a cursor, so nothing is queued up front.
 
-use labelfleet_proto::v1::{Job, JobState, StageProgress, TaskLease};
+use labelfleet_proto::v1::{Job, JobState, StageProgress, TaskKind, TaskLease};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+/// The stage a job of tasks of `kind` reports, and the results it has.
+pub fn stage_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::SynthesizeQueries => "synthesize",
+        TaskKind::Search => "search",
+        TaskKind::Grade | TaskKind::Unspecified => "label",
+    }
+}
 
 /// The id of task `index` of `job_id`.
 pub fn task_id(job_id: &str, index: u32) -> String {
@@ -108,7 +117,8 @@ pub enum Resume {
 struct JobEntry {
     job: Job,
     plan: JobPlan,
-    synthesis: bool,
+    /// What every task of the job is (grading, query synthesis or BM25 search).
+    kind: TaskKind,
     max_attempts: u32,
     /// One per task while the job runs; emptied when it ends (the counts remain).
     slots: Vec<Slot>,
@@ -229,13 +239,13 @@ impl Scheduler {
         self.config
     }
 
-    /// Adds a job. `synthesis` says its items are seed documents; `max_attempts` of 0 takes
-    /// the scheduler's default.
+    /// Adds a job whose tasks are all of `kind`; `max_attempts` of 0 takes the scheduler's
+    /// default.
     pub fn add_job(
         &mut self,
         job: Job,
         plan: JobPlan,
-        synthesis: bool,
+        kind: TaskKind,
         max_attempts: u32,
         resume: Resume,
         now: Instant,
@@ -246,7 +256,7 @@ impl Scheduler {
         let mut entry = JobEntry {
             job,
             plan,
-            synthesis,
+            kind,
             max_attempts: match max_attempts {
                 0 => self.config.max_attempts,
                 m => m,
@@ -306,15 +316,22 @@ impl Scheduler {
         finished
     }
 
-    /// Grants up to `max` leases to `worker`, oldest job first.
-    pub fn lease(&mut self, worker: &str, max: usize, now: Instant) -> Vec<Grant> {
+    /// Grants up to `max` leases to `worker` of tasks of the given kinds (any kind when
+    /// `kinds` is empty), oldest job first.
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        max: usize,
+        kinds: &[TaskKind],
+        now: Instant,
+    ) -> Vec<Grant> {
         let mut granted = Vec::new();
         let lease = self.config.lease;
         for (job_id, job) in self.jobs.iter_mut() {
             if granted.len() >= max {
                 break;
             }
-            if !job.running() {
+            if !job.running() || !(kinds.is_empty() || kinds.contains(&job.kind)) {
                 continue;
             }
             while granted.len() < max {
@@ -554,13 +571,8 @@ impl Scheduler {
         };
         let remaining = c.items.saturating_sub(c.items_done + c.items_failed);
         job.stages = vec![StageProgress {
-            // Synthesis counts documents; labeling counts pairs.
-            stage: if entry.synthesis {
-                "synthesize"
-            } else {
-                "label"
-            }
-            .into(),
+            // Synthesis counts documents, search counts (query, shard) searches, labeling pairs.
+            stage: stage_name(entry.kind).into(),
             done: c.items_done,
             total: c.items,
             failed: c.items_failed,
@@ -592,9 +604,9 @@ impl Scheduler {
         self.jobs.get(job_id).map(|j| j.counts.clone())
     }
 
-    /// Whether the job's items are seed documents (a synthesis job).
-    pub fn is_synthesis(&self, job_id: &str) -> bool {
-        self.jobs.get(job_id).is_some_and(|j| j.synthesis)
+    /// What the job's tasks are.
+    pub fn kind(&self, job_id: &str) -> Option<TaskKind> {
+        self.jobs.get(job_id).map(|j| j.kind)
     }
 
     pub fn plan(&self, job_id: &str) -> Option<JobPlan> {
@@ -714,7 +726,7 @@ mod tests {
 
     fn add(s: &mut Scheduler, id: &str, tasks: u32, now: Instant) {
         assert!(s
-            .add_job(job(id), plan(tasks), false, 0, Resume::Fresh, now)
+            .add_job(job(id), plan(tasks), TaskKind::Grade, 0, Resume::Fresh, now)
             .is_none());
     }
 
@@ -740,12 +752,12 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(3);
         add(&mut s, "a", 3, now);
-        let got = s.lease("w1", 2, now);
+        let got = s.lease("w1", 2, &[], now);
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].task_id.as_str(), got[0].attempt), ("a-t00000", 1));
-        let more = s.lease("w2", 5, now);
+        let more = s.lease("w2", 5, &[], now);
         assert_eq!(more.len(), 1);
-        assert!(s.lease("w3", 5, now).is_empty());
+        assert!(s.lease("w3", 5, &[], now).is_empty());
         assert_eq!(s.in_flight(), 3);
         assert_eq!(s.queue_depth(), 0);
         for t in got.iter().chain(&more) {
@@ -772,14 +784,14 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(3);
         add(&mut s, "a", 2, now);
-        let first = s.lease("w1", 1, now);
+        let first = s.lease("w1", 1, &[], now);
         assert_eq!(first[0].attempt, 1);
         let (expired, _) = s.expire(now + Duration::from_secs(11));
         assert_eq!(expired.len(), 1);
         assert!(!expired[0].failed);
         assert_eq!(s.lease_expiries(), 1);
         // The expired task goes out again before the never-leased one.
-        let second = s.lease("w2", 1, now + Duration::from_secs(11));
+        let second = s.lease("w2", 1, &[], now + Duration::from_secs(11));
         assert_eq!(
             (second[0].task_id.as_str(), second[0].attempt),
             ("a-t00000", 2)
@@ -801,13 +813,13 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(2);
         add(&mut s, "a", 2, now);
-        let t0 = s.lease("w1", 1, now);
+        let t0 = s.lease("w1", 1, &[], now);
         let (retry, _) = s.fail(&t0[0].task_id, 1, "cuda oom", true, now);
         assert!(retry);
-        let again = s.lease("w1", 1, now);
+        let again = s.lease("w1", 1, &[], now);
         assert_eq!(again[0].task_id, "a-t00000");
         assert_eq!(again[0].attempt, 2);
-        let t1 = s.lease("w1", 1, now);
+        let t1 = s.lease("w1", 1, &[], now);
         assert_eq!(t1[0].task_id, "a-t00001");
         let (retry, fin) = s.fail("a-t00000", 2, "cuda oom", true, now);
         assert!(!retry && fin.is_none());
@@ -830,8 +842,8 @@ mod tests {
     fn a_job_may_set_its_own_attempt_limit() {
         let now = Instant::now();
         let mut s = sched(5);
-        s.add_job(job("a"), plan(1), false, 1, Resume::Fresh, now);
-        s.lease("w", 1, now);
+        s.add_job(job("a"), plan(1), TaskKind::Grade, 1, Resume::Fresh, now);
+        s.lease("w", 1, &[], now);
         let (expired, finished) = s.expire(now + Duration::from_secs(11));
         assert!(expired[0].failed);
         assert_eq!(finished[0].state, JobState::Failed);
@@ -842,7 +854,7 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(5);
         add(&mut s, "a", 2, now);
-        let got = s.lease("w1", 2, now);
+        let got = s.lease("w1", 2, &[], now);
         let (retry, _) = s.fail(&got[0].task_id, 1, "pair p3: query is empty", false, now);
         assert!(!retry);
         // A stale attempt cannot fail a task it no longer holds.
@@ -861,10 +873,10 @@ mod tests {
             failed: HashMap::from([(3, "bad".to_string()), (2, "ignored".to_string())]),
         };
         assert!(s
-            .add_job(job("a"), plan(4), false, 0, resume, now)
+            .add_job(job("a"), plan(4), TaskKind::Grade, 0, resume, now)
             .is_none());
         assert_eq!(s.queue_depth(), 1);
-        let got = s.lease("w", 10, now);
+        let got = s.lease("w", 10, &[], now);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].task_id, "a-t00001");
         let fin = s.mark_done("a-t00001", now).1.unwrap();
@@ -876,9 +888,16 @@ mod tests {
         let mut t = sched(3);
         let mut done = job("b");
         done.state = JobState::Succeeded as i32;
-        t.add_job(done, plan(4), false, 0, Resume::Finished(counts), now);
+        t.add_job(
+            done,
+            plan(4),
+            TaskKind::Grade,
+            0,
+            Resume::Finished(counts),
+            now,
+        );
         assert_eq!(t.counts("b"), Some(c));
-        assert!(t.lease("w", 10, now).is_empty());
+        assert!(t.lease("w", 10, &[], now).is_empty());
     }
 
     #[test]
@@ -886,9 +905,9 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(3);
         add(&mut s, "a", 2, now);
-        let got = s.lease("w", 1, now);
+        let got = s.lease("w", 1, &[], now);
         s.cancel("a", "user", now);
-        assert!(s.lease("w", 1, now).is_empty());
+        assert!(s.lease("w", 1, &[], now).is_empty());
         let lease = TaskLease {
             task_id: got[0].task_id.clone(),
             attempt: 1,
@@ -906,9 +925,9 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(3);
         add(&mut s, "a", 3, now);
-        s.lease("dead", 2, now);
+        s.lease("dead", 2, &[], now);
         assert_eq!(s.release_worker("dead"), 2);
-        assert_eq!(s.lease("alive", 5, now).len(), 3);
+        assert_eq!(s.lease("alive", 5, &[], now).len(), 3);
     }
 
     #[test]
@@ -917,7 +936,7 @@ mod tests {
         let mut s = sched(3);
         add(&mut s, "job-1", 1, now);
         add(&mut s, "job-2", 1, now);
-        let got = s.lease("w", 2, now);
+        let got = s.lease("w", 2, &[], now);
         assert_eq!(got[0].job_id, "job-1");
         assert_eq!(got[1].job_id, "job-2");
         s.mark_done(&got[0].task_id, now);
@@ -929,6 +948,41 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_is_leased_only_the_kinds_it_asks_for() {
+        let now = Instant::now();
+        let mut s = sched(3);
+        s.add_job(
+            job("grade"),
+            plan(2),
+            TaskKind::Grade,
+            0,
+            Resume::Fresh,
+            now,
+        );
+        s.add_job(
+            job("search"),
+            plan(2),
+            TaskKind::Search,
+            0,
+            Resume::Fresh,
+            now,
+        );
+        let searches = s.lease("w1", 10, &[TaskKind::Search], now);
+        assert_eq!(searches.len(), 2);
+        assert!(searches.iter().all(|g| g.job_id == "search"));
+        let grades = s.lease(
+            "w2",
+            10,
+            &[TaskKind::Grade, TaskKind::SynthesizeQueries],
+            now,
+        );
+        assert_eq!(grades.len(), 2);
+        assert!(grades.iter().all(|g| g.job_id == "grade"));
+        assert_eq!(s.job("search", now).unwrap().stages[0].stage, "search");
+        assert_eq!(s.kind("grade"), Some(TaskKind::Grade));
+    }
+
+    #[test]
     fn a_large_job_costs_slots_not_task_inputs() {
         let now = Instant::now();
         let mut s = sched(3);
@@ -936,7 +990,7 @@ mod tests {
         s.add_job(
             job("big"),
             JobPlan::new(10_000_000, 100),
-            false,
+            TaskKind::Grade,
             0,
             Resume::Fresh,
             now,
@@ -944,7 +998,7 @@ mod tests {
         assert_eq!(s.queue_depth(), 100_000);
         let mut leased = 0;
         loop {
-            let got = s.lease("w", 64, now);
+            let got = s.lease("w", 64, &[], now);
             if got.is_empty() {
                 break;
             }

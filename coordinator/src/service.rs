@@ -8,6 +8,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, CorpusBuilder};
 use crate::recovery::{self, JobRecord};
 use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
+use crate::search_job;
 use labelfleet_cluster::blobs::{Blobs, Created};
 use labelfleet_cluster::meta::{keys, Fence, MetaStore};
 use labelfleet_cluster::metrics::Counter;
@@ -216,7 +217,7 @@ impl Coordinator {
         leader.sched().add_job(
             job,
             rec.plan(),
-            false,
+            TaskKind::Grade,
             0,
             Resume::Finished(rec.counts()),
             Instant::now(),
@@ -246,7 +247,7 @@ impl Coordinator {
                 return Ok(());
             };
             let spec = job.spec.unwrap_or_default();
-            JobRecord {
+            let mut rec = JobRecord {
                 job_id: job_id.to_string(),
                 state: job.state,
                 error: job.error,
@@ -255,14 +256,15 @@ impl Coordinator {
                 tasks: plan.tasks,
                 task_size: plan.task_size,
                 items: plan.items,
-                synthesis: sched.is_synthesis(job_id),
                 max_attempts: spec.max_task_attempts,
                 tasks_done: c.tasks_done,
                 tasks_failed: c.tasks_failed,
                 items_done: c.items_done,
                 items_failed: c.items_failed,
                 ..Default::default()
-            }
+            };
+            rec.set_task_kind(sched.kind(job_id).unwrap_or(TaskKind::Grade));
+            rec
         };
         self.write_record(leader, &rec).await
     }
@@ -425,7 +427,8 @@ impl Coordinator {
             ));
         }
         let plan = jobs::plan_of(&spec, items);
-        self.commit_job(&leader, &job_id, spec, plan, false).await
+        self.commit_job(&leader, &job_id, spec, plan, TaskKind::Grade)
+            .await
     }
 
     async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
@@ -440,22 +443,35 @@ impl Coordinator {
             Ok(id) => id,
             Err(existing) => return Ok(existing),
         };
-        let corpus = self.corpus_of(&spec).await?;
-        let synthesis = jobs::is_synthesis(&spec);
-        let tasks = if synthesis {
-            jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
-        } else {
-            jobs::plan_tasks(&job_id, &spec, &corpus)?
+        let kind = jobs::task_kind(&spec);
+        let (tasks, plan) = match kind {
+            TaskKind::Search => {
+                let shards = jobs::corpus_shards(&self.blobs, &spec.corpus_id).await?;
+                if shards.is_empty() {
+                    return Err(CoordinatorError::Invalid(format!(
+                        "spec.corpus_id: `{}`: no such corpus (upload it first)",
+                        spec.corpus_id
+                    )));
+                }
+                search_job::plan_tasks(&job_id, &spec, shards.len() as u32)
+            }
+            _ => {
+                let corpus = self.corpus_of(&spec).await?;
+                let tasks = if kind == TaskKind::SynthesizeQueries {
+                    jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
+                } else {
+                    jobs::plan_tasks(&job_id, &spec, &corpus)?
+                };
+                let items: u64 = tasks
+                    .iter()
+                    .map(|t| t.pairs.len().max(t.documents.len()) as u64)
+                    .sum();
+                let plan = jobs::plan_of(&spec, items);
+                (tasks, plan)
+            }
         };
-        drop(corpus);
-        let items: u64 = tasks
-            .iter()
-            .map(|t| t.pairs.len().max(t.documents.len()) as u64)
-            .sum();
-        let plan = jobs::plan_of(&spec, items);
         self.write_tasks(&job_id, tasks).await?;
-        self.commit_job(&leader, &job_id, spec, plan, synthesis)
-            .await
+        self.commit_job(&leader, &job_id, spec, plan, kind).await
     }
 
     /// Stores the spec and the job record (the commit point of a submit: objects without a
@@ -466,7 +482,7 @@ impl Coordinator {
         job_id: &str,
         spec: JobSpec,
         plan: JobPlan,
-        synthesis: bool,
+        kind: TaskKind,
     ) -> Result<Job> {
         let job_id = job_id.to_string();
         // The pairs live in the task objects; the spec object keeps the rest, so reading it
@@ -491,7 +507,7 @@ impl Coordinator {
             ..Default::default()
         };
         // The record is the commit point of a submit: objects without one are ignored.
-        let rec = JobRecord {
+        let mut rec = JobRecord {
             job_id: job_id.clone(),
             state: job.state,
             created_unix_ms: created,
@@ -499,15 +515,15 @@ impl Coordinator {
             tasks: plan.tasks,
             task_size: plan.task_size,
             items: plan.items,
-            synthesis,
             max_attempts: job.spec.as_ref().map_or(0, |s| s.max_task_attempts),
             ..Default::default()
         };
+        rec.set_task_kind(kind);
         self.write_record(leader, &rec).await?;
         let finished = leader.sched().add_job(
             job,
             plan,
-            synthesis,
+            kind,
             rec.max_attempts,
             Resume::Fresh,
             Instant::now(),
@@ -560,9 +576,15 @@ impl Coordinator {
         let leader = self
             .leader()
             .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
+        let kinds: Vec<TaskKind> = req
+            .kinds
+            .iter()
+            .filter_map(|k| TaskKind::try_from(*k).ok())
+            .collect();
         let grants = leader.sched().lease(
             &req.worker_id,
             req.max_tasks.min(64) as usize,
+            &kinds,
             Instant::now(),
         );
         let lease = leader.sched().config().lease;
@@ -646,6 +668,7 @@ impl Coordinator {
         let batch = ResultBatch {
             labels: req.labels.clone(),
             queries: req.queries.clone(),
+            hits: req.hits.clone(),
             offset: 0,
         };
         // Commit point: the result object is created once; a second attempt finds it there.
@@ -688,6 +711,15 @@ impl Coordinator {
         req: &CompleteTaskRequest,
     ) -> Result<()> {
         let task = self.task_inputs(leader, job_id, &req.task_id).await?;
+        if task.kind == TaskKind::Search as i32 {
+            if !req.labels.is_empty() || !req.queries.is_empty() {
+                return Err(CoordinatorError::Invalid(format!(
+                    "task `{}`: a search task returns hits, not labels or queries",
+                    req.task_id
+                )));
+            }
+            return search_job::check_hits(&task, &req.hits);
+        }
         if task.kind == TaskKind::SynthesizeQueries as i32 {
             let docs: HashSet<&str> = task.documents.iter().map(|d| d.id.as_str()).collect();
             let mut ids = HashSet::new();
@@ -871,17 +903,17 @@ impl JobService for JobApi {
                 job.artifacts.join(", ")
             )));
         }
-        let synthesis = {
-            let sched = leader.sched();
-            if !sched.contains(&req.job_id) {
-                return Err(Status::not_found(format!(
-                    "job `{}`: no such job",
-                    req.job_id
-                )));
-            }
-            sched.is_synthesis(&req.job_id)
+        let Some(kind) = leader.sched().kind(&req.job_id) else {
+            return Err(Status::not_found(format!(
+                "job `{}`: no such job",
+                req.job_id
+            )));
         };
-        let expected = if synthesis { "queries" } else { "labels" };
+        let expected = match kind {
+            TaskKind::SynthesizeQueries => "queries",
+            TaskKind::Search => "hits",
+            TaskKind::Grade | TaskKind::Unspecified => "labels",
+        };
         if !req.stage.is_empty() && req.stage != expected {
             return Err(Status::invalid_argument(format!(
                 "stage: job `{}` has results of stage `{expected}`, not `{}`",
@@ -911,7 +943,7 @@ impl JobService for JobApi {
                         return;
                     }
                 };
-                let n = (batch.labels.len() + batch.queries.len()) as u64;
+                let n = (batch.labels.len() + batch.queries.len() + batch.hits.len()) as u64;
                 if offset + n <= req.offset {
                     offset += n;
                     continue;
@@ -919,7 +951,8 @@ impl JobService for JobApi {
                 let skip = req.offset.saturating_sub(offset) as usize;
                 let out = ResultBatch {
                     labels: batch.labels.into_iter().skip(skip).collect(),
-                    queries: batch.queries,
+                    queries: batch.queries.into_iter().skip(skip).collect(),
+                    hits: batch.hits.into_iter().skip(skip).collect(),
                     offset: offset + skip as u64,
                 };
                 offset += n;

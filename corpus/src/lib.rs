@@ -4,7 +4,7 @@
 pub mod bm25;
 pub mod ingest;
 
-pub use bm25::{Bm25Index, Hit};
+pub use bm25::{Bm25Index, Hit, IndexedText};
 pub use ingest::{
     ingest_dir, ingest_jsonl, ingest_path, Document, IngestLimits, IngestReport, Rejection,
 };
@@ -19,6 +19,8 @@ pub enum CorpusError {
     },
     #[error("index: {0}")]
     Index(#[from] tantivy::TantivyError),
+    #[error("index archive: {0}")]
+    Archive(String),
 }
 
 pub type Result<T> = std::result::Result<T, CorpusError>;

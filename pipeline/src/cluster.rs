@@ -6,6 +6,7 @@ use crate::progress;
 use crate::{PipelineError, Result};
 use labelfleet_client::{Client, TrainerClient};
 use labelfleet_cluster::blobs::Blobs;
+use labelfleet_corpus::Hit;
 use labelfleet_proto::v1::*;
 use labelfleet_types::{GradePrompt, Grading, Pair};
 use std::future::Future;
@@ -252,6 +253,67 @@ impl Cluster {
         })
     }
 
+    /// The BM25 top `depth` documents of each query over corpus `corpus_id` (uploaded to the
+    /// cluster), in input order: one search job, run shard by shard on the workers, whose
+    /// per-shard rankings are merged here by score.
+    pub fn search(
+        &mut self,
+        corpus_id: &str,
+        queries: &[String],
+        depth: usize,
+        what: &str,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let spec = JobSpec {
+            name: what.to_string(),
+            kind: JobKind::Search as i32,
+            corpus_id: corpus_id.to_string(),
+            label_queries: queries
+                .iter()
+                .enumerate()
+                .map(|(i, text)| QueryInput {
+                    query_id: i.to_string(),
+                    text: text.clone(),
+                })
+                .collect(),
+            bm25_depth: depth as u32,
+            ..Default::default()
+        };
+        let canonical = serde_json::to_vec(&(corpus_id, depth, queries))?;
+        let key = self.key(what, &canonical);
+        let observer = self.observer.clone();
+        let jobs = &mut self.jobs;
+        self.rt.block_on(async {
+            let job = run_job(jobs, spec, &key, what, observer.as_deref()).await?;
+            let mut per_query: Vec<Vec<QueryHits>> = vec![Vec::new(); queries.len()];
+            let mut bad = None;
+            jobs.fetch(&job.job_id, "hits", |batch| {
+                for h in batch.hits {
+                    match h
+                        .query_id
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| per_query.get_mut(i))
+                    {
+                        Some(slot) => slot.push(h),
+                        None => bad = Some(h.query_id),
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if let Some(id) = bad {
+                return Err(PipelineError::job(
+                    what,
+                    format!("hits for unknown query `{id}`"),
+                ));
+            }
+            Ok(per_query
+                .into_iter()
+                .map(|shards| merge_shards(shards, depth))
+                .collect())
+        })
+    }
+
     /// Distils a student on the trainer from a dataset in the object store, and waits until
     /// the checkpoint is registered and pushed to the workers.
     /// With a key prefix, the run's job id is `<prefix>/distill`: the trainer hands back a run
@@ -283,6 +345,23 @@ impl Cluster {
             Ok(done?)
         })
     }
+}
+
+/// One query's ranking over the whole corpus from its per-shard rankings: every hit by score,
+/// best first (a shard's own order kept among equal scores, shards in order), cut to `depth`.
+fn merge_shards(mut shards: Vec<QueryHits>, depth: usize) -> Vec<Hit> {
+    shards.sort_by_key(|h| h.shard);
+    let mut hits: Vec<SearchHit> = shards.into_iter().flat_map(|s| s.hits).collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+    hits.into_iter()
+        .take(depth)
+        .enumerate()
+        .map(|(i, h)| Hit {
+            id: h.doc_id,
+            score: h.score,
+            rank: i + 1,
+        })
+        .collect()
 }
 
 /// Resolves when the observer says the run must stop, with why (never without an observer).
@@ -406,4 +485,37 @@ pub fn corpus_record(d: &Document) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(shard: u32, hits: &[(&str, f32)]) -> QueryHits {
+        QueryHits {
+            query_id: "0".into(),
+            shard,
+            hits: hits
+                .iter()
+                .map(|(d, s)| SearchHit {
+                    doc_id: d.to_string(),
+                    score: *s,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn shard_rankings_merge_by_score_keeping_each_shards_order_among_ties() {
+        let merged = merge_shards(
+            vec![
+                shard(1, &[("b1", 3.0), ("b2", 1.0)]),
+                shard(0, &[("a1", 3.0), ("a2", 2.0), ("a3", 2.0)]),
+            ],
+            4,
+        );
+        let got: Vec<(&str, usize)> = merged.iter().map(|h| (h.id.as_str(), h.rank)).collect();
+        assert_eq!(got, [("a1", 1), ("b1", 2), ("a2", 3), ("a3", 4)]);
+        assert!(merge_shards(vec![], 3).is_empty());
+    }
 }

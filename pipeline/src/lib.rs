@@ -83,8 +83,10 @@ pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
 /// Everything the method is configured by (the `labelfleet run` flags).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Corpus: a JSONL file or a folder of .txt/.md files.
+    /// Corpus: a JSONL file or a folder of .txt/.md files ...
     pub corpus: PathBuf,
+    /// ... uploaded to the cluster as this corpus id (its workers search it with BM25).
+    pub corpus_id: String,
     /// Where every stage writes its outputs.
     pub out: PathBuf,
     /// The content-keyed caches (grades, queries, rates, students); None: `out/cache`.
@@ -130,20 +132,21 @@ pub fn run(cfg: &Config, cluster: &mut Cluster, api: Option<&ApiClient>) -> Resu
     let mut ctx = Context::open(cluster, api, &cfg.out, &cache)?;
 
     ctx.cluster.stage("corpus")?;
-    let corpus = stages::load_corpus(&cfg.corpus)?;
+    let corpus = stages::load_corpus(&cfg.corpus, &cfg.corpus_id)?;
     let teacher = stages::Teacher::resolve(cfg, api)?;
     let seeds = stages::sample_seeds(&corpus.docs, cfg.seed_docs, &mut rng);
     ctx.cluster.stage("queries")?;
     let queries = stages::synthesize_queries(&mut ctx, cfg, &teacher, &seeds)?;
     ctx.cluster.stage("negatives")?;
-    let cand = stages::candidates(cfg, &corpus, &queries, &mut rng)?;
+    let cand = stages::candidates(&mut ctx, cfg, &corpus, &queries, &mut rng)?;
     ctx.cluster.stage("teacher")?;
     let graded = stages::teacher_grades(&mut ctx, cfg, &teacher, &cand)?;
     ctx.cluster.stage("distill")?;
     let student = stages::distill(&mut ctx, cfg, &teacher, &cand, &graded.grades)?;
     let rows = match &cfg.eval_queries {
         Some(q) => {
-            let pool = stages::evaluation_pool(cfg, &corpus, q, cfg.eval_qrels.as_deref())?;
+            let pool =
+                stages::evaluation_pool(&mut ctx, cfg, &corpus, q, cfg.eval_qrels.as_deref())?;
             stages::evaluate(&mut ctx, cfg, &teacher, &student, &pool)?
         }
         None => {

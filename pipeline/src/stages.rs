@@ -6,7 +6,7 @@ use crate::report::{agreement_report, Row};
 use crate::{progress, Config, PipelineError, Result};
 use labelfleet_cache::{self as cache, Cache};
 use labelfleet_corpus::bm25::hard_negatives;
-use labelfleet_corpus::{ingest_path, Bm25Index, Document, IngestLimits};
+use labelfleet_corpus::{ingest_path, Document, IngestLimits};
 use labelfleet_eval::Judgment;
 use labelfleet_openai::ApiClient;
 use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
@@ -23,6 +23,8 @@ use std::time::Instant;
 const EVAL_POOL_SALT: u64 = 0x6576_616c_706f_6f6c;
 /// Pairs per task of the grading jobs.
 const TASK_SIZE: u32 = 64;
+/// How deep the evaluation pool's BM25 rankings go (a judged document below it has BM25 score 0).
+const POOL_SEARCH_DEPTH: usize = 1000;
 /// Pairs per optimizer step of the student's distillation.
 const STUDENT_BATCH: u32 = 16;
 
@@ -75,10 +77,10 @@ pub fn check_config(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The corpus's accepted documents and their BM25 index.
+/// The corpus's accepted documents, and its id on the cluster (whose workers search it).
 pub struct Corpus {
     pub docs: Vec<Document>,
-    pub index: Bm25Index,
+    pub id: String,
 }
 
 impl Corpus {
@@ -87,9 +89,8 @@ impl Corpus {
     }
 }
 
-/// Stage 1: ingests the corpus (a JSONL file or a folder) and builds the BM25 index over title,
-/// body, author and path.
-pub fn load_corpus(path: &Path) -> Result<Corpus> {
+/// Stage 1: ingests the corpus (a JSONL file or a folder), uploaded to the cluster as `id`.
+pub fn load_corpus(path: &Path, id: &str) -> Result<Corpus> {
     let report = ingest_path(path, IngestLimits::default())?;
     for r in report.rejected.iter().take(10) {
         eprintln!("rejected: {r}");
@@ -103,13 +104,10 @@ pub fn load_corpus(path: &Path) -> Result<Corpus> {
     if docs.len() < 2 {
         return Err(input("the corpus needs at least two documents".into()));
     }
-    let t = Instant::now();
-    let index = Bm25Index::build(&docs, None)?;
-    eprintln!(
-        "      BM25 index over title, body, author, path: {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-    Ok(Corpus { docs, index })
+    Ok(Corpus {
+        docs,
+        id: id.to_string(),
+    })
 }
 
 /// The engine's view of a corpus document paired with a query.
@@ -345,6 +343,7 @@ pub struct Candidates {
 /// Stage 4: the round-trip filter (BM25 must rank the seed within `consistency_depth`) and
 /// the candidates: the seed as the positive, plus hard negatives from the BM25 ranking.
 pub fn candidates(
+    ctx: &mut Context,
     cfg: &Config,
     corpus: &Corpus,
     queries: &[GeneratedQuery],
@@ -352,10 +351,10 @@ pub fn candidates(
 ) -> Result<Candidates> {
     let mut keyed: Vec<(String, String)> = vec![];
     let mut dropped = 0usize;
-    for q in queries {
-        let hits = corpus
-            .index
-            .search(&q.query, cfg.bm25_depth.max(cfg.consistency_depth))?;
+    let texts: Vec<String> = queries.iter().map(|q| q.query.clone()).collect();
+    let depth = cfg.bm25_depth.max(cfg.consistency_depth);
+    let rankings = ctx.cluster.search(&corpus.id, &texts, depth, "negatives")?;
+    for (q, hits) in queries.iter().zip(rankings) {
         if cfg.consistency_depth > 0
             && !hits
                 .iter()
@@ -771,6 +770,7 @@ pub fn read_qrels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, usize
 /// pool must not depend on how many queries the stages before wrote, so every run with this
 /// seed is scored on the same pool).
 pub fn evaluation_pool(
+    ctx: &mut Context,
     cfg: &Config,
     corpus: &Corpus,
     queries: &Path,
@@ -793,9 +793,12 @@ pub fn evaluation_pool(
         pairs: vec![],
         bm25: vec![],
     };
-    for q in &eval_q {
+    let eval_texts: Vec<String> = eval_q.iter().map(|q| texts[*q].clone()).collect();
+    let rankings = ctx
+        .cluster
+        .search(&corpus.id, &eval_texts, POOL_SEARCH_DEPTH, "targets")?;
+    for (q, hits) in eval_q.iter().zip(rankings) {
         let judged = &qrels[*q];
-        let hits = corpus.index.search(&texts[*q], 1000)?;
         let score_of: HashMap<&str, f32> = hits.iter().map(|h| (h.id.as_str(), h.score)).collect();
         let mut docs_q: Vec<(String, usize)> = judged
             .iter()

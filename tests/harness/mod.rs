@@ -451,8 +451,16 @@ impl Cluster {
                 .to_string(),
             "--registration-ttl-s".into(),
             self.options.registration_ttl_s.to_string(),
+            "--store".into(),
+            self.store_url(),
         ];
-        spawn(&format!("worker{i}"), &binary(), &args, self.dir.path())
+        spawn_env(
+            &format!("worker{i}"),
+            &binary(),
+            &args,
+            self.dir.path(),
+            &self.store_env(),
+        )
     }
 
     pub fn coordinator_list(&self) -> String {

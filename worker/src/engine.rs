@@ -3,7 +3,9 @@
 //! and kept; a pushed checkpoint is picked up by the next task that names it, so a swap never
 //! happens in the middle of a task.
 
-use labelfleet_proto::v1::{model_ref, pair_input, Label, SyntheticQuery, Task, TaskKind};
+use labelfleet_proto::v1::{
+    model_ref, pair_input, Label, QueryHits, SyntheticQuery, Task, TaskKind,
+};
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{
     default_grade_labels, grade, load_grader_with_prompt, BatchOptions, GradePrompt, Grader, Pair,
@@ -25,10 +27,11 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// What running a task came to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Labels of a grading task, or queries of a synthesis task.
+    /// Labels of a grading task, queries of a synthesis task, or hits of a search task.
     Done {
         labels: Vec<Label>,
         queries: Vec<SyntheticQuery>,
+        hits: Vec<QueryHits>,
         seconds: f64,
     },
     /// `retryable` false: the input itself is bad, another attempt would fail the same way.
@@ -224,6 +227,7 @@ impl Host {
         Outcome::Done {
             labels: Vec::new(),
             queries,
+            hits: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -329,6 +333,7 @@ impl Host {
         Outcome::Done {
             labels,
             queries: Vec::new(),
+            hits: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }

@@ -7,9 +7,11 @@
 
 pub mod control;
 pub mod engine;
+pub mod search;
 
 use control::{ControlApi, ControlState};
 use engine::{Engine, ModelSources, Outcome};
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::meta::{keys, spawn_lease_keeper, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric};
 use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
@@ -17,6 +19,7 @@ use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::worker_control_server::WorkerControlServer;
 use labelfleet_proto::v1::*;
 use labelfleet_slm::Placement;
+use search::Searcher;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +60,9 @@ pub struct WorkerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// TTL of the etcd registration lease.
     pub registration_ttl: Duration,
+    /// The cluster's object store (a `--store` value), where BM25 search tasks read corpus
+    /// shards and their indexes. Without one the worker leases no search tasks.
+    pub store: Option<String>,
 }
 
 /// Runs a worker until it has drained (after `shutdown` or a Drain call).
@@ -75,6 +81,14 @@ pub async fn run_with_meta(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(&config.checkpoints)?;
+    let searcher = match &config.store {
+        Some(store) => Some(Arc::new(Searcher::new(Blobs::open(store)?))),
+        None => None,
+    };
+    let mut kinds = vec![TaskKind::Grade as i32, TaskKind::SynthesizeQueries as i32];
+    if searcher.is_some() {
+        kinds.push(TaskKind::Search as i32);
+    }
     let state = Arc::new(ControlState::default());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let bound = listener.local_addr()?;
@@ -281,7 +295,7 @@ pub async fn run_with_meta(
         let req = LeaseTasksRequest {
             worker_id: config.worker_id.clone(),
             max_tasks: room as u32,
-            kinds: vec![TaskKind::Grade as i32, TaskKind::SynthesizeQueries as i32],
+            kinds: kinds.clone(),
         };
         let tasks = match client.lease_tasks(req).await {
             Ok(r) => r.into_inner().tasks,
@@ -303,8 +317,9 @@ pub async fn run_with_meta(
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone());
-            let (engine, link, state, held, revoked, worker) = (
+            let (engine, searcher, link, state, held, revoked, worker) = (
                 engine.clone(),
+                searcher.clone(),
                 link.clone(),
                 state.clone(),
                 held.clone(),
@@ -317,7 +332,7 @@ pub async fn run_with_meta(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 if !skip {
-                    let outcome = engine.run(task.clone()).await;
+                    let outcome = run_task(&engine, searcher.as_deref(), task.clone()).await;
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
@@ -330,6 +345,18 @@ pub async fn run_with_meta(
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// Runs a task where its kind runs: BM25 searches on the searcher, model work on the engine.
+async fn run_task(engine: &Engine, searcher: Option<&Searcher>, task: Task) -> Outcome {
+    match (TaskKind::try_from(task.kind), searcher) {
+        (Ok(TaskKind::Search), Some(searcher)) => searcher.run(&task).await,
+        (Ok(TaskKind::Search), None) => Outcome::Failed {
+            reason: "this worker has no --store to read corpus shards from".into(),
+            retryable: true,
+        },
+        _ => engine.run(task).await,
+    }
 }
 
 async fn reregister(
@@ -389,6 +416,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
             Outcome::Done {
                 labels,
                 queries,
+                hits,
                 seconds,
             } => client
                 .complete_task(CompleteTaskRequest {
@@ -398,6 +426,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                     fencing_token: task.fencing_token,
                     labels: labels.clone(),
                     queries: queries.clone(),
+                    hits: hits.clone(),
                     seconds: *seconds,
                 })
                 .await
