@@ -44,7 +44,7 @@ impl TokenBucket {
     }
 
     fn capacity_of(per_minute: f64, burst_s: f64) -> f64 {
-        (per_minute / 60.0 * burst_s).max(1.0)
+        (per_minute * burst_s / 60.0).max(1.0)
     }
 
     /// Changes the rate as of `now`: what was earned so far at the old rate is kept, up to the
