@@ -3,7 +3,9 @@
 //! and kept; a pushed checkpoint is picked up by the next task that names it, so a swap never
 //! happens in the middle of a task.
 
-use labelfleet_proto::v1::{model_ref, pair_input, Label, SyntheticQuery, Task, TaskKind};
+use labelfleet_proto::v1::{
+    model_ref, pair_input, ApiUsage, Label, SyntheticQuery, Task, TaskKind,
+};
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{
     default_grade_labels, grade, load_grader_with_prompt, BatchOptions, GradePrompt, Grader, Pair,
@@ -25,11 +27,13 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// What running a task came to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Labels of a grading task, or queries of a synthesis task.
+    /// Labels of a grading task, or queries of a synthesis task; and what an API teacher
+    /// spent on them (None for a local model).
     Done {
         labels: Vec<Label>,
         queries: Vec<SyntheticQuery>,
         seconds: f64,
+        api_usage: Option<ApiUsage>,
     },
     /// `retryable` false: the input itself is bad, another attempt would fail the same way.
     Failed { reason: String, retryable: bool },
@@ -225,6 +229,7 @@ impl Host {
             labels: Vec::new(),
             queries,
             seconds: start.elapsed().as_secs_f64(),
+            api_usage: None,
         }
     }
 
@@ -330,6 +335,7 @@ impl Host {
             labels,
             queries: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
+            api_usage: None,
         }
     }
 
@@ -350,7 +356,7 @@ impl Host {
                 Ok((dir, id.clone()))
             }
             Some(model_ref::Source::Openai(_)) => {
-                Err("an OpenAI endpoint is a teacher backend, not a worker model".into())
+                Err("an OpenAI endpoint runs on the worker's API teacher, not the engine".into())
             }
             None => Err("task names no model".into()),
         }
@@ -372,7 +378,7 @@ pub fn checkpoint_dir(root: &Path, id: &str) -> Result<PathBuf, String> {
     Ok(root.join(id))
 }
 
-fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
+pub(crate) fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
     match &p.document {
         Some(pair_input::Document::DocId(id)) => id.clone(),
         Some(pair_input::Document::Inline(d)) => d.id.clone(),
@@ -381,7 +387,7 @@ fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
 }
 
 /// The generator's view of a seed document.
-fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
+pub(crate) fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
     let mut metadata = BTreeMap::new();
     if !d.author.is_empty() {
         metadata.insert("author".to_string(), d.author.clone());
@@ -401,7 +407,7 @@ fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
 }
 
 /// The engine's view of a pair; the error names the field.
-fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, String> {
+pub(crate) fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, String> {
     let Some(pair_input::Document::Inline(d)) = &p.document else {
         return Err("document: not inlined by the coordinator".into());
     };

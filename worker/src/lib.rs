@@ -5,9 +5,11 @@
 //! engine thread, heartbeats its leases, and commits results, retrying through leader changes
 //! and etcd restarts. SIGTERM (or `Drain`) stops leasing; it finishes what it holds, then exits.
 
+pub mod api_teacher;
 pub mod control;
 pub mod engine;
 
+use api_teacher::ApiTeacher;
 use control::{ControlApi, ControlState};
 use engine::{Engine, ModelSources, Outcome};
 use labelfleet_cluster::meta::{keys, spawn_lease_keeper, MetaStore};
@@ -119,6 +121,7 @@ pub async fn run_with_meta(
             checkpoints: config.checkpoints.clone(),
         },
     );
+    let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
     let rate = Arc::new(Mutex::new(RateMeter::default()));
     if let Some(addr) = config.metrics_listen {
         let (st, eng, rate) = (state.clone(), engine.clone(), rate.clone());
@@ -303,8 +306,9 @@ pub async fn run_with_meta(
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone());
-            let (engine, link, state, held, revoked, worker) = (
+            let (engine, api, link, state, held, revoked, worker) = (
                 engine.clone(),
+                api.clone(),
                 link.clone(),
                 state.clone(),
                 held.clone(),
@@ -317,7 +321,10 @@ pub async fn run_with_meta(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 if !skip {
-                    let outcome = engine.run(task.clone()).await;
+                    let outcome = match runner_of(&task) {
+                        Runner::Engine => engine.run(task.clone()).await,
+                        Runner::Api => api.run(&task).await,
+                    };
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
@@ -330,6 +337,21 @@ pub async fn run_with_meta(
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// What runs a task on this worker.
+enum Runner {
+    /// The engine thread: local models and pushed checkpoints.
+    Engine,
+    /// The API teacher, on tokio: an OpenAI-compatible endpoint.
+    Api,
+}
+
+fn runner_of(task: &Task) -> Runner {
+    match task.model.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(model_ref::Source::Openai(_)) => Runner::Api,
+        _ => Runner::Engine,
+    }
 }
 
 async fn reregister(
@@ -390,6 +412,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                 labels,
                 queries,
                 seconds,
+                api_usage,
             } => client
                 .complete_task(CompleteTaskRequest {
                     worker_id: worker.to_string(),
@@ -399,6 +422,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                     labels: labels.clone(),
                     queries: queries.clone(),
                     seconds: *seconds,
+                    api_usage: *api_usage,
                 })
                 .await
                 .map(|r| {
