@@ -288,12 +288,18 @@ impl ApiClient {
         tally: Option<&Tally>,
         on_done: &(dyn Fn() + Sync),
     ) -> Vec<Result<ApiGrading, ApiError>> {
-        futures::stream::iter(pairs)
+        // the futures are made first: a stream's `map` closure over borrowed pairs would make
+        // the whole future not `Send` (the compiler cannot prove it for a closure generic over
+        // the borrow), and workers spawn it
+        let calls: Vec<_> = pairs
+            .iter()
             .map(|pair| async move {
                 let result = self.grade_pair_with(pair, prompt, tally).await;
                 on_done();
                 result
             })
+            .collect();
+        futures::stream::iter(calls)
             .buffered(self.config().concurrency)
             .collect()
             .await

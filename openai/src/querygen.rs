@@ -118,15 +118,19 @@ impl ApiClient {
                 Err(e) => out.push(Err(e)),
             }
         }
+        // the futures are made first, so the whole future stays `Send` (see `grade_pairs_with`)
+        let calls: Vec<_> = jobs
+            .into_iter()
+            .map(|(d, i, intent, messages)| async move {
+                let result = self
+                    .generate_one(&docs[d], i, &intent, &messages, params, tally)
+                    .await;
+                on_done();
+                (d, intent, result)
+            })
+            .collect();
         let answers: Vec<(usize, QueryIntent, Result<Option<String>, ApiError>)> =
-            futures::stream::iter(jobs)
-                .map(|(d, i, intent, messages)| async move {
-                    let result = self
-                        .generate_one(&docs[d], i, &intent, &messages, params, tally)
-                        .await;
-                    on_done();
-                    (d, intent, result)
-                })
+            futures::stream::iter(calls)
                 .buffered(self.config().concurrency)
                 .collect()
                 .await;
