@@ -6,8 +6,8 @@
 
 use crate::client::ApiClient;
 use crate::error::ApiError;
-use crate::usage::Tally;
 use crate::grading::{check_document, clip, strip_special_tokens};
+use crate::usage::Tally;
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
 use labelfleet_types::prompt::intent_messages;

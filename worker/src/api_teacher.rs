@@ -148,8 +148,7 @@ impl ApiTeacher {
             }
         };
         let (labels, queries, usage) = result;
-        self.pairs
-            .fetch_add(labels.len() as u64, Ordering::Relaxed);
+        self.pairs.fetch_add(labels.len() as u64, Ordering::Relaxed);
         Outcome::Done {
             labels,
             queries,
@@ -165,9 +164,7 @@ impl ApiTeacher {
         let Some(model_ref::Source::Openai(endpoint)) =
             task.model.as_ref().and_then(|m| m.source.as_ref())
         else {
-            return Err(ApiTaskError::Input(
-                "model: not an OpenAI endpoint".into(),
-            ));
+            return Err(ApiTaskError::Input("model: not an OpenAI endpoint".into()));
         };
         let client = self.client(endpoint)?;
         let tally = Tally::default();
@@ -360,7 +357,10 @@ mod tests {
         let Outcome::Failed { reason, retryable } = teacher.run(&task).await else {
             panic!("an unknown prompt version was accepted");
         };
-        assert!(!retryable && reason.starts_with("prompt_version:"), "{reason}");
+        assert!(
+            !retryable && reason.starts_with("prompt_version:"),
+            "{reason}"
+        );
     }
 
     #[test]
