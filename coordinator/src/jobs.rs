@@ -746,7 +746,8 @@ mod tests {
             ..endpoint.clone()
         };
         validate_spec(&label(&keyless)).unwrap();
-        let cases: [(fn(&mut OpenAiEndpoint), &str); 5] = [
+        type Spoil = fn(&mut OpenAiEndpoint);
+        let cases: [(Spoil, &str); 5] = [
             (|o| o.base_url = "127.0.0.1:8080/v1".into(), "base_url"),
             (|o| o.base_url = "https://".into(), "base_url"),
             (|o| o.model = " ".into(), "model"),
