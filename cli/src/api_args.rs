@@ -18,7 +18,9 @@ pub struct ApiArgs {
     /// Model name sent to the API (required with --api-base).
     #[arg(long, value_name = "NAME", alias = "teacher-api-model")]
     pub api_model: Option<String>,
-    /// Environment variable holding the API key; unset means no Authorization header.
+    /// Environment variable holding the API key; unset means no Authorization header. With
+    /// `run`, the workers read it (a worker without it fails the task): pass an empty name
+    /// (`--api-key-env ''`) for a server that takes no key.
     #[arg(
         long,
         value_name = "VAR",

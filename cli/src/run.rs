@@ -139,6 +139,7 @@ impl RunArgs {
             out: self.out.clone(),
             cache: None,
             teacher: self.teacher.clone(),
+            teacher_api: self.teacher_endpoint(),
             teacher_prompt: GradePrompt::parse(&self.teacher_prompt).context("--teacher-prompt")?,
             student: self.student.clone(),
             student_layers: self.student_layers,
@@ -165,19 +166,27 @@ impl RunArgs {
 }
 
 impl RunArgs {
+    /// The API teacher the flags name, if any: the workers call it, sharing the job-wide
+    /// `--teacher-api-rpm` and `--teacher-api-tpm` among them.
+    fn teacher_endpoint(&self) -> Option<OpenAiEndpoint> {
+        let base = self.api.api_base.as_ref()?;
+        Some(OpenAiEndpoint {
+            base_url: base.clone(),
+            model: self.api.api_model.clone().unwrap_or_default(),
+            api_key_env: self.api.api_key_env.clone(),
+            requests_per_second: self.api.api_rpm.map_or(0.0, |rpm| rpm / 60.0),
+            tokens_per_minute: self.api.api_tpm.unwrap_or(0.0),
+            usd_per_million_input_tokens: self.api.price_input_per_mtok,
+            usd_per_million_output_tokens: self.api.price_output_per_mtok,
+        })
+    }
+
     /// The corpus job: the method's settings, the targets and the human judgments (read here,
     /// sent with the spec: they are used for the report only, never for training).
     fn spec(&self, cfg: &Config, corpus_id: String) -> Result<JobSpec> {
         let (label_queries, human_judgments) = targets(cfg)?;
-        let teacher = match &self.api.api_base {
-            Some(base) => model_ref::Source::Openai(OpenAiEndpoint {
-                base_url: base.clone(),
-                model: self.api.api_model.clone().unwrap_or_default(),
-                api_key_env: self.api.api_key_env.clone(),
-                requests_per_second: self.api.api_rpm.map_or(0.0, |rpm| rpm / 60.0),
-                usd_per_million_input_tokens: self.api.price_input_per_mtok,
-                usd_per_million_output_tokens: self.api.price_output_per_mtok,
-            }),
+        let teacher = match &cfg.teacher_api {
+            Some(endpoint) => model_ref::Source::Openai(endpoint.clone()),
             None => model_ref::Source::LocalPath(cfg.teacher.clone()),
         };
         let rank_sampling = match cfg.rank_sampling {
@@ -253,8 +262,16 @@ const CONNECT_WAIT: Duration = Duration::from_secs(60);
 pub fn run(a: RunArgs) -> Result<()> {
     let cfg = a.config()?;
     labelfleet_pipeline::stages::check_config(&cfg)?;
-    if a.api.api_base.is_some() {
-        a.api.config()?;
+    if let Some(api) = a.api.config()? {
+        // the embedded worker is this process: a missing key is known now, not at the first task
+        if a.remote.coordinator.is_none() && !api.api_key_env.is_empty() && api.api_key().is_none()
+        {
+            anyhow::bail!(
+                "--teacher-api-key-env: `{}` is not set, and the worker reads the API key from it \
+                 (pass --teacher-api-key-env '' for a server that takes no key)",
+                api.api_key_env
+            );
+        }
     }
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let (coordinators, embedded) = match &a.remote.coordinator {

@@ -22,7 +22,6 @@ use crate::jobs;
 use crate::recovery::JobRecord;
 use crate::service::{now_ms, Coordinator, Leader};
 use labelfleet_cluster::blobs::Blobs;
-use labelfleet_openai::{ApiClient, ApiConfig};
 use labelfleet_pipeline::{Cluster, ClusterAddress, Config, Observer, PipelineError};
 use labelfleet_proto::v1::{
     model_ref, Job, JobSpec, JobState, RankSampling, StageProgress, SubmitJobRequest,
@@ -331,9 +330,7 @@ pub fn validate(spec: &JobSpec) -> Result<()> {
         Some(model_ref::Source::CheckpointId(_)) => {
             return invalid("spec.teacher: a teacher is a decoder (local_path) or an OpenAI endpoint, not a cross-encoder checkpoint".into())
         }
-        Some(model_ref::Source::Openai(o)) if o.base_url.is_empty() || o.model.is_empty() => {
-            return invalid("spec.teacher.openai: base_url and model are required".into())
-        }
+        Some(model_ref::Source::Openai(o)) => jobs::validate_endpoint("spec.teacher.openai", o)?,
         _ => {}
     }
     match spec.student.as_ref().and_then(|m| m.source.as_ref()) {
@@ -605,7 +602,6 @@ fn run_stages(
         .map_err(|e| failed("corpus")(e.to_string()))?;
     let (queries, qrels) = write_targets(&spec, &dir).map_err(failed("targets"))?;
     let cfg = config_of(&spec, &env, &dir, corpus, queries, qrels).map_err(failed("spec"))?;
-    let api = api_teacher(&spec, &env).map_err(failed("spec.teacher"))?;
     let address = ClusterAddress {
         coordinators: env.own_address.clone(),
         trainer: env.trainer.clone(),
@@ -613,7 +609,7 @@ fn run_stages(
     };
     let mut cluster = Cluster::connect(&address)?;
     cluster.observe(follow, job_id);
-    labelfleet_pipeline::run(&cfg, &mut cluster, api.as_ref())?;
+    labelfleet_pipeline::run(&cfg, &mut cluster)?;
     let artifacts = rt
         .block_on(store_outputs(&coord.blobs, job_id, &cfg.out))
         .map_err(|e| failed("storing the outputs")(e.to_string()))?;
@@ -708,6 +704,10 @@ fn config_of(
         out: dir.join("out"),
         cache: Some(env.scratch.join("cache")),
         teacher: local(&spec.teacher, DEFAULT_TEACHER),
+        teacher_api: match spec.teacher.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(model_ref::Source::Openai(o)) => Some(o.clone()),
+            _ => None,
+        },
         teacher_prompt,
         student: local(&spec.student, DEFAULT_STUDENT),
         student_layers: spec.student_layers as usize,
@@ -733,33 +733,6 @@ fn config_of(
         price_per_hour: None,
         max_len: or(spec.max_tokens, DEFAULT_MAX_TOKENS) as usize,
     })
-}
-
-/// The API teacher of the spec, if it names one (its responses cached in the scratch folder).
-fn api_teacher(spec: &JobSpec, env: &DriverEnv) -> std::result::Result<Option<ApiClient>, String> {
-    let Some(model_ref::Source::Openai(o)) = spec.teacher.as_ref().and_then(|m| m.source.as_ref())
-    else {
-        return Ok(None);
-    };
-    let mut config = ApiConfig::new(o.base_url.clone(), o.model.clone());
-    if !o.api_key_env.is_empty() {
-        config.api_key_env = o.api_key_env.clone();
-    }
-    if o.requests_per_second > 0.0 {
-        config.requests_per_minute = Some(o.requests_per_second * 60.0);
-    }
-    config.price_input_per_mtok = o.usd_per_million_input_tokens;
-    config.price_output_per_mtok = o.usd_per_million_output_tokens;
-    if !spec.grade_prompt_version.is_empty() {
-        config.grade_prompt =
-            GradePrompt::parse(&spec.grade_prompt_version).map_err(|e| e.to_string())?;
-    }
-    config.validate().map_err(|e| e.to_string())?;
-    let client = ApiClient::new(config).map_err(|e| e.to_string())?;
-    client
-        .with_cache(&env.scratch.join("cache/api.jsonl"))
-        .map(Some)
-        .map_err(|e| e.to_string())
 }
 
 /// Uploads every file under `out` to `jobs/<job>/outputs/`; returns their names.

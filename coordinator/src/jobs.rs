@@ -7,8 +7,8 @@ use crate::search_job;
 use labelfleet_cluster::blobs::Blobs;
 pub use labelfleet_cluster::layout::{corpus_prefix, corpus_shard_key};
 use labelfleet_proto::v1::{
-    model_ref, pair_input, CorpusChunk, Document, JobKind, JobSpec, ModelRef, PairInput, Rejection,
-    Task, TaskKind,
+    model_ref, pair_input, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint,
+    PairInput, Rejection, Task, TaskKind,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -313,12 +313,10 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
                 "spec.corpus_id: a synthesis job samples seed documents from a corpus".into(),
             );
         }
-        if let Some(model_ref::Source::Openai(_)) =
+        if let Some(model_ref::Source::Openai(o)) =
             spec.teacher.as_ref().and_then(|m| m.source.as_ref())
         {
-            return invalid(
-                "spec.teacher: query synthesis on workers runs the local engine".into(),
-            );
+            validate_endpoint("spec.teacher.openai", o)?;
         }
         if spec.metadata_queries_per_document > 16 {
             return invalid(format!(
@@ -335,11 +333,78 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
         return Ok(());
     }
     match spec.student.as_ref().and_then(|m| m.source.as_ref()) {
-        None => return invalid("spec.student: a model is required (local_path or checkpoint_id)".into()),
-        Some(model_ref::Source::Openai(_)) => {
-            return invalid("spec.student: labeling runs on the local engine; an OpenAI endpoint can only be a teacher".into())
+        None => {
+            return invalid(
+                "spec.student: a model is required (local_path, checkpoint_id or openai)".into(),
+            )
+        }
+        Some(model_ref::Source::Openai(o)) => {
+            validate_endpoint("spec.student.openai", o)?;
+            validate_api_grade_labels(spec)?;
         }
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// The grades an API teacher reads: the digits "0".."3".
+const API_GRADE_LABELS: [&str; 4] = ["0", "1", "2", "3"];
+
+/// An API teacher answers a digit per grade: a job may name those labels, or none.
+fn validate_api_grade_labels(spec: &JobSpec) -> Result<()> {
+    if spec.grade_labels.is_empty() || spec.grade_labels == API_GRADE_LABELS {
+        return Ok(());
+    }
+    Err(CoordinatorError::Invalid(format!(
+        "spec.grade_labels: an OpenAI endpoint grades on {}; got {:?}",
+        API_GRADE_LABELS.join(", "),
+        spec.grade_labels
+    )))
+}
+
+/// Checks an OpenAI-compatible endpoint a job names (at `field`, e.g. `spec.student.openai`);
+/// the error names the bad field. The workers call it, with the key from their environment.
+pub fn validate_endpoint(field: &str, o: &OpenAiEndpoint) -> Result<()> {
+    let invalid =
+        |name: &str, m: String| Err(CoordinatorError::Invalid(format!("{field}.{name}: {m}")));
+    let url = o.base_url.trim();
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+        return invalid(
+            "base_url",
+            format!("`{url}` is not an http:// or https:// URL with a host"),
+        );
+    }
+    if o.model.trim().is_empty() {
+        return invalid("model", "empty: name the model the endpoint serves".into());
+    }
+    let key = o.api_key_env.trim();
+    let key_ok = key.is_empty()
+        || (key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with(|c: char| c.is_ascii_digit()));
+    if !key_ok {
+        return invalid(
+            "api_key_env",
+            format!("`{key}` is not an environment variable name"),
+        );
+    }
+    for (name, v) in [
+        ("requests_per_second", o.requests_per_second),
+        ("tokens_per_minute", o.tokens_per_minute),
+        (
+            "usd_per_million_input_tokens",
+            o.usd_per_million_input_tokens,
+        ),
+        (
+            "usd_per_million_output_tokens",
+            o.usd_per_million_output_tokens,
+        ),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return invalid(name, format!("{v} is not a number >= 0 (0: none)"));
+        }
     }
     Ok(())
 }
@@ -653,6 +718,72 @@ mod tests {
             err.contains("spec.negatives_per_query, spec.epochs"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_openai_model_labels_and_synthesizes_and_its_errors_name_the_field() {
+        let endpoint = OpenAiEndpoint {
+            base_url: "http://127.0.0.1:8080/v1".into(),
+            model: "smollm2".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            requests_per_second: 4.0,
+            ..Default::default()
+        };
+        let api = |o: &OpenAiEndpoint| {
+            Some(ModelRef {
+                source: Some(model_ref::Source::Openai(o.clone())),
+            })
+        };
+        let label = |o: &OpenAiEndpoint| JobSpec {
+            student: api(o),
+            label_pairs: vec![PairInput {
+                pair_id: "p1".into(),
+                query: "q".into(),
+                document: Some(pair_input::Document::DocId("d1".into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let synthesize = |o: &OpenAiEndpoint| JobSpec {
+            kind: JobKind::Synthesize as i32,
+            corpus_id: "c".into(),
+            seed_documents: 3,
+            teacher: api(o),
+            ..Default::default()
+        };
+        validate_spec(&label(&endpoint)).unwrap();
+        validate_spec(&synthesize(&endpoint)).unwrap();
+        let keyless = OpenAiEndpoint {
+            api_key_env: String::new(),
+            ..endpoint.clone()
+        };
+        validate_spec(&label(&keyless)).unwrap();
+        type Spoil = fn(&mut OpenAiEndpoint);
+        let cases: [(Spoil, &str); 5] = [
+            (|o| o.base_url = "127.0.0.1:8080/v1".into(), "base_url"),
+            (|o| o.base_url = "https://".into(), "base_url"),
+            (|o| o.model = " ".into(), "model"),
+            (|o| o.api_key_env = "MY KEY".into(), "api_key_env"),
+            (|o| o.requests_per_second = -1.0, "requests_per_second"),
+        ];
+        for (spoil, field) in cases {
+            let mut bad = endpoint.clone();
+            spoil(&mut bad);
+            let e = validate_spec(&label(&bad)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(": spec.student.openai.{field}:")),
+                "{e}"
+            );
+            let e = validate_spec(&synthesize(&bad)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(": spec.teacher.openai.{field}:")),
+                "{e}"
+            );
+        }
+        let mut other_labels = label(&endpoint);
+        other_labels.grade_labels = vec!["bad".into(), "good".into()];
+        let e = validate_spec(&other_labels).unwrap_err().to_string();
+        assert!(e.contains(": spec.grade_labels:"), "{e}");
     }
 
     #[test]

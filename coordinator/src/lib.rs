@@ -4,12 +4,14 @@
 //! - [`jobs`]: corpus upload validation and sharding, and the split of a job into tasks;
 //! - [`corpus_job`]: the whole method as one job, driven by the leader through child jobs;
 //! - [`search_job`]: BM25 retrieval over a corpus, shard by shard on the workers;
+//! - [`fleet`]: the live workers, and each one's share of a job's API rate limits;
 //! - [`recovery`]: the job record, and how a new leader reads state back (paged, lazy);
 //! - [`service`]: the `JobService` and `TaskService` gRPC servers;
 //! - [`server`]: one replica, from election to fail-stop.
 
 pub mod corpus_job;
 pub mod error;
+pub mod fleet;
 pub mod jobs;
 pub mod recovery;
 pub mod scheduler;

@@ -303,5 +303,18 @@ pub fn render(c: &Coordinator) -> String {
         "Workers known to this coordinator",
         workers as f64,
     );
+    let lease = c
+        .leader()
+        .ok()
+        .map(|l| l.sched().config().lease)
+        .unwrap_or_default();
+    let live = c.fleet().live(std::time::Instant::now(), lease);
+    write_metric(
+        &mut out,
+        "labelfleet_workers_live",
+        "gauge",
+        "Workers heard from within a task lease (they share a job's API rate limits)",
+        live as f64,
+    );
     out
 }

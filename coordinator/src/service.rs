@@ -5,6 +5,7 @@
 
 use crate::corpus_job::{self, CorpusJobs, DriverEnv};
 use crate::error::{CoordinatorError, Result};
+use crate::fleet::{self, Fleet};
 use crate::jobs::{self, CorpusBuilder};
 use crate::recovery::{self, JobRecord};
 use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
@@ -85,6 +86,8 @@ pub struct Coordinator {
     pub workers: Mutex<HashSet<String>>,
     /// Workers registered in etcd at the last look.
     members: Mutex<HashSet<String>>,
+    /// When each worker was last heard from: API rate limits are divided among the live ones.
+    pub fleet: Mutex<Fleet>,
     pub heartbeat_interval: Duration,
     /// Set when the replica knows its trainer: it can run corpus jobs.
     driver_env: std::sync::OnceLock<DriverEnv>,
@@ -116,6 +119,7 @@ impl Coordinator {
             leader: RwLock::new(None),
             workers: Mutex::new(HashSet::new()),
             members: Mutex::new(HashSet::new()),
+            fleet: Mutex::new(Fleet::default()),
             heartbeat_interval,
             driver_env: std::sync::OnceLock::new(),
         }
@@ -128,6 +132,10 @@ impl Coordinator {
 
     pub fn driver_env(&self) -> Option<DriverEnv> {
         self.driver_env.get().cloned()
+    }
+
+    pub fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `leader` is still this replica's leadership.
@@ -339,6 +347,7 @@ impl Coordinator {
             gone
         };
         for w in departed {
+            self.fleet().forget(&w);
             let n = leader.sched().release_worker(&w);
             tracing::warn!(worker = %w, released = n, "worker left the cluster; its tasks are re-queued");
         }
@@ -588,11 +597,17 @@ impl Coordinator {
             Instant::now(),
         );
         let lease = leader.sched().config().lease;
+        let live = {
+            let mut fleet = self.fleet();
+            fleet.touch(&req.worker_id, Instant::now());
+            fleet.live(Instant::now(), lease)
+        };
         let mut out = Vec::with_capacity(grants.len());
         for g in grants {
             match self.task_inputs(&leader, &g.job_id, &g.task_id).await {
                 Ok(inputs) => {
                     let mut task = (*inputs).clone();
+                    fleet::divide_limits(&mut task, live);
                     task.attempt = g.attempt;
                     task.fencing_token = leader.fence.token;
                     task.lease_deadline_unix_ms = now_ms() + lease.as_millis() as i64;
@@ -670,6 +685,7 @@ impl Coordinator {
             queries: req.queries.clone(),
             hits: req.hits.clone(),
             offset: 0,
+            api_usage: req.api_usage,
         };
         // Commit point: the result object is created once; a second attempt finds it there.
         let created = self
@@ -944,7 +960,9 @@ impl JobService for JobApi {
                     }
                 };
                 let n = (batch.labels.len() + batch.queries.len() + batch.hits.len()) as u64;
-                if offset + n <= req.offset {
+                // a fetch from the start sends every task's batch, empty ones too (a synthesis
+                // task may write no query, and still reports what it spent)
+                if req.offset > 0 && offset + n <= req.offset {
                     offset += n;
                     continue;
                 }
@@ -954,6 +972,8 @@ impl JobService for JobApi {
                     queries: batch.queries.into_iter().skip(skip).collect(),
                     hits: batch.hits.into_iter().skip(skip).collect(),
                     offset: offset + skip as u64,
+                    // sent once, with the task's first result
+                    api_usage: batch.api_usage.filter(|_| skip == 0),
                 };
                 offset += n;
                 if tx.send(Ok(out)).await.is_err() {
@@ -1047,6 +1067,7 @@ impl TaskService for TaskApi {
         let leader = self.0.leader()?;
         let req = req.into_inner();
         tracing::info!(worker = %req.worker_id, device = %req.device, capacity = req.capacity, "worker registered");
+        self.0.fleet().touch(&req.worker_id, Instant::now());
         self.0
             .workers
             .lock()
@@ -1073,6 +1094,7 @@ impl TaskService for TaskApi {
     ) -> std::result::Result<Response<HeartbeatResponse>, Status> {
         let leader = self.0.leader()?;
         let req = req.into_inner();
+        self.0.fleet().touch(&req.worker_id, Instant::now());
         let (extended, revoked) =
             leader
                 .sched()

@@ -4,7 +4,7 @@
 use crate::config::ApiConfig;
 use crate::error::{excerpt, ApiError};
 use crate::ratelimit::Limiter;
-use crate::usage::Usage;
+use crate::usage::{Tally, Usage};
 use crate::wire::{error_message, ChatRequest, ChatResponse};
 use labelfleet_cache::Cache;
 use std::path::Path;
@@ -120,7 +120,11 @@ impl ApiClient {
             chat_url: config.chat_url(),
             api_key: config.api_key(),
             http,
-            limiter: Limiter::new(config.requests_per_minute, config.tokens_per_minute),
+            limiter: Limiter::with_burst(
+                config.requests_per_minute,
+                config.tokens_per_minute,
+                config.rate_burst_s,
+            ),
             in_flight: tokio::sync::Semaphore::new(config.concurrency),
             cache: None,
             usage: Mutex::new(Usage::default()),
@@ -149,8 +153,19 @@ impl ApiClient {
         lock(&self.usage).clone()
     }
 
-    fn count(&self, f: impl FnOnce(&mut Usage)) {
+    /// Changes the rate limits from now on (a worker's share of a job-wide limit moves as
+    /// workers join and leave). `None` lifts a limit.
+    pub fn set_limits(&self, requests_per_minute: Option<f64>, tokens_per_minute: Option<f64>) {
+        self.limiter
+            .set_limits(requests_per_minute, tokens_per_minute);
+    }
+
+    /// Books `f` in the client's totals and in the caller's tally, if any.
+    fn count(&self, tally: Option<&Tally>, f: impl Fn(&mut Usage)) {
         f(&mut lock(&self.usage));
+        if let Some(t) = tally {
+            t.add(f);
+        }
     }
 
     /// One chat completion, read by `interpret`. The cache answers first; a response is cached
@@ -159,6 +174,7 @@ impl ApiClient {
         &self,
         record: &str,
         request: &ChatRequest<'_>,
+        tally: Option<&Tally>,
         interpret: impl Fn(&ChatResponse) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let body = serde_json::to_string(request)
@@ -167,13 +183,13 @@ impl ApiClient {
         if let Some(cache) = &self.cache {
             let hit = lock(cache).get(&key).cloned();
             if let Some(Ok(value)) = hit.as_ref().map(&interpret) {
-                self.count(|u| u.cache_hits += 1);
+                self.count(tally, |u| u.cache_hits += 1);
                 return Ok(value);
             }
         }
         // about 4 bytes a token, plus the whole completion budget
         let estimate = (request.text_bytes() as f64 / 4.0).ceil() + request.max_tokens as f64;
-        let result = match self.send(record, body, estimate).await {
+        let result = match self.send(record, body, estimate, tally).await {
             Ok(response) => interpret(&response).and_then(|value| {
                 if let Some(cache) = &self.cache {
                     lock(cache).insert(key, response)?;
@@ -183,7 +199,7 @@ impl ApiClient {
             Err(e) => Err(e),
         };
         if result.is_err() {
-            self.count(|u| u.failures += 1);
+            self.count(tally, |u| u.failures += 1);
         }
         result
     }
@@ -195,6 +211,7 @@ impl ApiClient {
         record: &str,
         body: String,
         estimate: f64,
+        tally: Option<&Tally>,
     ) -> Result<ChatResponse, ApiError> {
         let mut attempt: u32 = 0;
         loop {
@@ -206,7 +223,7 @@ impl ApiClient {
                     .acquire()
                     .await
                     .map_err(|e| ApiError::Client(e.to_string()))?;
-                self.count(|u| {
+                self.count(tally, |u| {
                     u.requests += 1;
                     if attempt > 1 {
                         u.retries += 1;
@@ -216,7 +233,7 @@ impl ApiClient {
             };
             let (wait, failure) = match outcome {
                 Attempt::Answered { status, body, .. } if status.is_success() => {
-                    return self.parse(record, &body, estimate);
+                    return self.parse(record, &body, estimate, tally);
                 }
                 Attempt::Answered {
                     status,
@@ -293,7 +310,13 @@ impl ApiClient {
     }
 
     /// Reads a 2xx body as a chat completion and books its tokens.
-    fn parse(&self, record: &str, body: &[u8], estimate: f64) -> Result<ChatResponse, ApiError> {
+    fn parse(
+        &self,
+        record: &str,
+        body: &[u8],
+        estimate: f64,
+        tally: Option<&Tally>,
+    ) -> Result<ChatResponse, ApiError> {
         let text = String::from_utf8_lossy(body);
         let malformed = |message: String| ApiError::Malformed {
             record: record.to_string(),
@@ -307,7 +330,7 @@ impl ApiClient {
         }
         if let Some(u) = response.usage {
             let cost = self.config.cost_usd(u.prompt_tokens, u.completion_tokens);
-            self.count(|usage| {
+            self.count(tally, |usage| {
                 usage.prompt_tokens += u.prompt_tokens;
                 usage.completion_tokens += u.completion_tokens;
                 usage.cost_usd += cost;

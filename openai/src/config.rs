@@ -38,6 +38,10 @@ pub struct ApiConfig {
     /// Prompt plus completion tokens per minute (token bucket); none = unlimited.
     #[serde(default)]
     pub tokens_per_minute: Option<f64>,
+    /// Seconds of allowance the rate buckets hold (the largest burst): a minute by default,
+    /// as providers count; a worker's share of a job-wide limit holds one second.
+    #[serde(default = "default_rate_burst_s")]
+    pub rate_burst_s: f64,
     /// USD per million prompt tokens, for the cost in [`crate::Usage`].
     #[serde(default)]
     pub price_input_per_mtok: f64,
@@ -74,6 +78,9 @@ fn default_backoff_initial_ms() -> u64 {
 fn default_backoff_max_ms() -> u64 {
     60_000
 }
+fn default_rate_burst_s() -> f64 {
+    60.0
+}
 fn default_concurrency() -> usize {
     8
 }
@@ -101,6 +108,7 @@ impl ApiConfig {
             concurrency: default_concurrency(),
             requests_per_minute: None,
             tokens_per_minute: None,
+            rate_burst_s: default_rate_burst_s(),
             price_input_per_mtok: 0.0,
             price_output_per_mtok: 0.0,
             top_logprobs: default_top_logprobs(),
@@ -141,6 +149,12 @@ impl ApiConfig {
                     return bad(field, format!("{v} is not a positive number"));
                 }
             }
+        }
+        if !(self.rate_burst_s.is_finite() && self.rate_burst_s > 0.0) {
+            return bad(
+                "rate_burst_s",
+                format!("{} is not a positive number", self.rate_burst_s),
+            );
         }
         for (field, v) in [
             ("price_input_per_mtok", self.price_input_per_mtok),

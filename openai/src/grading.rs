@@ -9,6 +9,7 @@
 
 use crate::client::ApiClient;
 use crate::error::ApiError;
+use crate::usage::Tally;
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
 use labelfleet_types::prompt::{grade_messages_for, GradePrompt};
@@ -233,22 +234,29 @@ pub(crate) fn grading_from_response(
 }
 
 impl ApiClient {
-    /// Grades one pair.
+    /// Grades one pair with the config's prompt version.
     pub async fn grade_pair(&self, pair: &Pair) -> Result<ApiGrading, ApiError> {
+        self.grade_pair_with(pair, self.config().grade_prompt, None)
+            .await
+    }
+
+    /// Grades one pair with the `prompt` version, booking the call in `tally` too.
+    pub async fn grade_pair_with(
+        &self,
+        pair: &Pair,
+        prompt: GradePrompt,
+        tally: Option<&Tally>,
+    ) -> Result<ApiGrading, ApiError> {
         let config = self.config();
-        let (messages, truncated) = grade_request_messages(
-            pair,
-            config.grade_prompt,
-            config.num_grades,
-            config.max_document_bytes,
-        )?;
+        let (messages, truncated) =
+            grade_request_messages(pair, prompt, config.num_grades, config.max_document_bytes)?;
         let mut request = ChatRequest::new(&config.model, &messages, 1);
         request.logprobs = Some(true);
         request.top_logprobs = Some(config.top_logprobs);
         let labels = config.grade_labels();
         let record = format!("pair {}", pair.id);
         let (grading, source) = self
-            .complete(&record, &request, |r| {
+            .complete(&record, &request, tally, |r| {
                 grading_from_response(r, &labels, &record)
             })
             .await?;
@@ -267,12 +275,31 @@ impl ApiClient {
         pairs: &[Pair],
         on_done: &(dyn Fn() + Sync),
     ) -> Vec<Result<ApiGrading, ApiError>> {
-        futures::stream::iter(pairs)
+        self.grade_pairs_with(pairs, self.config().grade_prompt, None, on_done)
+            .await
+    }
+
+    /// [`Self::grade_pairs`] with the `prompt` version, booking the calls in `tally` too (a
+    /// worker grades each task with the task's prompt and reports what the task spent).
+    pub async fn grade_pairs_with(
+        &self,
+        pairs: &[Pair],
+        prompt: GradePrompt,
+        tally: Option<&Tally>,
+        on_done: &(dyn Fn() + Sync),
+    ) -> Vec<Result<ApiGrading, ApiError>> {
+        // the futures are made first: a stream's `map` closure over borrowed pairs would make
+        // the whole future not `Send` (the compiler cannot prove it for a closure generic over
+        // the borrow), and workers spawn it
+        let calls: Vec<_> = pairs
+            .iter()
             .map(|pair| async move {
-                let result = self.grade_pair(pair).await;
+                let result = self.grade_pair_with(pair, prompt, tally).await;
                 on_done();
                 result
             })
+            .collect();
+        futures::stream::iter(calls)
             .buffered(self.config().concurrency)
             .collect()
             .await

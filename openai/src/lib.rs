@@ -23,4 +23,4 @@ pub use client::ApiClient;
 pub use config::ApiConfig;
 pub use error::ApiError;
 pub use grading::{ApiGrading, GradeSource};
-pub use usage::Usage;
+pub use usage::{Tally, Usage};

@@ -7,6 +7,7 @@
 use crate::client::ApiClient;
 use crate::error::ApiError;
 use crate::grading::{check_document, clip, strip_special_tokens};
+use crate::usage::Tally;
 use crate::wire::{ChatRequest, ChatResponse};
 use futures::StreamExt;
 use labelfleet_types::prompt::intent_messages;
@@ -83,6 +84,20 @@ impl ApiClient {
         params: &SamplingParams,
         on_done: &(dyn Fn() + Sync),
     ) -> Vec<Result<Vec<GeneratedQuery>, ApiError>> {
+        self.synthesize_with(docs, per_doc, metadata_per_doc, params, None, on_done)
+            .await
+    }
+
+    /// [`Self::synthesize`], booking the calls in `tally` too.
+    pub async fn synthesize_with(
+        &self,
+        docs: &[SeedDocument],
+        per_doc: usize,
+        metadata_per_doc: usize,
+        params: &SamplingParams,
+        tally: Option<&Tally>,
+        on_done: &(dyn Fn() + Sync),
+    ) -> Vec<Result<Vec<GeneratedQuery>, ApiError>> {
         let max_bytes = self.config().max_document_bytes;
         // the requests of every document, or the document's input error
         let mut out: Vec<Result<Vec<GeneratedQuery>, ApiError>> = vec![];
@@ -103,15 +118,19 @@ impl ApiClient {
                 Err(e) => out.push(Err(e)),
             }
         }
+        // the futures are made first, so the whole future stays `Send` (see `grade_pairs_with`)
+        let calls: Vec<_> = jobs
+            .into_iter()
+            .map(|(d, i, intent, messages)| async move {
+                let result = self
+                    .generate_one(&docs[d], i, &intent, &messages, params, tally)
+                    .await;
+                on_done();
+                (d, intent, result)
+            })
+            .collect();
         let answers: Vec<(usize, QueryIntent, Result<Option<String>, ApiError>)> =
-            futures::stream::iter(jobs)
-                .map(|(d, i, intent, messages)| async move {
-                    let result = self
-                        .generate_one(&docs[d], i, &intent, &messages, params)
-                        .await;
-                    on_done();
-                    (d, intent, result)
-                })
+            futures::stream::iter(calls)
                 .buffered(self.config().concurrency)
                 .collect()
                 .await;
@@ -151,6 +170,7 @@ impl ApiClient {
         intent: &QueryIntent,
         messages: &[ChatMessage],
         params: &SamplingParams,
+        tally: Option<&Tally>,
     ) -> Result<Option<String>, ApiError> {
         let config = self.config();
         let mut request = ChatRequest::new(&config.model, messages, params.max_new_tokens as u32);
@@ -159,7 +179,7 @@ impl ApiClient {
         request.seed = Some(request_seed(&doc.id, index, params.seed));
         let record = format!("document {}, query {index}", doc.id);
         let raw = self
-            .complete(&record, &request, |r| answer_text(r, &record))
+            .complete(&record, &request, tally, |r| answer_text(r, &record))
             .await?;
         Ok(clean_intent_query(&raw, doc, intent))
     }

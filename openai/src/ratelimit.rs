@@ -1,5 +1,10 @@
 //! Token-bucket rate limits: requests per minute and tokens per minute.
 //!
+//! A bucket holds `burst` seconds of its allowance (a minute by default, as providers count;
+//! a worker given a share of a job's per-second limit keeps one second's worth, so the fleet's
+//! bursts stay small). Its rate can change while it runs ([`Limiter::set_limits`]): the level is
+//! kept, capped by the new capacity.
+//!
 //! The buckets take the time as an argument (a `Duration` since any fixed origin), so they are
 //! tested with a clock the test controls. [`Limiter`] drives them with tokio's clock, which
 //! tests can pause and advance too.
@@ -23,12 +28,32 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket allowing `per_minute` units per minute, as of `now`.
     pub fn per_minute(per_minute: f64, now: Duration) -> Self {
+        Self::with_burst(per_minute, 60.0, now)
+    }
+
+    /// A full bucket allowing `per_minute` units per minute that holds `burst_s` seconds of
+    /// that allowance, and at least one unit, as of `now`.
+    pub fn with_burst(per_minute: f64, burst_s: f64, now: Duration) -> Self {
+        let capacity = Self::capacity_of(per_minute, burst_s);
         TokenBucket {
-            capacity: per_minute,
+            capacity,
             per_second: per_minute / 60.0,
-            level: per_minute,
+            level: capacity,
             at: now,
         }
+    }
+
+    fn capacity_of(per_minute: f64, burst_s: f64) -> f64 {
+        (per_minute * burst_s / 60.0).max(1.0)
+    }
+
+    /// Changes the rate as of `now`: what was earned so far at the old rate is kept, up to the
+    /// new capacity.
+    pub fn set_rate(&mut self, per_minute: f64, burst_s: f64, now: Duration) {
+        self.refill(now);
+        self.per_second = per_minute / 60.0;
+        self.capacity = Self::capacity_of(per_minute, burst_s);
+        self.level = self.level.min(self.capacity);
     }
 
     fn refill(&mut self, now: Duration) {
@@ -69,6 +94,7 @@ impl TokenBucket {
 pub struct RateLimits {
     requests: Option<TokenBucket>,
     tokens: Option<TokenBucket>,
+    burst_s: f64,
 }
 
 impl RateLimits {
@@ -77,9 +103,41 @@ impl RateLimits {
         tokens_per_minute: Option<f64>,
         now: Duration,
     ) -> Self {
+        Self::with_burst(requests_per_minute, tokens_per_minute, 60.0, now)
+    }
+
+    /// Buckets that hold `burst_s` seconds of their allowance.
+    pub fn with_burst(
+        requests_per_minute: Option<f64>,
+        tokens_per_minute: Option<f64>,
+        burst_s: f64,
+        now: Duration,
+    ) -> Self {
         RateLimits {
-            requests: requests_per_minute.map(|r| TokenBucket::per_minute(r, now)),
-            tokens: tokens_per_minute.map(|t| TokenBucket::per_minute(t, now)),
+            requests: requests_per_minute.map(|r| TokenBucket::with_burst(r, burst_s, now)),
+            tokens: tokens_per_minute.map(|t| TokenBucket::with_burst(t, burst_s, now)),
+            burst_s,
+        }
+    }
+
+    /// New limits as of `now`. A bucket that stays keeps its level (capped by its new
+    /// capacity); a new one starts full; `None` removes the limit.
+    pub fn set_limits(
+        &mut self,
+        requests_per_minute: Option<f64>,
+        tokens_per_minute: Option<f64>,
+        now: Duration,
+    ) {
+        let burst_s = self.burst_s;
+        for (bucket, rate) in [
+            (&mut self.requests, requests_per_minute),
+            (&mut self.tokens, tokens_per_minute),
+        ] {
+            match (bucket.as_mut(), rate) {
+                (Some(b), Some(r)) => b.set_rate(r, burst_s, now),
+                (None, Some(r)) => *bucket = Some(TokenBucket::with_burst(r, burst_s, now)),
+                (_, None) => *bucket = None,
+            }
         }
     }
 
@@ -125,14 +183,31 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(requests_per_minute: Option<f64>, tokens_per_minute: Option<f64>) -> Self {
+        Self::with_burst(requests_per_minute, tokens_per_minute, 60.0)
+    }
+
+    /// A limiter whose buckets hold `burst_s` seconds of their allowance.
+    pub fn with_burst(
+        requests_per_minute: Option<f64>,
+        tokens_per_minute: Option<f64>,
+        burst_s: f64,
+    ) -> Self {
         Limiter {
-            limits: Mutex::new(RateLimits::new(
+            limits: Mutex::new(RateLimits::with_burst(
                 requests_per_minute,
                 tokens_per_minute,
+                burst_s,
                 Duration::ZERO,
             )),
             origin: tokio::time::Instant::now(),
         }
+    }
+
+    /// Changes the limits from now on (see [`RateLimits::set_limits`]).
+    pub fn set_limits(&self, requests_per_minute: Option<f64>, tokens_per_minute: Option<f64>) {
+        let now = self.now();
+        self.limits()
+            .set_limits(requests_per_minute, tokens_per_minute, now);
     }
 
     fn now(&self) -> Duration {
@@ -244,6 +319,41 @@ mod tests {
         for _ in 0..10_000 {
             assert_eq!(l.try_acquire(1e6, s(0.0)), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_one_second_burst_holds_a_seconds_allowance_and_at_least_one_request() {
+        // 3 requests per second, one second of burst: 3 at once, then one every 1/3 s
+        let mut l = RateLimits::with_burst(Some(180.0), None, 1.0, s(0.0));
+        for _ in 0..3 {
+            assert_eq!(l.try_acquire(0.0, s(0.0)), Ok(()));
+        }
+        assert!(close(l.try_acquire(0.0, s(0.0)).unwrap_err(), s(1.0 / 3.0)));
+        // a share under one request per second still lets one request through at a time
+        let mut l = RateLimits::with_burst(Some(15.0), None, 1.0, s(0.0));
+        assert_eq!(l.try_acquire(0.0, s(0.0)), Ok(()));
+        assert!(close(l.try_acquire(0.0, s(0.0)).unwrap_err(), s(4.0)));
+    }
+
+    #[test]
+    fn limits_change_in_place_keeping_the_level_up_to_the_new_capacity() {
+        let mut l = RateLimits::with_burst(Some(600.0), None, 1.0, s(0.0));
+        // 10 per second, 10 in the bucket; take 4
+        for _ in 0..4 {
+            assert_eq!(l.try_acquire(0.0, s(0.0)), Ok(()));
+        }
+        // halved (another worker joined): capacity 5, level stays 5 of the 6 left
+        l.set_limits(Some(300.0), None, s(0.0));
+        for _ in 0..5 {
+            assert_eq!(l.try_acquire(0.0, s(0.0)), Ok(()));
+        }
+        assert!(close(l.try_acquire(0.0, s(0.0)).unwrap_err(), s(0.2)));
+        // a token limit added starts full; removing the request limit lets requests through
+        l.set_limits(None, Some(60.0), s(0.0));
+        assert_eq!(l.try_acquire(60.0, s(0.0)), Ok(()));
+        assert!(l.try_acquire(1.0, s(0.0)).is_err());
+        l.set_limits(None, None, s(0.0));
+        assert_eq!(l.try_acquire(1e9, s(0.0)), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

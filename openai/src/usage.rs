@@ -1,6 +1,7 @@
 //! What a client spent: requests, retries, failures, cache hits, tokens and cost.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 /// A snapshot of a client's accounting since it was made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,5 +36,23 @@ impl Usage {
             self.completion_tokens,
             self.cost_usd
         )
+    }
+}
+
+/// The accounting of a group of calls (one task's), kept besides the client's own totals,
+/// which sum every call of every group. Concurrent groups on one client each see only their
+/// own calls.
+#[derive(Debug, Default)]
+pub struct Tally(Mutex<Usage>);
+
+impl Tally {
+    /// What the group's calls spent so far.
+    pub fn usage(&self) -> Usage {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn add(&self, f: impl FnOnce(&mut Usage)) {
+        // every update is complete before the lock is released
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }

@@ -53,6 +53,44 @@ pub struct Cluster {
     /// Prefix of the idempotency keys of the child jobs (the corpus job's id): a re-run of
     /// the stages after a leader change gets the same child jobs back instead of new ones.
     key_prefix: Option<String>,
+    /// What the API teacher's jobs fetched so far spent, from their results.
+    api_spend: ApiSpend,
+}
+
+/// What an API teacher's jobs spent, summed from the usage each task's results carry (the
+/// workers call the endpoint). Only committed attempts are counted: an attempt that failed,
+/// or lost the race to commit, spent too but reported nothing.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ApiSpend {
+    pub requests: u64,
+    pub retries: u64,
+    /// Calls that ended in an error after their retries.
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// Tasks whose results carried their usage ...
+    pub tasks_reported: u64,
+    /// ... and result batches that did not (a worker that does not report usage): when this
+    /// is not 0 the sums are a lower bound.
+    pub batches_without_usage: u64,
+}
+
+impl ApiSpend {
+    /// Adds one result batch of an API job.
+    pub fn add(&mut self, usage: Option<&ApiUsage>) {
+        let Some(u) = usage else {
+            self.batches_without_usage += 1;
+            return;
+        };
+        self.requests += u.requests;
+        self.retries += u.retries;
+        self.failures += u.failures;
+        self.prompt_tokens += u.prompt_tokens;
+        self.completion_tokens += u.completion_tokens;
+        self.cost_usd += u.cost_usd;
+        self.tasks_reported += 1;
+    }
 }
 
 impl Cluster {
@@ -78,6 +116,7 @@ impl Cluster {
             store,
             observer: None,
             key_prefix: None,
+            api_spend: ApiSpend::default(),
         })
     }
 
@@ -111,6 +150,11 @@ impl Cluster {
         }
     }
 
+    /// What the API teacher's jobs fetched so far spent.
+    pub fn api_spend(&self) -> &ApiSpend {
+        &self.api_spend
+    }
+
     /// Runs `f` to completion on the connection's runtime.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
@@ -142,6 +186,7 @@ impl Cluster {
         task_size: u32,
         what: &str,
     ) -> Result<Vec<Grading>> {
+        let is_api = matches!(model, model_ref::Source::Openai(_));
         let spec = JobSpec {
             name: what.to_string(),
             grade_prompt_version: prompt.version().to_string(),
@@ -169,11 +214,16 @@ impl Cluster {
         let key = self.key(what, &canonical);
         let observer = self.observer.clone();
         let jobs = &mut self.jobs;
+        let spend = is_api.then_some(&mut self.api_spend);
         self.rt.block_on(async {
             let job = run_job(jobs, spec, &key, what, observer.as_deref()).await?;
             let mut out: Vec<Option<Grading>> = vec![None; pairs.len()];
             let mut bad = None;
+            let mut spend = spend;
             jobs.fetch(&job.job_id, "", |batch| {
+                if let Some(s) = spend.as_deref_mut() {
+                    s.add(batch.api_usage.as_ref());
+                }
                 for l in batch.labels {
                     match l.pair_id.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
                         Some(slot) => *slot = Some(Grading::from_distribution(l.distribution)),
@@ -198,11 +248,12 @@ impl Cluster {
         })
     }
 
-    /// Writes queries for `docs` with the decoder LM at `model` on the workers: the documents
-    /// are uploaded as a corpus, and the synthesis job takes every one of them as a seed.
+    /// Writes queries for `docs` with `model` (a decoder LM, or an endpoint the workers call)
+    /// on the workers: the documents are uploaded as a corpus, and the synthesis job takes
+    /// every one of them as a seed.
     pub fn synthesize(
         &mut self,
-        model: &Path,
+        model: model_ref::Source,
         docs: Vec<Document>,
         queries_per_document: u32,
         metadata_queries_per_document: u32,
@@ -213,6 +264,8 @@ impl Cluster {
         let observer = self.observer.clone();
         let prefix = self.key_prefix.clone();
         let jobs = &mut self.jobs;
+        let mut spend =
+            matches!(model, model_ref::Source::Openai(_)).then_some(&mut self.api_spend);
         self.rt.block_on(async {
             let uploaded = jobs.upload_corpus("seeds", docs).await?;
             if let Some(r) = uploaded.rejected.first() {
@@ -231,7 +284,7 @@ impl Cluster {
                 queries_per_document,
                 metadata_queries_per_document,
                 teacher: Some(ModelRef {
-                    source: Some(model_ref::Source::LocalPath(model.display().to_string())),
+                    source: Some(model),
                 }),
                 task_size: 8,
                 max_tokens: max_tokens as u32,
@@ -245,6 +298,9 @@ impl Cluster {
             let job = run_job(jobs, spec, &key, "queries", observer.as_deref()).await?;
             let mut queries = vec![];
             jobs.fetch(&job.job_id, "", |batch| {
+                if let Some(s) = spend.as_deref_mut() {
+                    s.add(batch.api_usage.as_ref());
+                }
                 queries.extend(batch.queries);
                 Ok(())
             })

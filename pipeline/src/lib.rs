@@ -18,11 +18,10 @@ pub mod progress;
 pub mod report;
 pub mod stages;
 
-pub use cluster::{Cluster, ClusterAddress, Observer};
+pub use cluster::{ApiSpend, Cluster, ClusterAddress, Observer};
 pub use stages::Context;
 
 use labelfleet_corpus::bm25::RankSampling;
-use labelfleet_openai::ApiClient;
 use labelfleet_types::GradePrompt;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -53,8 +52,6 @@ pub enum PipelineError {
     /// The observer stopped the run (its job was cancelled, or its driver lost leadership).
     #[error("stopped: {0}")]
     Stopped(String),
-    #[error("API teacher: {0}")]
-    Api(#[from] labelfleet_openai::ApiError),
     #[error(transparent)]
     Eval(#[from] labelfleet_eval::EvalError),
     #[error("figure: {0}")]
@@ -93,6 +90,9 @@ pub struct Config {
     pub cache: Option<PathBuf>,
     /// Teacher model, a local decoder (name or folder); also writes the queries.
     pub teacher: String,
+    /// A teacher behind an OpenAI-compatible endpoint instead (grades and queries): the
+    /// workers call it, each with its share of the endpoint's job-wide rate limits.
+    pub teacher_api: Option<labelfleet_proto::v1::OpenAiEndpoint>,
     pub teacher_prompt: GradePrompt,
     /// Student model to distil into (BERT-family cross-encoder).
     pub student: String,
@@ -120,20 +120,20 @@ pub struct Config {
     pub max_len: usize,
 }
 
-/// Runs the method end to end on `cluster` (with `api` as the teacher when given), writing
+/// Runs the method end to end on `cluster`, writing
 /// `queries.jsonl`, `teacher_labels.jsonl`, `student/`, the evaluation labels, `agreement.png`
 /// and `report.json` under `cfg.out`.
-pub fn run(cfg: &Config, cluster: &mut Cluster, api: Option<&ApiClient>) -> Result<()> {
+pub fn run(cfg: &Config, cluster: &mut Cluster) -> Result<()> {
     let started = Instant::now();
     stages::check_config(cfg)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::io(&cfg.out, e))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
-    let mut ctx = Context::open(cluster, api, &cfg.out, &cache)?;
+    let mut ctx = Context::open(cluster, &cfg.out, &cache)?;
 
     ctx.cluster.stage("corpus")?;
     let corpus = stages::load_corpus(&cfg.corpus, &cfg.corpus_id)?;
-    let teacher = stages::Teacher::resolve(cfg, api)?;
+    let teacher = stages::Teacher::resolve(cfg)?;
     let seeds = stages::sample_seeds(&corpus.docs, cfg.seed_docs, &mut rng);
     ctx.cluster.stage("queries")?;
     let queries = stages::synthesize_queries(&mut ctx, cfg, &teacher, &seeds)?;

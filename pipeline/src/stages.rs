@@ -3,15 +3,14 @@
 
 use crate::cluster::{to_proto_document, Cluster};
 use crate::report::{agreement_report, Row};
-use crate::{progress, Config, PipelineError, Result};
+use crate::{Config, PipelineError, Result};
 use labelfleet_cache::{self as cache, Cache};
 use labelfleet_corpus::bm25::hard_negatives;
 use labelfleet_corpus::{ingest_path, Document, IngestLimits};
 use labelfleet_eval::Judgment;
-use labelfleet_openai::ApiClient;
 use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
 use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
-use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair, SamplingParams, SeedDocument};
+use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -32,11 +31,10 @@ fn input(message: String) -> PipelineError {
     PipelineError::Input(message)
 }
 
-/// What every stage that does model work needs: the cluster, the API teacher if any, the
-/// output folder, the content-keyed caches and the log of work done.
+/// What every stage that does model work needs: the cluster, the output folder, the
+/// content-keyed caches and the log of work done.
 pub struct Context<'a> {
     pub cluster: &'a mut Cluster,
-    pub api: Option<&'a ApiClient>,
     pub out: PathBuf,
     /// Folder of the content-keyed caches (shared by runs: keyed by content, never by run).
     pub cache: PathBuf,
@@ -48,15 +46,9 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// Opens the caches under `cache`.
-    pub fn open(
-        cluster: &'a mut Cluster,
-        api: Option<&'a ApiClient>,
-        out: &Path,
-        cache: &Path,
-    ) -> Result<Self> {
+    pub fn open(cluster: &'a mut Cluster, out: &Path, cache: &Path) -> Result<Self> {
         Ok(Context {
             cluster,
-            api,
             out: out.to_path_buf(),
             cache: cache.to_path_buf(),
             grades: Cache::open(&cache.join("grades.jsonl"))?,
@@ -133,11 +125,12 @@ pub fn pair_for(id: String, query: &str, d: &Document) -> Pair {
     }
 }
 
-/// The teacher: a local decoder run by the cluster's workers, or the API teacher.
+/// The teacher, run by the cluster's workers: a local decoder, or an OpenAI-compatible
+/// endpoint the workers call.
 pub struct Teacher {
-    /// The local decoder's folder (as the workers see it).
-    pub dir: PathBuf,
-    /// Fingerprint of its weights (or of the API's description): the caches' key.
+    /// The model its jobs name.
+    pub model: model_ref::Source,
+    /// Fingerprint of its weights (or of the endpoint's description): the caches' key.
     pub fingerprint: String,
     /// Cache key of its grades: fingerprint and prompt version.
     pub id: String,
@@ -147,22 +140,31 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    pub fn resolve(cfg: &Config, api: Option<&ApiClient>) -> Result<Teacher> {
-        let dir = labelfleet_types::resolve_model(&cfg.teacher);
+    pub fn resolve(cfg: &Config) -> Result<Teacher> {
         let prompt = cfg.teacher_prompt;
-        let (fingerprint, name) = match api {
-            Some(api) => (
-                cache::key(&[&api.describe()]),
-                format!("{} prompt={}", api.describe(), prompt.version()),
-            ),
-            None => (
-                fingerprint(&dir, "teacher")?,
-                format!("decoder:{} prompt={}", dir.display(), prompt.version()),
-            ),
+        let (model, fingerprint, name) = match &cfg.teacher_api {
+            Some(endpoint) => {
+                // as the workers' clients describe it in their labels
+                let describe =
+                    format!("api:{}@{}", endpoint.model.trim(), endpoint.base_url.trim());
+                (
+                    model_ref::Source::Openai(endpoint.clone()),
+                    cache::key(&[&describe]),
+                    format!("{describe} prompt={}", prompt.version()),
+                )
+            }
+            None => {
+                let dir = labelfleet_types::resolve_model(&cfg.teacher);
+                (
+                    model_ref::Source::LocalPath(dir.display().to_string()),
+                    fingerprint(&dir, "teacher")?,
+                    format!("decoder:{} prompt={}", dir.display(), prompt.version()),
+                )
+            }
         };
         Ok(Teacher {
             id: format!("{fingerprint}:{}", prompt.version()),
-            dir,
+            model,
             fingerprint,
             name,
             prompt,
@@ -190,7 +192,7 @@ pub fn sample_seeds<'d>(docs: &'d [Document], n: usize, rng: &mut StdRng) -> Vec
 }
 
 /// Stage 3: synthetic queries for the seed documents, written by the teacher (a synthesis job
-/// on the cluster, or the API), cached per document; written to `queries.jsonl`.
+/// on the cluster's workers), cached per document; written to `queries.jsonl`.
 pub fn synthesize_queries(
     ctx: &mut Context,
     cfg: &Config,
@@ -218,10 +220,7 @@ pub fn synthesize_queries(
         .filter(|d| query_cache.get(&qkey(d)).is_none())
         .collect();
     if !missing.is_empty() {
-        let written = match ctx.api {
-            Some(api) => queries_from_api(ctx.cluster, api, cfg, &missing),
-            None => queries_from_cluster(ctx.cluster, cfg, teacher, &missing)?,
-        };
+        let written = queries_from_cluster(ctx.cluster, cfg, teacher, &missing)?;
         for (d, result) in missing.iter().zip(written) {
             match result {
                 Ok(mine) => query_cache.insert(qkey(d), mine)?,
@@ -254,49 +253,6 @@ pub fn synthesize_queries(
     Ok(queries)
 }
 
-/// Each seed document's queries from the API teacher, or why it has none.
-fn queries_from_api(
-    cluster: &Cluster,
-    api: &ApiClient,
-    cfg: &Config,
-    missing: &[&Document],
-) -> Vec<Result<Vec<GeneratedQuery>, String>> {
-    let seeds_in: Vec<SeedDocument> = missing
-        .iter()
-        .map(|d| {
-            let p = pair_for(d.id.clone(), "", d);
-            SeedDocument {
-                id: d.id.clone(),
-                title: p.title,
-                body: p.body,
-                metadata: p.metadata,
-            }
-        })
-        .collect();
-    let params = SamplingParams {
-        max_new_tokens: 32,
-        temperature: 0.8,
-        top_p: 0.95,
-        seed: cfg.seed,
-    };
-    let pb = progress::bar(
-        (seeds_in.len() * (cfg.queries_per_doc + cfg.metadata_queries_per_doc)) as u64,
-        "queries (API)",
-    );
-    let written = cluster.block_on(api.synthesize(
-        &seeds_in,
-        cfg.queries_per_doc,
-        cfg.metadata_queries_per_doc,
-        &params,
-        &|| pb.inc(1),
-    ));
-    pb.finish();
-    written
-        .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
-        .collect()
-}
-
 /// Each seed document's queries from a synthesis job on the cluster's workers.
 fn queries_from_cluster(
     cluster: &mut Cluster,
@@ -305,7 +261,7 @@ fn queries_from_cluster(
     missing: &[&Document],
 ) -> Result<Vec<Result<Vec<GeneratedQuery>, String>>> {
     let written = cluster.synthesize(
-        &teacher.dir,
+        teacher.model.clone(),
         missing.iter().map(|d| to_proto_document(d)).collect(),
         cfg.queries_per_doc as u32,
         cfg.metadata_queries_per_doc as u32,
@@ -402,56 +358,34 @@ pub fn candidates(
     })
 }
 
-/// Who grades a set of pairs.
-pub enum Labeler {
-    /// A labeling job on the cluster.
-    Job {
-        model: model_ref::Source,
-        prompt: GradePrompt,
-        max_len: usize,
-        what: &'static str,
-    },
-    /// The API teacher.
-    Api,
+/// Who grades a set of pairs: a labeling job on the cluster.
+pub struct Labeler {
+    model: model_ref::Source,
+    prompt: GradePrompt,
+    max_len: usize,
+    what: &'static str,
 }
 
 impl Labeler {
-    fn teacher(ctx: &Context, teacher: &Teacher, max_len: usize) -> Labeler {
-        match ctx.api {
-            Some(_) => Labeler::Api,
-            None => Labeler::Job {
-                model: model_ref::Source::LocalPath(teacher.dir.display().to_string()),
-                prompt: teacher.prompt,
-                max_len,
-                what: "teacher",
-            },
+    /// The teacher's labeling jobs (a local decoder, or the endpoint the workers call).
+    fn teacher(teacher: &Teacher, max_len: usize) -> Labeler {
+        Labeler {
+            model: teacher.model.clone(),
+            prompt: teacher.prompt,
+            max_len,
+            what: "teacher",
         }
     }
 
     fn grade(&self, ctx: &mut Context, pairs: &[Pair]) -> Result<Vec<Grading>> {
-        match (self, ctx.api) {
-            (
-                Labeler::Job {
-                    model,
-                    prompt,
-                    max_len,
-                    what,
-                },
-                _,
-            ) => ctx
-                .cluster
-                .grade(model.clone(), *prompt, pairs, *max_len, TASK_SIZE, what),
-            (Labeler::Api, Some(api)) => {
-                let pb = progress::bar(pairs.len() as u64, "teacher (API)");
-                let results = ctx.cluster.block_on(api.grade_pairs(pairs, &|| pb.inc(1)));
-                pb.finish();
-                results
-                    .into_iter()
-                    .map(|r| r.map(|g| g.grading).map_err(PipelineError::from))
-                    .collect()
-            }
-            (Labeler::Api, None) => Err(input("no API teacher configured".into())),
-        }
+        ctx.cluster.grade(
+            self.model.clone(),
+            self.prompt,
+            pairs,
+            self.max_len,
+            TASK_SIZE,
+            self.what,
+        )
     }
 }
 
@@ -509,7 +443,7 @@ pub fn grade_cached(
     })
 }
 
-/// Stage 5: the teacher's grades of the candidates (a labeling job, or the API), written to
+/// Stage 5: the teacher's grades of the candidates (a labeling job), written to
 /// `teacher_labels.jsonl`.
 pub fn teacher_grades(
     ctx: &mut Context,
@@ -517,7 +451,7 @@ pub fn teacher_grades(
     teacher: &Teacher,
     cand: &Candidates,
 ) -> Result<Graded> {
-    let labeler = Labeler::teacher(ctx, teacher, cfg.max_len);
+    let labeler = Labeler::teacher(teacher, cfg.max_len);
     let graded = grade_cached(ctx, &labeler, &teacher.id, &cand.pairs)?;
     ctx.work.push(format!(
         "teacher grading (synthetic pairs): {} graded, {} from cache",
@@ -841,8 +775,8 @@ pub fn evaluate(
     student: &Student,
     pool: &Pool,
 ) -> Result<Vec<Row>> {
-    let teacher_labeler = Labeler::teacher(ctx, teacher, cfg.max_len);
-    let student_labeler = Labeler::Job {
+    let teacher_labeler = Labeler::teacher(teacher, cfg.max_len);
+    let student_labeler = Labeler {
         model: student.source.clone(),
         prompt: GradePrompt::default(),
         max_len: cfg.student_max_len,
@@ -965,7 +899,7 @@ pub fn write_report(
         "candidate_pairs": counts.candidates,
         "queries_dropped_by_round_trip": counts.dropped,
         "teacher_prompt_version": cfg.teacher_prompt.version(),
-        "api_teacher_usage": ctx.api.map(|api| api.usage()),
+        "api_teacher_usage": teacher_api_usage(ctx, cfg),
         "teacher_pairs_per_s": teacher_graded.rate,
         "student_heldout_agreement_with_teacher": held.0, "heldout_majority_baseline": majority.0,
         "student_heldout_expected_grade_mae": held.1, "heldout_majority_expected_grade_mae": majority.1,
@@ -981,6 +915,24 @@ pub fn write_report(
     }
     eprintln!("stages done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// What the API teacher spent in this run, from the usage its tasks' results carried (None
+/// for a local teacher), with what the numbers cover.
+fn teacher_api_usage(ctx: &Context, cfg: &Config) -> Option<serde_json::Value> {
+    cfg.teacher_api.as_ref()?;
+    let spend = ctx.cluster.api_spend();
+    let mut v = serde_json::to_value(spend).ok()?;
+    let complete = spend.batches_without_usage == 0;
+    v["complete"] = serde_json::json!(complete);
+    v["covers"] = serde_json::json!(if complete {
+        "the committed attempts of this run's API tasks, reported by the workers; grades and \
+         queries from the cache cost nothing; attempts that failed or lost the commit are not \
+         counted"
+    } else {
+        "a lower bound: some results came without usage (a worker that does not report it)"
+    });
+    Some(v)
 }
 
 /// Where a label comes from: the labeler, its weights, and the grading prompt (for a student,

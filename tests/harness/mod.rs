@@ -135,6 +135,8 @@ pub struct Options {
     /// The trainer's `--max-tokens` (a corpus job's student inputs: the `--student-max-len`
     /// of the `labelfleet run` that submits it).
     pub trainer_max_tokens: usize,
+    /// Environment variables of the workers only (an API key, say).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -148,6 +150,7 @@ impl Default for Options {
             store: Store::Local,
             trainer: false,
             trainer_max_tokens: 48,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -454,12 +457,14 @@ impl Cluster {
             "--store".into(),
             self.store_url(),
         ];
+        let mut env = self.store_env();
+        env.extend(self.options.worker_env.iter().cloned());
         spawn_env(
             &format!("worker{i}"),
             &binary(),
             &args,
             self.dir.path(),
-            &self.store_env(),
+            &env,
         )
     }
 

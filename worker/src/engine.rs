@@ -4,7 +4,7 @@
 //! happens in the middle of a task.
 
 use labelfleet_proto::v1::{
-    model_ref, pair_input, Label, QueryHits, SyntheticQuery, Task, TaskKind,
+    model_ref, pair_input, ApiUsage, Label, QueryHits, SyntheticQuery, Task, TaskKind,
 };
 use labelfleet_slm::generate::SamplingParams;
 use labelfleet_slm::grading::{
@@ -27,12 +27,14 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// What running a task came to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Labels of a grading task, queries of a synthesis task, or hits of a search task.
+    /// Labels of a grading task, queries of a synthesis task, or hits of a search task; and
+    /// what an API teacher spent on them (None for a local model).
     Done {
         labels: Vec<Label>,
         queries: Vec<SyntheticQuery>,
         hits: Vec<QueryHits>,
         seconds: f64,
+        api_usage: Option<ApiUsage>,
     },
     /// `retryable` false: the input itself is bad, another attempt would fail the same way.
     Failed { reason: String, retryable: bool },
@@ -229,6 +231,7 @@ impl Host {
             queries,
             hits: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
+            api_usage: None,
         }
     }
 
@@ -335,6 +338,7 @@ impl Host {
             queries: Vec::new(),
             hits: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
+            api_usage: None,
         }
     }
 
@@ -355,7 +359,7 @@ impl Host {
                 Ok((dir, id.clone()))
             }
             Some(model_ref::Source::Openai(_)) => {
-                Err("an OpenAI endpoint is a teacher backend, not a worker model".into())
+                Err("an OpenAI endpoint runs on the worker's API teacher, not the engine".into())
             }
             None => Err("task names no model".into()),
         }
@@ -377,7 +381,7 @@ pub fn checkpoint_dir(root: &Path, id: &str) -> Result<PathBuf, String> {
     Ok(root.join(id))
 }
 
-fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
+pub(crate) fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
     match &p.document {
         Some(pair_input::Document::DocId(id)) => id.clone(),
         Some(pair_input::Document::Inline(d)) => d.id.clone(),
@@ -386,7 +390,7 @@ fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
 }
 
 /// The generator's view of a seed document.
-fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
+pub(crate) fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
     let mut metadata = BTreeMap::new();
     if !d.author.is_empty() {
         metadata.insert("author".to_string(), d.author.clone());
@@ -406,7 +410,7 @@ fn to_seed(d: &labelfleet_proto::v1::Document) -> SeedDocument {
 }
 
 /// The engine's view of a pair; the error names the field.
-fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, String> {
+pub(crate) fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, String> {
     let Some(pair_input::Document::Inline(d)) = &p.document else {
         return Err("document: not inlined by the coordinator".into());
     };

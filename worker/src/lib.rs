@@ -5,10 +5,12 @@
 //! engine thread, heartbeats its leases, and commits results, retrying through leader changes
 //! and etcd restarts. SIGTERM (or `Drain`) stops leasing; it finishes what it holds, then exits.
 
+pub mod api_teacher;
 pub mod control;
 pub mod engine;
 pub mod search;
 
+use api_teacher::ApiTeacher;
 use control::{ControlApi, ControlState};
 use engine::{Engine, ModelSources, Outcome};
 use labelfleet_cluster::blobs::Blobs;
@@ -133,6 +135,7 @@ pub async fn run_with_meta(
             checkpoints: config.checkpoints.clone(),
         },
     );
+    let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
     let rate = Arc::new(Mutex::new(RateMeter::default()));
     if let Some(addr) = config.metrics_listen {
         let (st, eng, rate) = (state.clone(), engine.clone(), rate.clone());
@@ -317,9 +320,10 @@ pub async fn run_with_meta(
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone());
-            let (engine, searcher, link, state, held, revoked, worker) = (
+            let (engine, searcher, api, link, state, held, revoked, worker) = (
                 engine.clone(),
                 searcher.clone(),
+                api.clone(),
                 link.clone(),
                 state.clone(),
                 held.clone(),
@@ -332,7 +336,15 @@ pub async fn run_with_meta(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 if !skip {
-                    let outcome = run_task(&engine, searcher.as_deref(), task.clone()).await;
+                    let outcome = match runner_of(&task, searcher.as_deref()) {
+                        Runner::Engine => engine.run(task.clone()).await,
+                        Runner::Api => api.run(&task).await,
+                        Runner::Search(searcher) => searcher.run(&task).await,
+                        Runner::Unable(reason) => Outcome::Failed {
+                            reason,
+                            retryable: true,
+                        },
+                    };
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
@@ -347,15 +359,29 @@ pub async fn run_with_meta(
     Ok(())
 }
 
-/// Runs a task where its kind runs: BM25 searches on the searcher, model work on the engine.
-async fn run_task(engine: &Engine, searcher: Option<&Searcher>, task: Task) -> Outcome {
-    match (TaskKind::try_from(task.kind), searcher) {
-        (Ok(TaskKind::Search), Some(searcher)) => searcher.run(&task).await,
-        (Ok(TaskKind::Search), None) => Outcome::Failed {
-            reason: "this worker has no --store to read corpus shards from".into(),
-            retryable: true,
-        },
-        _ => engine.run(task).await,
+/// What runs a task on this worker.
+enum Runner<'a> {
+    /// The engine thread: local models and pushed checkpoints.
+    Engine,
+    /// The API teacher, on tokio: an OpenAI-compatible endpoint.
+    Api,
+    /// BM25 search of a corpus shard, on the blocking pool.
+    Search(&'a Searcher),
+    /// Nothing here can run it (why).
+    Unable(String),
+}
+
+/// The task's kind first (a search has no model), then its model.
+fn runner_of<'a>(task: &Task, searcher: Option<&'a Searcher>) -> Runner<'a> {
+    if task.kind == TaskKind::Search as i32 {
+        return match searcher {
+            Some(s) => Runner::Search(s),
+            None => Runner::Unable("this worker has no --store to read corpus shards from".into()),
+        };
+    }
+    match task.model.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(model_ref::Source::Openai(_)) => Runner::Api,
+        _ => Runner::Engine,
     }
 }
 
@@ -418,6 +444,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                 queries,
                 hits,
                 seconds,
+                api_usage,
             } => client
                 .complete_task(CompleteTaskRequest {
                     worker_id: worker.to_string(),
@@ -428,6 +455,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                     queries: queries.clone(),
                     hits: hits.clone(),
                     seconds: *seconds,
+                    api_usage: *api_usage,
                 })
                 .await
                 .map(|r| {

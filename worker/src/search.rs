@@ -75,6 +75,7 @@ impl Searcher {
                 queries: Vec::new(),
                 hits,
                 seconds: start.elapsed().as_secs_f64(),
+                api_usage: None,
             },
             Ok(Err(reason)) => Outcome::Failed {
                 reason,

@@ -208,10 +208,13 @@ pub enum Action {
     },
 }
 
-/// One request the proxy saw: its number, its body, and the status and body it answered.
+/// One request the proxy saw: its number, when it arrived, whether it had an
+/// `Authorization` header, its body, and the status and body it answered.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub n: usize,
+    pub received: Instant,
+    pub authorized: bool,
     pub body: String,
     pub status: u16,
     pub response: String,
@@ -333,7 +336,15 @@ async fn serve(
     let Some((head, body)) = read_request(&mut conn).await? else {
         return Ok(());
     };
+    let received = Instant::now();
     let n = count.fetch_add(1, Ordering::SeqCst);
+    // the client's key goes on to the server (one that checks keys refuses a request without)
+    let authorization = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| v.trim().to_string())
+    });
     let body_text = String::from_utf8_lossy(&body).to_string();
     let request_line = head.lines().next().unwrap_or_default().to_string();
     let (status, response) = match rule(n, &body_text) {
@@ -365,9 +376,13 @@ async fn serve(
                     parts.next().unwrap_or("/").to_string(),
                 )
             };
+            let auth = authorization
+                .as_ref()
+                .map(|a| format!("Authorization: {a}\r\n"))
+                .unwrap_or_default();
             let forwarded = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {upstream}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                 {auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             up.write_all(forwarded.as_bytes()).await?;
@@ -385,6 +400,8 @@ async fn serve(
     let text = String::from_utf8_lossy(&response);
     seen.lock().unwrap().push(Seen {
         n,
+        received,
+        authorized: authorization.is_some(),
         body: body_text,
         status,
         response: text
