@@ -1,7 +1,8 @@
 //! labelfleet's model engine on libtorch (`tch`): tokenizers and chat templates, llama-family
 //! decoder LMs and BERT cross-encoders loaded from Hugging Face folders, relevance grading with
-//! token-budget batching, batched generation with a KV cache, and distillation training whose
-//! checkpoints load back in Python `transformers`. No networking here.
+//! token-budget batching, batched generation with a KV cache, distillation training whose
+//! checkpoints load back in Python `transformers`, and the engine thread that hosts the models
+//! for a server role. No networking here.
 
 pub mod config;
 pub mod decoder;
@@ -10,6 +11,7 @@ pub mod encoder;
 pub mod error;
 pub mod generate;
 pub mod grading;
+pub mod host;
 pub mod int8;
 pub mod layers;
 pub mod querygen;

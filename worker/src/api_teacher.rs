@@ -11,11 +11,12 @@
 //!   the task, not retried, naming the variable. An endpoint that names none takes no key.
 //! - What a task spent (requests, tokens, USD) goes back with its results.
 
-use crate::engine::{doc_id, to_pair, to_seed, Outcome, QUERY_MAX_NEW_TOKENS};
+use crate::engine::{doc_id, to_pair, to_seed, Outcome};
 use labelfleet_openai::{ApiClient, ApiConfig, ApiError, Tally, Usage};
 use labelfleet_proto::v1::{
     model_ref, ApiUsage, Label, OpenAiEndpoint, SyntheticQuery, Task, TaskKind,
 };
+use labelfleet_slm::host::QUERY_MAX_NEW_TOKENS;
 use labelfleet_types::{GradePrompt, SamplingParams};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,25 +1,20 @@
-//! The engine host: one OS thread that owns the loaded models (libtorch tensors are not
-//! shared across threads) and grades tasks one after another. Models are loaded on first use
-//! and kept; a pushed checkpoint is picked up by the next task that names it, so a swap never
-//! happens in the middle of a task.
+//! The worker's side of the engine: a task becomes a request to the engine thread of the
+//! engine crate (`labelfleet_slm::host`), which owns the models; its answer becomes the task's
+//! labels or queries. Here live the task's model (a local folder or a pushed checkpoint) and
+//! the proto-to-engine conversions of pairs and seed documents.
 
 use labelfleet_proto::v1::{
     model_ref, pair_input, ApiUsage, Label, QueryHits, SyntheticQuery, Task, TaskKind,
 };
-use labelfleet_slm::generate::SamplingParams;
-use labelfleet_slm::grading::{
-    default_grade_labels, grade, load_grader_with_prompt, BatchOptions, GradePrompt, Grader, Pair,
-};
-use labelfleet_slm::querygen::{prompt_ids, synthesize, SeedDocument};
+use labelfleet_slm::grading::{GradePrompt, Pair};
+use labelfleet_slm::host::{EngineFailure, EngineThread, GradeRequest, SynthesisRequest};
+use labelfleet_slm::querygen::SeedDocument;
 use labelfleet_slm::Placement;
-use labelfleet_slm::{DecoderLm, TextTokenizer};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
 
 /// Default input length when a task does not set one.
 pub const DEFAULT_MAX_TOKENS: usize = 512;
@@ -40,15 +35,11 @@ pub enum Outcome {
     Failed { reason: String, retryable: bool },
 }
 
-struct Request {
-    task: Task,
-    reply: oneshot::Sender<Outcome>,
-}
-
-/// Handle to the engine thread.
+/// Handle to the engine thread, with where the tasks' models come from.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<Request>,
+    thread: EngineThread,
+    sources: ModelSources,
     /// Pairs graded since start (for metrics).
     pub pairs: Arc<AtomicU64>,
 }
@@ -60,72 +51,33 @@ pub struct ModelSources {
     pub checkpoints: PathBuf,
 }
 
+fn failed(f: EngineFailure) -> Outcome {
+    Outcome::Failed {
+        reason: f.reason,
+        retryable: f.retryable,
+    }
+}
+
 impl Engine {
     /// Starts the engine thread. `threads` caps libtorch's intra-op threads (0: its default).
-    pub fn start(placement: Placement, threads: usize, sources: ModelSources) -> Engine {
-        let (tx, mut rx) = mpsc::channel::<Request>(64);
-        let pairs = Arc::new(AtomicU64::new(0));
-        let counter = pairs.clone();
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || {
-                if threads > 0 {
-                    tch::set_num_threads(threads as i32);
-                }
-                let mut host = Host {
-                    placement,
-                    sources,
-                    graders: HashMap::new(),
-                    generators: HashMap::new(),
-                };
-                while let Some(req) = rx.blocking_recv() {
-                    let n = req.task.pairs.len() as u64;
-                    let outcome = if req.task.kind == TaskKind::SynthesizeQueries as i32 {
-                        host.synthesize(&req.task)
-                    } else {
-                        host.run(&req.task)
-                    };
-                    if matches!(outcome, Outcome::Done { .. }) {
-                        counter.fetch_add(n, Ordering::Relaxed);
-                    }
-                    let _ = req.reply.send(outcome);
-                }
-            })
-            .expect("spawning the engine thread");
-        Engine { tx, pairs }
-    }
-
-    /// Grades a task on the engine thread.
-    pub async fn run(&self, task: Task) -> Outcome {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request { task, reply }).await.is_err() {
-            return Outcome::Failed {
-                reason: "engine thread stopped".into(),
-                retryable: true,
-            };
-        }
-        rx.await.unwrap_or(Outcome::Failed {
-            reason: "engine thread stopped".into(),
-            retryable: true,
+    pub fn start(
+        placement: Placement,
+        threads: usize,
+        sources: ModelSources,
+    ) -> std::io::Result<Engine> {
+        let thread = EngineThread::start(placement, threads)?;
+        let pairs = thread.pairs.clone();
+        Ok(Engine {
+            thread,
+            sources,
+            pairs,
         })
     }
-}
 
-struct Host {
-    placement: Placement,
-    sources: ModelSources,
-    graders: HashMap<(PathBuf, usize, GradePrompt), Box<dyn Grader>>,
-    generators: HashMap<(PathBuf, usize), (DecoderLm, TextTokenizer)>,
-}
-
-/// New tokens per generated query.
-pub const QUERY_MAX_NEW_TOKENS: usize = 32;
-
-impl Host {
-    /// Writes queries for the task's documents with a local decoder LM.
-    fn synthesize(&mut self, task: &Task) -> Outcome {
+    /// Runs a grading or query-synthesis task on the engine thread.
+    pub async fn run(&self, task: Task) -> Outcome {
         let start = Instant::now();
-        let (dir, _) = match self.model_dir(task) {
+        let (model, checkpoint_id) = match model_dir(&self.sources, &task) {
             Ok(d) => d,
             Err(reason) => {
                 return Outcome::Failed {
@@ -138,78 +90,32 @@ impl Host {
             0 => DEFAULT_MAX_TOKENS,
             n => n as usize,
         };
-        if max_len < QUERY_MAX_NEW_TOKENS + 64 {
-            return Outcome::Failed {
-                reason: format!(
-                    "max_tokens {max_len} leaves no room for a prompt and {QUERY_MAX_NEW_TOKENS} new tokens"
-                ),
-                retryable: false,
-            };
+        if task.kind == TaskKind::SynthesizeQueries as i32 {
+            self.synthesize(&task, model, max_len, start).await
+        } else {
+            self.grade(&task, model, checkpoint_id, max_len, start)
+                .await
         }
-        let key = (dir.clone(), max_len);
-        if !self.generators.contains_key(&key) {
-            let loaded = DecoderLm::load(&dir, self.placement, max_len)
-                .and_then(|lm| Ok((lm, TextTokenizer::from_dir(&dir)?)));
-            match loaded {
-                Ok(g) => {
-                    tracing::info!(model = %dir.display(), "generator loaded");
-                    self.generators.clear();
-                    self.generators.insert(key.clone(), g);
-                }
-                Err(e) => {
-                    return Outcome::Failed {
-                        reason: format!("loading generator {}: {e}", dir.display()),
-                        retryable: true,
-                    }
-                }
-            }
-        }
-        let (lm, tok) = &self.generators[&key];
-        let max_prompt = max_len - QUERY_MAX_NEW_TOKENS;
-        let mut seeds = Vec::with_capacity(task.documents.len());
-        for (i, d) in task.documents.iter().enumerate() {
-            let seed = to_seed(d);
-            if let Err(e) = prompt_ids(tok, &seed, max_prompt) {
-                return Outcome::Failed {
-                    reason: format!("document `{}` (#{i}): {e}", d.id),
-                    retryable: false,
-                };
-            }
-            seeds.push(seed);
-        }
-        // The same documents give the same queries on any worker, any attempt and in any job
-        // with the same seed: the sampling seed is salted by the task's document ids.
-        let mut hasher = Sha256::new();
-        for d in &task.documents {
-            hasher.update(d.id.as_bytes());
-            hasher.update([0x1f]);
-        }
-        let digest = hasher.finalize();
-        let salt = u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]));
-        let params = SamplingParams {
-            max_new_tokens: QUERY_MAX_NEW_TOKENS,
-            temperature: 0.8,
-            top_p: 0.95,
-            seed: task.seed ^ salt,
+    }
+
+    async fn synthesize(
+        &self,
+        task: &Task,
+        model: PathBuf,
+        max_len: usize,
+        start: Instant,
+    ) -> Outcome {
+        let req = SynthesisRequest {
+            model,
+            max_len,
+            seeds: task.documents.iter().map(to_seed).collect(),
+            queries_per_document: task.queries_per_document.max(1) as usize,
+            metadata_queries_per_document: task.metadata_queries_per_document as usize,
+            seed: task.seed,
         };
-        let per_doc = task.queries_per_document.max(1) as usize;
-        let metadata_per_doc = task.metadata_queries_per_document as usize;
-        let generated = match synthesize(
-            lm,
-            tok,
-            &seeds,
-            per_doc,
-            metadata_per_doc,
-            &params,
-            max_prompt,
-        ) {
+        let generated = match self.thread.synthesize(req).await {
             Ok(g) => g,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("generation: {e}"),
-                    retryable: true,
-                }
-            }
+            Err(f) => return failed(f),
         };
         let mut per_doc_count: HashMap<String, usize> = HashMap::new();
         let queries = generated
@@ -235,21 +141,14 @@ impl Host {
         }
     }
 
-    fn run(&mut self, task: &Task) -> Outcome {
-        let start = Instant::now();
-        let (dir, checkpoint_id) = match self.model_dir(task) {
-            Ok(d) => d,
-            Err(reason) => {
-                return Outcome::Failed {
-                    reason,
-                    retryable: true,
-                }
-            }
-        };
-        let max_len = match task.max_tokens {
-            0 => DEFAULT_MAX_TOKENS,
-            n => n as usize,
-        };
+    async fn grade(
+        &self,
+        task: &Task,
+        model: PathBuf,
+        checkpoint_id: String,
+        max_len: usize,
+        start: Instant,
+    ) -> Outcome {
         let prompt = match GradePrompt::parse(&task.prompt_version) {
             Ok(p) => p,
             Err(e) => {
@@ -259,68 +158,34 @@ impl Host {
                 }
             }
         };
-        let key = (dir.clone(), max_len, prompt);
-        if !self.graders.contains_key(&key) {
-            let labels = if task.grade_labels.is_empty() {
-                default_grade_labels()
-            } else {
-                task.grade_labels.clone()
-            };
-            match load_grader_with_prompt(&dir, &labels, self.placement, max_len, prompt) {
-                Ok(g) => {
-                    tracing::info!(model = %g.describe(), "model loaded");
-                    // Keep at most two models resident: the pinned student and one other.
-                    if self.graders.len() >= 2 {
-                        self.graders.clear();
-                    }
-                    self.graders.insert(key.clone(), g);
-                }
-                Err(e) => {
-                    return Outcome::Failed {
-                        reason: format!("loading model {}: {e}", dir.display()),
-                        retryable: true,
-                    }
-                }
-            }
-        }
-        let grader = &self.graders[&key];
-        let mut encoded = Vec::with_capacity(task.pairs.len());
+        let mut pairs = Vec::with_capacity(task.pairs.len());
         for (i, p) in task.pairs.iter().enumerate() {
-            let pair = match to_pair(p) {
-                Ok(pair) => pair,
+            match to_pair(p) {
+                Ok(pair) => pairs.push(pair),
                 Err(field) => {
                     return Outcome::Failed {
                         reason: format!("pair `{}` (#{i}): {field}", p.pair_id),
                         retryable: false,
                     }
                 }
-            };
-            match grader.encode_pair(&pair) {
-                Ok(e) => encoded.push(e),
-                Err(e) => {
-                    return Outcome::Failed {
-                        reason: format!("pair `{}` (#{i}): {e}", p.pair_id),
-                        retryable: false,
-                    }
-                }
             }
         }
-        let opts = BatchOptions::for_placement(self.placement);
-        let gradings = match grade(grader.as_ref(), &encoded, opts, &mut |_| {}) {
-            Ok(g) => g,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("grading: {e}"),
-                    retryable: true,
-                }
-            }
+        let req = GradeRequest {
+            model,
+            prompt,
+            grade_labels: task.grade_labels.clone(),
+            max_len,
+            pairs,
         };
-        let model = grader.describe();
+        let graded = match self.thread.grade(req).await {
+            Ok(g) => g,
+            Err(f) => return failed(f),
+        };
         let prompt_version = prompt.version().to_string();
         let labels = task
             .pairs
             .iter()
-            .zip(gradings)
+            .zip(graded.gradings)
             .map(|(p, g)| Label {
                 pair_id: p.pair_id.clone(),
                 query_id: p.query_id.clone(),
@@ -328,7 +193,7 @@ impl Host {
                 grade: g.grade as u32,
                 expected_grade: g.expected,
                 distribution: g.distribution,
-                model: model.clone(),
+                model: graded.model.clone(),
                 checkpoint_id: checkpoint_id.clone(),
                 prompt_version: prompt_version.clone(),
             })
@@ -341,28 +206,28 @@ impl Host {
             api_usage: None,
         }
     }
+}
 
-    /// The folder of the task's model, and the checkpoint id when it is one.
-    fn model_dir(&self, task: &Task) -> Result<(PathBuf, String), String> {
-        match task.model.as_ref().and_then(|m| m.source.as_ref()) {
-            Some(model_ref::Source::LocalPath(p)) => {
-                Ok((labelfleet_slm::resolve_model(p), String::new()))
-            }
-            Some(model_ref::Source::CheckpointId(id)) => {
-                let dir = checkpoint_dir(&self.sources.checkpoints, id)?;
-                if !dir.join("config.json").is_file() {
-                    return Err(format!(
-                        "checkpoint `{id}` is not on this worker yet (no {})",
-                        dir.display()
-                    ));
-                }
-                Ok((dir, id.clone()))
-            }
-            Some(model_ref::Source::Openai(_)) => {
-                Err("an OpenAI endpoint runs on the worker's API teacher, not the engine".into())
-            }
-            None => Err("task names no model".into()),
+/// The folder of the task's model, and the checkpoint id when it is one.
+fn model_dir(sources: &ModelSources, task: &Task) -> Result<(PathBuf, String), String> {
+    match task.model.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(model_ref::Source::LocalPath(p)) => {
+            Ok((labelfleet_slm::resolve_model(p), String::new()))
         }
+        Some(model_ref::Source::CheckpointId(id)) => {
+            let dir = checkpoint_dir(&sources.checkpoints, id)?;
+            if !dir.join("config.json").is_file() {
+                return Err(format!(
+                    "checkpoint `{id}` is not on this worker yet (no {})",
+                    dir.display()
+                ));
+            }
+            Ok((dir, id.clone()))
+        }
+        Some(model_ref::Source::Openai(_)) => {
+            Err("an OpenAI endpoint runs on the worker's API teacher, not the engine".into())
+        }
+        None => Err("task names no model".into()),
     }
 }
 

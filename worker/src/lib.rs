@@ -134,7 +134,7 @@ pub async fn run_with_meta(
         ModelSources {
             checkpoints: config.checkpoints.clone(),
         },
-    );
+    )?;
     let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
     let rate = Arc::new(Mutex::new(RateMeter::default()));
     if let Some(addr) = config.metrics_listen {
