@@ -11,7 +11,7 @@
 //!   the task, not retried, naming the variable. An endpoint that names none takes no key.
 //! - What a task spent (requests, tokens, USD) goes back with its results.
 
-use crate::engine::{doc_id, to_pair, to_seed, Outcome};
+use crate::engine::{label, to_pair, to_seed, Outcome};
 use labelfleet_openai::{ApiClient, ApiConfig, ApiError, Tally, Usage};
 use labelfleet_proto::v1::{
     model_ref, ApiUsage, Label, OpenAiEndpoint, SyntheticQuery, Task, TaskKind,
@@ -247,20 +247,7 @@ async fn grade(client: &ApiClient, task: &Task, tally: &Tally) -> Result<Vec<Lab
     task.pairs
         .iter()
         .zip(gradings)
-        .map(|(p, g)| {
-            let g = g?.grading;
-            Ok(Label {
-                pair_id: p.pair_id.clone(),
-                query_id: p.query_id.clone(),
-                doc_id: doc_id(p),
-                grade: g.grade as u32,
-                expected_grade: g.expected,
-                distribution: g.distribution,
-                model: model.clone(),
-                checkpoint_id: String::new(),
-                prompt_version: prompt_version.clone(),
-            })
-        })
+        .map(|(p, g)| Ok(label(p, g?.grading, &model, "", &prompt_version)))
         .collect()
 }
 

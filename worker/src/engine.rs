@@ -6,7 +6,7 @@
 use labelfleet_proto::v1::{
     model_ref, pair_input, ApiUsage, Label, QueryHits, SyntheticQuery, Task, TaskKind,
 };
-use labelfleet_slm::grading::{GradePrompt, Pair};
+use labelfleet_slm::grading::{GradePrompt, Grading, Pair};
 use labelfleet_slm::host::{EngineFailure, EngineThread, GradeRequest, SynthesisRequest};
 use labelfleet_slm::querygen::SeedDocument;
 use labelfleet_slm::Placement;
@@ -186,17 +186,7 @@ impl Engine {
             .pairs
             .iter()
             .zip(graded.gradings)
-            .map(|(p, g)| Label {
-                pair_id: p.pair_id.clone(),
-                query_id: p.query_id.clone(),
-                doc_id: doc_id(p),
-                grade: g.grade as u32,
-                expected_grade: g.expected,
-                distribution: g.distribution,
-                model: graded.model.clone(),
-                checkpoint_id: checkpoint_id.clone(),
-                prompt_version: prompt_version.clone(),
-            })
+            .map(|(p, g)| label(p, g, &graded.model, &checkpoint_id, &prompt_version))
             .collect();
         Outcome::Done {
             labels,
@@ -246,7 +236,28 @@ pub fn checkpoint_dir(root: &Path, id: &str) -> Result<PathBuf, String> {
     Ok(root.join(id))
 }
 
-pub(crate) fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
+/// A pair's label: its grade and what gave it (model, checkpoint, prompt version).
+pub(crate) fn label(
+    p: &labelfleet_proto::v1::PairInput,
+    g: Grading,
+    model: &str,
+    checkpoint_id: &str,
+    prompt_version: &str,
+) -> Label {
+    Label {
+        pair_id: p.pair_id.clone(),
+        query_id: p.query_id.clone(),
+        doc_id: doc_id(p),
+        grade: g.grade as u32,
+        expected_grade: g.expected,
+        distribution: g.distribution,
+        model: model.to_string(),
+        checkpoint_id: checkpoint_id.to_string(),
+        prompt_version: prompt_version.to_string(),
+    }
+}
+
+fn doc_id(p: &labelfleet_proto::v1::PairInput) -> String {
     match &p.document {
         Some(pair_input::Document::DocId(id)) => id.clone(),
         Some(pair_input::Document::Inline(d)) => d.id.clone(),
