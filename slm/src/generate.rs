@@ -2,6 +2,8 @@
 
 use crate::decoder::{Attention, DecoderLm, KvCache};
 use crate::error::{Result, SlmError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
 /// Sampling settings are shared with the API teacher: they live in `labelfleet-types`.
@@ -53,7 +55,10 @@ pub fn generate(
         .logical_or(&eye)
         .view([b, 1, l, l]);
     let mut cache = KvCache::new(lm.num_layers());
-    let mut rng_seeded = false;
+    // The sampler's own generator, not libtorch's global one: engine threads (the workers of
+    // an embedded cluster) and training in the same process would otherwise draw from one
+    // generator and make each other's queries differ from run to run.
+    let mut rng = StdRng::seed_from_u64(params.seed);
     let mut out: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
     let mut done = vec![false; prompts.len()];
     tch::no_grad(|| -> Result<()> {
@@ -72,11 +77,9 @@ pub fn generate(
             let next = if params.temperature <= 0.0 {
                 logits.argmax(-1, false)
             } else {
-                if !rng_seeded {
-                    tch::manual_seed(params.seed as i64);
-                    rng_seeded = true;
-                }
-                sample(&logits, params.temperature, params.top_p)
+                let draws: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
+                let draws = Tensor::from_slice(&draws).view([b, 1]).to_device(device);
+                sample(&logits, params.temperature, params.top_p, &draws)
             };
             let next_cpu: Vec<i64> = Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu))?;
             for (row, &tok) in next_cpu.iter().enumerate() {
@@ -114,17 +117,53 @@ pub fn generate(
 }
 
 /// Samples one token per row from `logits / temperature`, keeping the smallest set of tokens
-/// whose probability mass reaches `top_p`.
-fn sample(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
+/// whose probability mass reaches `top_p`, by inverting the kept mass's cumulative sum at
+/// `draws` (one uniform number in [0, 1) per row, shape [rows, 1]).
+fn sample(logits: &Tensor, temperature: f64, top_p: f64, draws: &Tensor) -> Tensor {
     let probs = (logits / temperature).softmax(-1, Kind::Float);
-    if top_p >= 1.0 {
-        return probs.multinomial(1, false).squeeze_dim(1);
-    }
     let (sorted, idx) = probs.sort(-1, true);
     let cum = sorted.cumsum(-1, Kind::Float);
     // drop a token when the mass before it already reaches top_p (the first always stays)
-    let drop = (&cum - &sorted).ge(top_p);
-    let kept = sorted.masked_fill(&drop, 0.0);
-    let choice = kept.multinomial(1, false);
+    let kept = if top_p >= 1.0 {
+        sorted
+    } else {
+        let drop = (&cum - &sorted).ge(top_p);
+        sorted.masked_fill(&drop, 0.0)
+    };
+    let kept_cum = kept.cumsum(-1, Kind::Float);
+    let total = kept_cum.select(-1, kept_cum.size()[1] - 1).unsqueeze(-1);
+    let target = draws * total;
+    // the first position whose cumulative mass passes the target (never past the kept tokens,
+    // should rounding bring the target up to the total)
+    let last_kept = kept.gt(0.0).sum_dim_intlist(-1, true, Kind::Int64) - 1;
+    let choice = kept_cum
+        .le_tensor(&target)
+        .sum_dim_intlist(-1, true, Kind::Int64)
+        .minimum(&last_kept);
     idx.gather(-1, &choice, false).squeeze_dim(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_inverts_the_kept_mass_at_the_draw() {
+        // probabilities 0.5, 0.3, 0.15, 0.05 for tokens 2, 0, 3, 1 (log-probabilities as logits)
+        let probs = [0.3f32, 0.05, 0.5, 0.15];
+        let logits = Tensor::from_slice(&probs.map(f32::ln)).view([1, 4]);
+        let pick = |draw: f32, top_p: f64| {
+            let d = Tensor::from_slice(&[draw]).view([1, 1]);
+            i64::try_from(sample(&logits, 1.0, top_p, &d)).unwrap()
+        };
+        assert_eq!(pick(0.0, 1.0), 2);
+        assert_eq!(pick(0.49, 1.0), 2);
+        assert_eq!(pick(0.51, 1.0), 0);
+        assert_eq!(pick(0.9, 1.0), 3);
+        assert_eq!(pick(0.99, 1.0), 1);
+        // top_p 0.8 keeps tokens 2 and 0 (mass 0.8): the draw spans them only
+        assert_eq!(pick(0.6, 0.8), 2);
+        assert_eq!(pick(0.7, 0.8), 0);
+        assert_eq!(pick(0.999_999_9, 0.8), 0);
+    }
 }
