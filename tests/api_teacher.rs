@@ -55,17 +55,29 @@ fn queries(n: usize) -> Vec<(String, String)> {
 }
 
 fn endpoint(base_url: String) -> ModelRef {
+    endpoint_at(base_url, JOB_RPS)
+}
+
+/// The endpoint with a job-wide limit of `rps` requests per second (0: none).
+fn endpoint_at(base_url: String, rps: f64) -> ModelRef {
     ModelRef {
         source: Some(model_ref::Source::Openai(OpenAiEndpoint {
             base_url,
             model: MODEL.into(),
             api_key_env: KEY_VAR.into(),
-            requests_per_second: JOB_RPS,
+            requests_per_second: rps,
             usd_per_million_input_tokens: 0.15,
             usd_per_million_output_tokens: 0.60,
             ..Default::default()
         })),
     }
+}
+
+/// Requests per second over a run of requests (first to last).
+fn pace(seen: &[api::Seen]) -> f64 {
+    let first = seen.iter().map(|s| s.received).min().expect("requests");
+    let last = seen.iter().map(|s| s.received).max().expect("requests");
+    (seen.len() - 1) as f64 / last.duration_since(first).as_secs_f64()
 }
 
 /// Every result object of a job, read from the store.
@@ -124,7 +136,6 @@ fn workers_call_the_api_teacher_within_the_job_wide_rate_limit() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // ---- a labeling job whose model is the endpoint
     let docs = documents(PAIRS);
     let qs = queries(PAIRS);
     let pairs: Vec<PairInput> = (0..PAIRS)
@@ -135,6 +146,33 @@ fn workers_call_the_api_teacher_within_the_job_wide_rate_limit() {
             document: Some(pair_input::Document::Inline(docs[i].clone())),
         })
         .collect();
+
+    // ---- the server's own pace: the same pairs with no limit. The limited job below proves
+    // the limit only if the server alone answers well faster than it.
+    let unlimited = JobSpec {
+        kind: JobKind::Label as i32,
+        name: "api teacher, no limit".into(),
+        student: Some(endpoint_at(proxy.base_url(), 0.0)),
+        grade_prompt_version: "grade-v1".into(),
+        label_pairs: pairs.clone(),
+        task_size: 4,
+        ..Default::default()
+    };
+    let job_id = submit(&cluster, unlimited);
+    let job = cluster.wait_finished(&job_id, Duration::from_secs(300));
+    assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.error);
+    let baseline = proxy.seen();
+    let free_pace = pace(&baseline);
+    eprintln!(
+        "no limit: {} requests at {free_pace:.2} requests/s",
+        baseline.len()
+    );
+    assert!(
+        free_pace > 1.5 * JOB_RPS,
+        "the server alone answers {free_pace:.2} requests/s: too slow to show a limit of {JOB_RPS}/s"
+    );
+
+    // ---- a labeling job whose model is the endpoint, with the job-wide limit
     let spec = JobSpec {
         kind: JobKind::Label as i32,
         name: "api teacher".into(),
@@ -173,7 +211,7 @@ fn workers_call_the_api_teacher_within_the_job_wide_rate_limit() {
     }
 
     // the requests: all sent with the key (only the workers have it), all answered
-    let seen = proxy.seen();
+    let seen: Vec<_> = proxy.seen().into_iter().skip(baseline.len()).collect();
     assert!(seen.len() >= PAIRS, "{} requests", seen.len());
     assert!(seen.iter().all(|s| s.authorized && s.status == 200));
     // both workers ran API tasks (each makes its endpoint's client on its first one)
