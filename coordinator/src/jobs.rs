@@ -7,8 +7,8 @@ use crate::search_job;
 use labelfleet_cluster::blobs::Blobs;
 pub use labelfleet_cluster::layout::{corpus_prefix, corpus_shard_key};
 use labelfleet_proto::v1::{
-    model_ref, pair_input, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint,
-    PairInput, Rejection, Task, TaskKind,
+    model_ref, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint, PairInput,
+    Rejection, Task, TaskKind,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -162,7 +162,9 @@ pub async fn read_shard(blobs: &Blobs, key: &str) -> Result<Option<CorpusChunk>>
     Ok(Some(chunk))
 }
 
-/// Reads every shard of a corpus into an id -> document map.
+/// Reads every shard of a corpus into an id -> document map (tests only: planning reads a
+/// corpus shard by shard, see [`crate::planner`]).
+#[cfg(test)]
 pub async fn load_corpus(blobs: &Blobs, corpus: &str) -> Result<HashMap<String, Document>> {
     let keys = corpus_shards(blobs, corpus).await?;
     if keys.is_empty() {
@@ -225,7 +227,7 @@ pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
-fn pair_name(i: u64, p: &PairInput) -> String {
+pub(crate) fn pair_name(i: u64, p: &PairInput) -> String {
     if p.pair_id.is_empty() {
         format!("spec.label_pairs[{i}]")
     } else {
@@ -234,7 +236,7 @@ fn pair_name(i: u64, p: &PairInput) -> String {
 }
 
 /// A pair's own fields (the pair is named by its position in the job).
-fn check_pair(i: u64, p: &PairInput) -> Result<()> {
+pub(crate) fn check_pair(i: u64, p: &PairInput) -> Result<()> {
     if p.pair_id.trim().is_empty() {
         return Err(CoordinatorError::Invalid(format!(
             "{}.pair_id: missing or empty",
@@ -409,28 +411,12 @@ pub fn validate_endpoint(field: &str, o: &OpenAiEndpoint) -> Result<()> {
     Ok(())
 }
 
-/// Splits a job's pairs into grading tasks, with each referenced document inlined, so a
-/// worker needs nothing but the task.
-pub fn plan_tasks(
-    job_id: &str,
-    spec: &JobSpec,
-    corpus: &HashMap<String, Document>,
-) -> Result<Vec<Task>> {
-    let mut cutter = TaskCutter::new(job_id, spec, corpus);
-    let mut tasks = Vec::new();
-    for p in &spec.label_pairs {
-        tasks.extend(cutter.push(p.clone())?);
-    }
-    tasks.extend(cutter.finish());
-    Ok(tasks)
-}
-
-/// Cuts a labeling job's pairs into grading tasks as they arrive (a streamed submit holds one
-/// task's pairs at a time). Each pair is checked as it comes; an error names it by position.
+/// Cuts a labeling job's pairs, their documents already inlined (see [`crate::planner`]),
+/// into grading tasks of `task_size` pairs, one task at a time. A pair id repeated within a
+/// task is refused, the pair named by its position in the job.
 pub struct TaskCutter<'a> {
     job_id: &'a str,
     spec: &'a JobSpec,
-    corpus: &'a HashMap<String, Document>,
     size: usize,
     pending: Vec<PairInput>,
     pairs: u64,
@@ -438,12 +424,11 @@ pub struct TaskCutter<'a> {
 }
 
 impl<'a> TaskCutter<'a> {
-    pub fn new(job_id: &'a str, spec: &'a JobSpec, corpus: &'a HashMap<String, Document>) -> Self {
+    pub fn new(job_id: &'a str, spec: &'a JobSpec) -> Self {
         let size = plan_of(spec, 0).task_size as usize;
         TaskCutter {
             job_id,
             spec,
-            corpus,
             size,
             pending: Vec::with_capacity(size),
             pairs: 0,
@@ -456,20 +441,10 @@ impl<'a> TaskCutter<'a> {
         self.pairs
     }
 
-    /// Takes the next pair; returns a task when one is full.
-    pub fn push(&mut self, mut pair: PairInput) -> Result<Option<Task>> {
-        let i = self.pairs;
-        check_pair(i, &pair)?;
-        if let Some(pair_input::Document::DocId(id)) = &pair.document {
-            let doc = self.corpus.get(id).ok_or_else(|| {
-                CoordinatorError::Invalid(format!(
-                    "{}.doc_id: `{id}` is not in corpus `{}`",
-                    pair_name(i, &pair),
-                    self.spec.corpus_id
-                ))
-            })?;
-            pair.document = Some(pair_input::Document::Inline(doc.clone()));
-        }
+    /// Takes the next pair (`index`: its position in the job, to name it); returns a task
+    /// when one is full.
+    pub fn push(&mut self, index: u64, pair: PairInput) -> Result<Option<Task>> {
+        let i = index;
         if self.pending.iter().any(|p| p.pair_id == pair.pair_id) {
             return Err(CoordinatorError::Invalid(format!(
                 "{}.pair_id: duplicate",
@@ -505,22 +480,39 @@ impl<'a> TaskCutter<'a> {
     }
 }
 
-/// Samples the seed documents of a synthesis job (deterministic in `spec.seed`) and splits them
-/// into query-synthesis tasks.
+/// The seed sample of a synthesis job over `ids` ids: positions in the ids sorted, taken from
+/// a shuffle seeded by `spec.seed` (deterministic; the shuffle depends on the count only).
+pub fn sample_seed_ranks(ids: usize, spec: &JobSpec) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut ranks: Vec<usize> = (0..ids).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+    ranks.shuffle(&mut rng);
+    ranks.truncate((spec.seed_documents as usize).min(ids));
+    ranks
+}
+
+/// Samples the seed documents of a synthesis job from a corpus held in memory (deterministic
+/// in `spec.seed`) and splits them into query-synthesis tasks. The coordinator never holds a
+/// corpus: it samples the same seeds shard by shard ([`crate::planner`]).
 pub fn plan_synthesis_tasks(
     job_id: &str,
     spec: &JobSpec,
     corpus: &HashMap<String, Document>,
 ) -> Result<Vec<Task>> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
     let mut ids: Vec<&String> = corpus.keys().collect();
     ids.sort();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-    ids.shuffle(&mut rng);
-    let n = (spec.seed_documents as usize).min(ids.len());
-    let mut seeds: Vec<&String> = ids[..n].to_vec();
+    let mut seeds: Vec<&String> = sample_seed_ranks(ids.len(), spec)
+        .into_iter()
+        .map(|r| ids[r])
+        .collect();
     seeds.sort();
+    let documents = seeds.iter().map(|id| corpus[*id].clone()).collect();
+    Ok(synthesis_tasks(job_id, spec, documents))
+}
+
+/// Splits seed documents (in id order) into query-synthesis tasks.
+pub fn synthesis_tasks(job_id: &str, spec: &JobSpec, seeds: Vec<Document>) -> Vec<Task> {
     let size = plan_of(spec, 0).task_size as usize;
     let model = spec.teacher.clone().or_else(|| {
         Some(ModelRef {
@@ -531,7 +523,7 @@ pub fn plan_synthesis_tasks(
         0 => 3,
         n => n,
     };
-    Ok(seeds
+    seeds
         .chunks(size)
         .enumerate()
         .map(|(k, chunk)| Task {
@@ -540,14 +532,14 @@ pub fn plan_synthesis_tasks(
             kind: TaskKind::SynthesizeQueries as i32,
             model: model.clone(),
             prompt_version: spec.query_prompt_version.clone(),
-            documents: chunk.iter().map(|id| corpus[*id].clone()).collect(),
+            documents: chunk.to_vec(),
             queries_per_document: per_doc,
             metadata_queries_per_document: spec.metadata_queries_per_document,
             seed: spec.seed,
             max_tokens: spec.max_tokens,
             ..Default::default()
         })
-        .collect())
+        .collect()
 }
 
 /// What the tasks of a (non-corpus) job are.
@@ -594,6 +586,15 @@ pub fn job_prefix(job: &str) -> String {
 pub fn results_prefix(job: &str) -> String {
     format!("jobs/{job}/results/")
 }
+/// Where a streamed submit spills its pairs, grouped by shard, until it cuts the tasks.
+pub fn spill_prefix(job: &str) -> String {
+    format!("jobs/{job}/spill/")
+}
+/// The `seq`th spilled object of group `group` (0: pairs with inline documents; `s + 1`:
+/// pairs whose document is in shard `s`).
+pub fn spill_key(job: &str, group: u32, seq: u32) -> String {
+    format!("jobs/{job}/spill/g{group:08}-{seq:08}.pb")
+}
 
 /// The task id a task or result key names.
 pub fn task_id_of_key(key: &str) -> Option<&str> {
@@ -603,6 +604,7 @@ pub fn task_id_of_key(key: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use labelfleet_proto::v1::pair_input;
 
     fn doc(id: &str, body: &str) -> Document {
         Document {
@@ -664,7 +666,20 @@ mod tests {
 
     #[test]
     fn tasks_inline_documents_and_unknown_ids_are_named() {
-        let corpus = HashMap::from([("d1".to_string(), doc("d1", "body"))]);
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let shard = CorpusChunk {
+            corpus_name: "c".into(),
+            documents: vec![doc("d1", "body")],
+        };
+        rt.block_on(blobs.put(&corpus_shard_key("c1", 0), shard.encode_to_vec()))
+            .unwrap();
+        let plan = |job: &str, spec: &JobSpec| {
+            rt.block_on(crate::planner::Planner::new(&blobs).plan_labeling(job, spec))
+        };
         let pair = |id: &str, doc: &str| PairInput {
             pair_id: id.into(),
             query: "q".into(),
@@ -683,15 +698,17 @@ mod tests {
             ..Default::default()
         };
         validate_spec(&spec).unwrap();
-        let tasks = plan_tasks("j", &spec, &corpus).unwrap();
-        assert_eq!(tasks.len(), 3);
-        assert_eq!(tasks[2].task_id, "j-t00002");
+        assert_eq!(plan("j", &spec).unwrap(), 5);
+        let keys = rt.block_on(blobs.list(&tasks_prefix("j"))).unwrap();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(task_id_of_key(&keys[2]), Some("j-t00002"));
+        let first = Task::decode(rt.block_on(blobs.get(&keys[0])).unwrap().unwrap()).unwrap();
         assert!(matches!(
-            &tasks[0].pairs[0].document,
+            &first.pairs[0].document,
             Some(pair_input::Document::Inline(d)) if d.body == "body"
         ));
         spec.label_pairs.push(pair("p9", "nope"));
-        let err = plan_tasks("j", &spec, &corpus).unwrap_err().to_string();
+        let err = plan("j2", &spec).unwrap_err().to_string();
         assert!(
             err.contains("label_pairs[5] (pair `p9`).doc_id: `nope`"),
             "{err}"

@@ -2,6 +2,7 @@
 //!
 //! - [`scheduler`]: jobs, task leases with deadlines, bounded retries, first-commit-wins;
 //! - [`jobs`]: corpus upload validation and sharding, and the split of a job into tasks;
+//! - [`planner`]: a job's tasks cut shard by shard over its corpus, never held whole;
 //! - [`corpus_job`]: the whole method as one job, driven by the leader through child jobs;
 //! - [`search_job`]: BM25 retrieval over a corpus, shard by shard on the workers;
 //! - [`fleet`]: the live workers, and each one's share of a job's API rate limits;
@@ -13,6 +14,7 @@ pub mod corpus_job;
 pub mod error;
 pub mod fleet;
 pub mod jobs;
+pub mod planner;
 pub mod recovery;
 pub mod scheduler;
 pub mod search_job;

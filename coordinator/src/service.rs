@@ -7,6 +7,7 @@ use crate::corpus_job::{self, CorpusJobs, DriverEnv};
 use crate::error::{CoordinatorError, Result};
 use crate::fleet::{self, Fleet};
 use crate::jobs::{self, CorpusBuilder};
+use crate::planner::{self, Planner};
 use crate::recovery::{self, JobRecord};
 use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
 use crate::search_job;
@@ -378,15 +379,8 @@ impl Coordinator {
         Ok(Ok(job_id))
     }
 
-    async fn corpus_of(&self, spec: &JobSpec) -> Result<HashMap<String, Document>> {
-        if spec.corpus_id.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            jobs::load_corpus(&self.blobs, &spec.corpus_id).await
-        }
-    }
-
-    /// A job submitted with its pairs streamed: tasks are cut and written as pairs arrive.
+    /// A job submitted with its pairs streamed: the pairs are spilled to the store grouped by
+    /// the shard of their document as they arrive, then cut into tasks shard by shard.
     async fn submit_stream(&self, mut chunks: Streaming<SubmitJobChunk>) -> Result<Job> {
         let leader = self
             .leader()
@@ -413,23 +407,10 @@ impl Coordinator {
             Err(existing) => return Ok(existing),
         };
         let leading = std::mem::take(&mut spec.label_pairs);
-        let corpus = self.corpus_of(&spec).await?;
-        let mut cutter = jobs::TaskCutter::new(&job_id, &spec, &corpus);
-        for pair in leading.into_iter().chain(first.pairs) {
-            if let Some(task) = cutter.push(pair)? {
-                self.write_tasks(&job_id, vec![task]).await?;
-            }
-        }
-        while let Some(chunk) = next(chunks.message().await)? {
-            let mut batch = Vec::new();
-            for pair in chunk.pairs {
-                batch.extend(cutter.push(pair)?);
-            }
-            self.write_tasks(&job_id, batch).await?;
-        }
-        let items = cutter.pairs();
-        self.write_tasks(&job_id, cutter.finish().into_iter().collect())
-            .await?;
+        let planned = self
+            .spill_and_cut(&job_id, &spec, leading, first.pairs, &mut chunks)
+            .await;
+        let items = self.dropped_if_failed(&job_id, planned).await?;
         if items == 0 {
             return Err(CoordinatorError::Invalid(
                 "spec.label_pairs: no pairs to label".into(),
@@ -438,6 +419,45 @@ impl Coordinator {
         let plan = jobs::plan_of(&spec, items);
         self.commit_job(&leader, &job_id, spec, plan, TaskKind::Grade)
             .await
+    }
+
+    /// Takes a streamed job's pairs into a spill, then cuts and writes its tasks; returns the
+    /// number of pairs.
+    async fn spill_and_cut(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        leading: Vec<PairInput>,
+        first: Vec<PairInput>,
+        chunks: &mut Streaming<SubmitJobChunk>,
+    ) -> Result<u64> {
+        let planner = Planner::new(&self.blobs);
+        let mut spill = planner.spill(job_id, spec).await?;
+        for pair in leading.into_iter().chain(first) {
+            spill.push(pair).await?;
+        }
+        loop {
+            let chunk = chunks
+                .message()
+                .await
+                .map_err(|s| CoordinatorError::Invalid(format!("submit stream: {}", s.message())));
+            let Some(chunk) = chunk? else { break };
+            for pair in chunk.pairs {
+                spill.push(pair).await?;
+            }
+        }
+        spill.cut().await
+    }
+
+    /// Deletes the objects of a job whose planning failed (they have no record, so they would
+    /// only be ignored), then passes the outcome on.
+    async fn dropped_if_failed<T>(&self, job_id: &str, planned: Result<T>) -> Result<T> {
+        if planned.is_err() {
+            if let Err(e) = self.blobs.delete_prefix(&jobs::job_prefix(job_id)).await {
+                tracing::warn!(job = %job_id, error = %e, "could not delete a failed submit's objects");
+            }
+        }
+        planned
     }
 
     async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
@@ -464,19 +484,20 @@ impl Coordinator {
                 }
                 search_job::plan_tasks(&job_id, &spec, shards.len() as u32)
             }
+            TaskKind::SynthesizeQueries => {
+                let tasks = Planner::new(&self.blobs)
+                    .plan_synthesis(&job_id, &spec)
+                    .await?;
+                let items = tasks.iter().map(|t| t.documents.len() as u64).sum();
+                (tasks, jobs::plan_of(&spec, items))
+            }
             _ => {
-                let corpus = self.corpus_of(&spec).await?;
-                let tasks = if kind == TaskKind::SynthesizeQueries {
-                    jobs::plan_synthesis_tasks(&job_id, &spec, &corpus)?
-                } else {
-                    jobs::plan_tasks(&job_id, &spec, &corpus)?
-                };
-                let items: u64 = tasks
-                    .iter()
-                    .map(|t| t.pairs.len().max(t.documents.len()) as u64)
-                    .sum();
-                let plan = jobs::plan_of(&spec, items);
-                (tasks, plan)
+                // Written as they are cut: a task holds its documents.
+                let planned = Planner::new(&self.blobs)
+                    .plan_labeling(&job_id, &spec)
+                    .await;
+                let items = self.dropped_if_failed(&job_id, planned).await?;
+                (Vec::new(), jobs::plan_of(&spec, items))
             }
         };
         self.write_tasks(&job_id, tasks).await?;
@@ -545,20 +566,7 @@ impl Coordinator {
 
     /// Writes task objects, several at a time.
     async fn write_tasks(&self, job_id: &str, tasks: Vec<Task>) -> Result<()> {
-        use futures::StreamExt;
-        let blobs = &self.blobs;
-        futures::stream::iter(tasks)
-            .map(|t| async move {
-                blobs
-                    .put(&jobs::task_key(job_id, &t.task_id), t.encode_to_vec())
-                    .await
-            })
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<std::result::Result<Vec<()>, _>>()?;
-        Ok(())
+        planner::write_tasks(&self.blobs, job_id, tasks).await
     }
 
     /// Reads the inputs of a leased task (from the cache of tasks in flight, or the store).
