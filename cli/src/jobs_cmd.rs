@@ -512,10 +512,15 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         let mut write = |batch: ResultBatch| -> std::io::Result<()> {
             use std::io::Write;
             for q in &batch.queries {
-                out.write(&serde_json::json!({
+                let mut record = serde_json::json!({
                     "query_id": q.query_id, "doc_id": q.doc_id, "query": q.text,
                     "prompt_version": q.prompt_version,
-                }))?;
+                });
+                // a metadata query names the field it was written from
+                if !q.metadata_field.is_empty() {
+                    record["metadata_field"] = q.metadata_field.clone().into();
+                }
+                out.write(&record)?;
             }
             for l in &batch.labels {
                 out.write(&LabelRecord {
