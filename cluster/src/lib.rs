@@ -6,14 +6,22 @@
 //! - [`blobs`]: the object store for bulk data (corpora, tasks, results, checkpoints);
 //! - [`metrics`]: Prometheus text exposition;
 //! - [`layout`]: where a corpus's shards and their BM25 indexes are in the object store;
-//! - [`checkpoint`]: the checkpoint folder's digest and the chunked push to a worker.
+//! - [`checkpoint`]: the checkpoint folder's digest and the chunked push to a worker;
+//! - [`security`]: TLS, the role in each certificate and the servers' checks on callers;
+//!   [`certs`] makes the certificates, [`tokens`] holds clients' bearer tokens;
+//! - [`ids`] and [`limits`]: what an id may look like, and the servers' limits.
 
 pub mod blobs;
+pub mod certs;
 pub mod checkpoint;
 pub mod error;
+pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod meta;
 pub mod metrics;
+pub mod security;
+pub mod tokens;
 
 pub use error::{ClusterError, Result};
 pub use meta::open_meta;
