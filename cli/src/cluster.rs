@@ -1,8 +1,10 @@
 //! The cluster roles (`coordinator`, `worker`, `trainer`) and embedded mode (`serve`). The
 //! client commands a user drives are in `jobs_cmd`.
 
+use crate::security_cmd::{LimitArgs, RoleSecurityArgs};
 use anyhow::{Context, Result};
 use clap::Args;
+use labelfleet_cluster::security::Role;
 use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_worker::WorkerConfig;
 use std::net::SocketAddr;
@@ -87,6 +89,13 @@ pub struct CoordinatorArgs {
     /// Local folder for corpus jobs' working files and content-keyed caches.
     #[arg(long, env = "LABELFLEET_SCRATCH")]
     scratch: Option<PathBuf>,
+    /// Clients' bearer tokens (`labelfleet tokens add`); only their hashes are in the file.
+    #[arg(long, env = "LABELFLEET_TOKENS")]
+    tokens: Option<PathBuf>,
+    #[command(flatten)]
+    security: RoleSecurityArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
@@ -105,6 +114,10 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         scratch: a
             .scratch
             .unwrap_or_else(|| labelfleet_slm::home_dir().join("coordinator-scratch")),
+        transport: a.security.transport(Role::Coordinator)?,
+        tokens: a.tokens,
+        limits: a.limits.limits(),
+        etcd_security: a.security.etcd()?,
         ..Default::default()
     };
     runtime()?
@@ -156,6 +169,10 @@ pub struct WorkerArgs {
     /// one takes no search tasks.
     #[arg(long, env = "LABELFLEET_STORE")]
     store: Option<String>,
+    #[command(flatten)]
+    security: RoleSecurityArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn worker(a: WorkerArgs) -> Result<()> {
@@ -179,6 +196,9 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         metrics_listen: a.metrics_listen,
         registration_ttl: Duration::from_secs(a.registration_ttl_s),
         store: a.store,
+        transport: a.security.transport(Role::Worker)?,
+        limits: a.limits.limits(),
+        etcd_security: a.security.etcd()?,
     };
     runtime()?
         .block_on(labelfleet_worker::run(config, shutdown_signal()))
@@ -223,6 +243,10 @@ pub struct TrainerArgs {
     reconcile_interval_s: u64,
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    security: RoleSecurityArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn trainer(a: TrainerArgs) -> Result<()> {
@@ -240,6 +264,9 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
         push_rate_mib_s: a.push_rate_mib_s,
         reconcile_interval: Duration::from_secs(a.reconcile_interval_s.max(1)),
         metrics_listen: a.metrics_listen,
+        transport: a.security.transport(Role::Trainer)?,
+        limits: a.limits.limits(),
+        etcd_security: a.security.etcd()?,
     };
     runtime()?
         .block_on(labelfleet_trainer::run(config, shutdown_signal()))

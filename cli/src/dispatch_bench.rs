@@ -11,9 +11,9 @@
 use crate::progress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use labelfleet_cluster::security::{Role, TlsPaths, Transport};
 use labelfleet_cluster::MAX_MESSAGE_BYTES;
 use labelfleet_coordinator::server::CoordinatorConfig;
-use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::*;
 use std::path::PathBuf;
@@ -66,9 +66,47 @@ pub struct DispatchBenchArgs {
     /// coordinator running as its own process, whose peak RSS is measured; then fetched.
     #[arg(long, default_value = "")]
     scale_pairs: String,
-    /// Append one JSON object per measurement here (`kind`: "job" or "failover").
+    /// Append one JSON object per measurement here (`kind`: "job", "failover" or "tls").
     #[arg(long)]
     scale_out: Option<PathBuf>,
+    /// Cost of TLS: this many rounds of the dispatch run over plaintext and over mTLS
+    /// (certificates made for the run; workers, client and coordinator each with their
+    /// role's), alternating, in one process; prints both rates side by side.
+    #[arg(long, default_value_t = 0)]
+    tls_rounds: usize,
+}
+
+/// The transports of one bench run: the coordinator's, the simulated workers' and the client's.
+#[derive(Clone)]
+struct BenchSecurity {
+    coordinator: Transport,
+    worker: Transport,
+    client: Transport,
+}
+
+impl BenchSecurity {
+    fn plaintext() -> Self {
+        BenchSecurity {
+            coordinator: Transport::Plaintext,
+            worker: Transport::Plaintext,
+            client: Transport::Plaintext,
+        }
+    }
+
+    /// mTLS with certificates made in `dir`: the client is an operator (no token file).
+    fn mtls(dir: &std::path::Path) -> Result<Self> {
+        labelfleet_cluster::certs::generate(dir, &Default::default())?;
+        let paths = |role: &str| TlsPaths {
+            ca: Some(dir.join("ca.pem")),
+            cert: Some(dir.join(format!("{role}.pem"))),
+            key: Some(dir.join(format!("{role}.key"))),
+        };
+        Ok(BenchSecurity {
+            coordinator: Transport::for_role(Role::Coordinator, &paths("coordinator"), false)?,
+            worker: Transport::for_role(Role::Worker, &paths("worker"), false)?,
+            client: Transport::for_client(&paths("operator"))?,
+        })
+    }
 }
 
 struct RunResult {
@@ -141,6 +179,9 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
             }
             return Ok(());
         }
+        if a.tls_rounds > 0 {
+            return compare_tls(&a, &etcd, &store).await;
+        }
         if a.failover_jobs > 0 {
             let f = measure_failover(&a, &etcd, &store).await?;
             eprintln!(
@@ -159,8 +200,9 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
             )?;
             return Ok(());
         }
+        let plain = BenchSecurity::plaintext();
         let dispatch =
-            measure(&a, &etcd, &store, a.dispatch_workers, a.dispatch_pairs, 0.0).await?;
+            measure(&a, &etcd, &store, a.dispatch_workers, a.dispatch_pairs, 0.0, &plain).await?;
         append_json(
             a.scale_out.as_deref(),
             serde_json::json!({
@@ -175,7 +217,7 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
         let mut scaling = Vec::new();
         for &n in &counts {
             let pairs = (n as f64 * a.seconds * 1000.0 / a.pair_cost_ms) as usize;
-            scaling.push(measure(&a, &etcd, &store, n, pairs, a.pair_cost_ms).await?);
+            scaling.push(measure(&a, &etcd, &store, n, pairs, a.pair_cost_ms, &plain).await?);
         }
         let base = scaling
             .iter()
@@ -241,6 +283,65 @@ pub fn run(a: DispatchBenchArgs) -> Result<()> {
     })
 }
 
+/// The dispatch run over plaintext and over mTLS, `tls_rounds` times each, alternating so
+/// both see the same machine; prints the median rates side by side.
+async fn compare_tls(
+    a: &DispatchBenchArgs,
+    etcd: &[String],
+    store: &std::path::Path,
+) -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let modes = [
+        ("plaintext", BenchSecurity::plaintext()),
+        ("mTLS", BenchSecurity::mtls(certs.path())?),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for round in 0..a.tls_rounds {
+        for (m, (name, security)) in modes.iter().enumerate() {
+            let r = measure(
+                a,
+                etcd,
+                store,
+                a.dispatch_workers,
+                a.dispatch_pairs,
+                0.0,
+                security,
+            )
+            .await?;
+            eprintln!("round {}: {name} {:.0} pairs/s", round + 1, r.rate());
+            rates[m].push(r.rate());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let plain = median(&mut rates[0]);
+    let tls = median(&mut rates[1]);
+    let rows = vec![
+        vec!["plaintext".into(), format!("{plain:.0}"), "1.000".into()],
+        vec![
+            "mTLS".into(),
+            format!("{tls:.0}"),
+            format!("{:.3}", tls / plain),
+        ],
+    ];
+    println!(
+        "{}",
+        progress::table(&["transport", "median pairs/s", "vs plaintext"], rows)
+    );
+    append_json(
+        a.scale_out.as_deref(),
+        serde_json::json!({
+            "kind": "tls", "pairs": a.dispatch_pairs, "workers": a.dispatch_workers,
+            "task_size": a.task_size, "rounds": a.tls_rounds,
+            "plaintext_pairs_per_s": plain, "mtls_pairs_per_s": tls,
+            "mtls_vs_plaintext": tls / plain,
+            "metadata": if etcd.is_empty() { "embedded" } else { "etcd" },
+        }),
+    )
+}
+
 /// One run: a fresh coordinator, one job, `workers` simulated workers until it is done.
 async fn measure(
     a: &DispatchBenchArgs,
@@ -249,10 +350,12 @@ async fn measure(
     workers: usize,
     pairs: usize,
     pair_cost_ms: f64,
+    security: &BenchSecurity,
 ) -> Result<RunResult> {
-    let config = bench_config(etcd, store, None, Duration::from_secs(10))?;
+    let mut config = bench_config(etcd, store, None, Duration::from_secs(10))?;
+    config.transport = security.coordinator.clone();
     let coordinator = Running::start(config).await?;
-    let mut jobs = connect_leader(&coordinator.url).await?;
+    let mut jobs = connect_leader(&coordinator.url, &security.client).await?;
     let corpus_id = upload_corpus(&mut jobs).await?;
     let job = submit(
         &mut jobs,
@@ -262,7 +365,14 @@ async fn measure(
         &format!("bench-{workers}"),
     )
     .await?;
-    let seconds = drive(&coordinator.url, workers, pair_cost_ms, pairs as u64).await?;
+    let seconds = drive(
+        &coordinator.url,
+        workers,
+        pair_cost_ms,
+        pairs as u64,
+        &security.worker,
+    )
+    .await?;
     check_finished(&mut jobs, &job.job_id, pairs as u64).await?;
     coordinator.stop().await?;
     Ok(RunResult {
@@ -335,7 +445,8 @@ async fn measure_scale(
         .submit_pairs(spec, "", (0..pairs as usize).map(bench_pair))
         .await?;
     let submit_seconds = started.elapsed().as_secs_f64();
-    let dispatch_seconds = drive(&url, a.dispatch_workers, 0.0, pairs).await?;
+    let dispatch_seconds =
+        drive(&url, a.dispatch_workers, 0.0, pairs, &Transport::Plaintext).await?;
     check_finished(client.jobs(), &job.job_id, pairs).await?;
     let started = Instant::now();
     let fetched = client.fetch(&job.job_id, "labels", |_| Ok(())).await?;
@@ -392,7 +503,7 @@ async fn measure_failover(
     let ttl = Duration::from_secs(a.election_ttl_s);
     let prefix = format!("/labelfleet-failover-{}", std::process::id());
     let first = Running::start(bench_config(etcd, store, Some(&prefix), ttl)?).await?;
-    let mut jobs = connect_leader(&first.url).await?;
+    let mut jobs = connect_leader(&first.url, &Transport::Plaintext).await?;
     let corpus_id = upload_corpus(&mut jobs).await?;
     let mut committed = 0;
     // streamed: a history of ten million pairs is over any one message's limit
@@ -412,7 +523,14 @@ async fn measure_failover(
         let job = client
             .submit_pairs(spec, "", (0..a.failover_pairs).map(bench_pair))
             .await?;
-        let seconds = drive(&first.url, a.dispatch_workers, 0.0, a.failover_pairs as u64).await?;
+        let seconds = drive(
+            &first.url,
+            a.dispatch_workers,
+            0.0,
+            a.failover_pairs as u64,
+            &Transport::Plaintext,
+        )
+        .await?;
         check_finished(&mut jobs, &job.job_id, a.failover_pairs as u64).await?;
         committed += a.failover_pairs as u64;
         eprintln!("job {k}: {} pairs in {seconds:.1} s", a.failover_pairs);
@@ -534,7 +652,7 @@ fn bench_pair(i: usize) -> PairInput {
     }
 }
 
-async fn upload_corpus(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Result<String> {
+async fn upload_corpus(jobs: &mut labelfleet_client::Jobs) -> Result<String> {
     let docs = bench_documents();
     let corpus = jobs
         .upload_corpus(tokio_stream::iter(vec![CorpusChunk {
@@ -547,7 +665,7 @@ async fn upload_corpus(jobs: &mut JobServiceClient<tonic::transport::Channel>) -
 }
 
 async fn submit(
-    jobs: &mut JobServiceClient<tonic::transport::Channel>,
+    jobs: &mut labelfleet_client::Jobs,
     corpus_id: &str,
     pairs: usize,
     task_size: u32,
@@ -573,7 +691,13 @@ async fn submit(
 }
 
 /// Runs `workers` simulated workers until `pairs` pairs are committed; returns the seconds.
-async fn drive(url: &str, workers: usize, pair_cost_ms: f64, pairs: u64) -> Result<f64> {
+async fn drive(
+    url: &str,
+    workers: usize,
+    pair_cost_ms: f64,
+    pairs: u64,
+    transport: &Transport,
+) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let pb = progress::bar(pairs, &format!("{workers}w"));
     let start = Instant::now();
@@ -582,6 +706,7 @@ async fn drive(url: &str, workers: usize, pair_cost_ms: f64, pairs: u64) -> Resu
         let (url, done) = (url.to_string(), done.clone());
         handles.push(tokio::spawn(simulated_worker(
             url,
+            transport.clone(),
             format!("sim-{w}"),
             pair_cost_ms,
             done,
@@ -601,7 +726,7 @@ async fn drive(url: &str, workers: usize, pair_cost_ms: f64, pairs: u64) -> Resu
 }
 
 async fn check_finished(
-    jobs: &mut JobServiceClient<tonic::transport::Channel>,
+    jobs: &mut labelfleet_client::Jobs,
     job_id: &str,
     pairs: u64,
 ) -> Result<()> {
@@ -647,40 +772,36 @@ fn peak_rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-async fn connect_leader(url: &str) -> Result<JobServiceClient<tonic::transport::Channel>> {
-    for _ in 0..200 {
-        if let Ok(mut c) = JobServiceClient::connect(url.to_string()).await {
-            let c2 = c.clone();
-            match c
-                .get_job(GetJobRequest {
-                    job_id: String::new(),
-                })
-                .await
-            {
-                Err(s) if s.code() == tonic::Code::Unavailable => {}
-                _ => {
-                    return Ok(c2
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES))
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("coordinator at {url} did not become leader")
+async fn connect_leader(url: &str, transport: &Transport) -> Result<labelfleet_client::Jobs> {
+    let credentials = labelfleet_client::Credentials {
+        transport: transport.clone(),
+        token: None,
+    };
+    let mut client = labelfleet_client::Client::connect_with(
+        vec![url.to_string()],
+        Duration::from_secs(10),
+        credentials,
+    )
+    .await
+    .with_context(|| format!("coordinator at {url} did not become leader"))?;
+    Ok(client.jobs().clone())
 }
 
 /// A worker whose engine is a fixed cost per pair; it commits one label per pair. Like the
 /// real worker, it sends a task's results in the background while it starts on the next one.
 async fn simulated_worker(
     url: String,
+    transport: Transport,
     id: String,
     pair_cost_ms: f64,
     done: Arc<AtomicU64>,
     total: u64,
 ) -> Result<()> {
-    let mut client = TaskServiceClient::connect(url)
-        .await?
+    let channel = transport
+        .endpoint(&url, Role::Coordinator)?
+        .connect()
+        .await?;
+    let mut client = TaskServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     client
@@ -738,6 +859,7 @@ async fn simulated_worker(
                         task_id: task.task_id.clone(),
                         attempt: task.attempt,
                         fencing_token: task.fencing_token,
+                        lease_token: task.lease_token.clone(),
                         labels,
                         ..Default::default()
                     })

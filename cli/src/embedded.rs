@@ -9,7 +9,10 @@
 //! workers.
 
 use anyhow::{bail, Context, Result};
+use labelfleet_cluster::limits::Limits;
+use labelfleet_cluster::meta::EtcdSecurity;
 use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::security::Transport;
 use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::trainer_service_client::TrainerServiceClient;
@@ -114,6 +117,10 @@ impl EmbeddedCluster {
                 metrics_listen: None,
                 registration_ttl: Duration::from_secs(10),
                 store: Some(o.store.clone()),
+                // one process on loopback: plaintext, as the coordinator and trainer
+                transport: Transport::Plaintext,
+                limits: Limits::default(),
+                etcd_security: EtcdSecurity::default(),
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_workers));
             worker_tasks.push(rt.spawn(async move {
@@ -135,6 +142,9 @@ impl EmbeddedCluster {
                 push_rate_mib_s: 0.0,
                 reconcile_interval: Duration::from_secs(15),
                 metrics_listen: None,
+                transport: Transport::Plaintext,
+                limits: Limits::default(),
+                etcd_security: EtcdSecurity::default(),
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_rest));
             async move {

@@ -29,14 +29,17 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
+    #[command(flatten)]
+    security: crate::security_cmd::ClientSecurityArgs,
 }
 
 impl ClientArgs {
     /// A client of the replica that answers as leader (waiting up to 30 s for one).
     async fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(
+        Ok(Client::connect_with(
             labelfleet_client::endpoints(&self.coordinator),
             Duration::from_secs(30),
+            self.security.credentials()?,
         )
         .await?)
     }
@@ -577,6 +580,8 @@ pub struct DistillArgs {
         default_value = "http://127.0.0.1:7072"
     )]
     trainer: String,
+    #[command(flatten)]
+    security: crate::security_cmd::ClientSecurityArgs,
     /// Base model of the student (bundled name or folder on the trainer).
     #[arg(long, default_value = "minilm")]
     base: String,
@@ -607,9 +612,13 @@ pub struct DistillArgs {
 pub fn distill(a: DistillArgs) -> Result<()> {
     use labelfleet_proto::v1::trainer_service_client::TrainerServiceClient;
     runtime()?.block_on(async {
-        let mut client = TrainerServiceClient::connect(a.trainer.clone())
+        let transport = a.security.credentials()?.transport;
+        let channel = transport
+            .endpoint(&a.trainer, labelfleet_cluster::security::Role::Trainer)?
+            .connect()
             .await
             .with_context(|| format!("connecting to the trainer at {}", a.trainer))?;
+        let mut client = TrainerServiceClient::new(channel);
         let run = client
             .start_distillation(DistillRequest {
                 job_id: a.job_id.clone(),

@@ -13,6 +13,7 @@ mod jsonl;
 mod label;
 mod progress;
 mod run;
+mod security_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,13 @@ enum Command {
     Cancel(jobs_cmd::CancelArgs),
     /// Download a job's labels (JSONL, TREC qrels).
     Fetch(jobs_cmd::FetchArgs),
+    /// Make a cluster CA and one certificate per role (for mTLS between the roles).
+    Certs(security_cmd::CertsArgs),
+    /// Manage the bearer tokens clients use (`tokens add`).
+    #[command(subcommand)]
+    Tokens(security_cmd::TokensCommand),
+    /// Drain a worker (an operator certificate over TLS).
+    Drain(security_cmd::DrainArgs),
 }
 
 /// Where and how a model runs.
@@ -199,6 +207,9 @@ fn main() {
         Command::List(a) => jobs_cmd::list(a),
         Command::Cancel(a) => jobs_cmd::cancel(a),
         Command::Fetch(a) => jobs_cmd::fetch(a),
+        Command::Certs(a) => security_cmd::certs(a),
+        Command::Tokens(c) => security_cmd::tokens(c),
+        Command::Drain(a) => security_cmd::drain(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -119,6 +119,8 @@ struct RemoteArgs {
     /// coordinator --trainer`); the outputs come back through them.
     #[arg(long, env = "LABELFLEET_COORDINATOR")]
     coordinator: Option<String>,
+    #[command(flatten)]
+    security: crate::security_cmd::ClientSecurityArgs,
 }
 
 fn parse_rank_sampling(s: &str) -> Result<RankSampling, String> {
@@ -321,9 +323,18 @@ async fn run_corpus_job(
     cfg: &Config,
     coordinators: &str,
 ) -> Result<serde_json::Value> {
-    let mut client = Client::connect(labelfleet_client::endpoints(coordinators), CONNECT_WAIT)
-        .await
-        .context("connecting to the coordinator")?;
+    let credentials = match a.remote.coordinator {
+        Some(_) => a.remote.security.credentials()?,
+        // the embedded cluster: plaintext on loopback
+        None => labelfleet_client::Credentials::default(),
+    };
+    let mut client = Client::connect_with(
+        labelfleet_client::endpoints(coordinators),
+        CONNECT_WAIT,
+        credentials,
+    )
+    .await
+    .context("connecting to the coordinator")?;
     let corpus_id = crate::jobs_cmd::upload_corpus(&mut client, &cfg.corpus).await?;
     let spec = a.spec(cfg, corpus_id)?;
     // one key per invocation: a submit retried after a leader change gets the same job

@@ -6,15 +6,71 @@
 //! - uploads a corpus in chunks, submits a job, or streams a job's pairs in chunks
 //!   (`SubmitJobStream`), so a job of any size is submitted in bounded memory;
 //! - watches a job to its end and fetches its results with a resumable cursor, checking that
-//!   the count received is the count committed.
+//!   the count received is the count committed;
+//! - over TLS when given the cluster CA, sending a bearer token with every call when given one
+//!   ([`Credentials`]).
 
 use futures::StreamExt;
+use labelfleet_cluster::security::{Role, Transport};
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::*;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
+
+/// How a client proves who it is: the transport (TLS with the cluster CA, and a client
+/// certificate for an operator) and a bearer token.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub transport: Transport,
+    pub token: Option<String>,
+}
+
+impl Default for Credentials {
+    /// Plaintext, no token (the embedded cluster, tests on loopback).
+    fn default() -> Self {
+        Credentials {
+            transport: Transport::Plaintext,
+            token: None,
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    fn new(token: Option<&str>) -> Result<Bearer> {
+        let value = token
+            .map(|t| {
+                format!("Bearer {t}").parse().map_err(|_| {
+                    ClientError::Caller(
+                        "the bearer token holds characters a header cannot carry".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Bearer(value))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The gRPC client of the leader's `JobService`, with the caller's token on every call.
+pub type Jobs = JobServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Largest message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -46,6 +102,8 @@ pub enum ClientError {
         endpoint: String,
         source: tonic::transport::Error,
     },
+    #[error("{0}")]
+    Security(#[from] labelfleet_cluster::security::SecurityError),
 }
 
 impl ClientError {
@@ -85,35 +143,47 @@ pub fn endpoints(list: &str) -> Vec<String> {
 pub struct Client {
     endpoints: Vec<String>,
     wait: Duration,
-    jobs: JobServiceClient<Channel>,
+    credentials: Credentials,
+    jobs: Jobs,
 }
 
 impl Client {
-    /// Connects to whichever of `endpoints` leads, waiting up to `wait` for one to.
+    /// Connects over plaintext, without a token, to whichever of `endpoints` leads, waiting up
+    /// to `wait` for one to.
     pub async fn connect(endpoints: Vec<String>, wait: Duration) -> Result<Self> {
-        let jobs = find_leader(&endpoints, wait).await?;
+        Client::connect_with(endpoints, wait, Credentials::default()).await
+    }
+
+    /// Connects with `credentials` to whichever of `endpoints` leads.
+    pub async fn connect_with(
+        endpoints: Vec<String>,
+        wait: Duration,
+        credentials: Credentials,
+    ) -> Result<Self> {
+        let jobs = find_leader(&endpoints, wait, &credentials).await?;
         Ok(Client {
             endpoints,
             wait,
+            credentials,
             jobs,
         })
     }
 
     /// The raw gRPC client of the current leader.
-    pub fn jobs(&mut self) -> &mut JobServiceClient<Channel> {
+    pub fn jobs(&mut self) -> &mut Jobs {
         &mut self.jobs
     }
 
     /// Finds the leader again (after UNAVAILABLE or a broken stream).
     pub async fn reconnect(&mut self) -> Result<()> {
-        self.jobs = find_leader(&self.endpoints, self.wait).await?;
+        self.jobs = find_leader(&self.endpoints, self.wait, &self.credentials).await?;
         Ok(())
     }
 
     /// Runs `call` against the leader, finding it again while the answer is UNAVAILABLE.
     async fn retrying<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T>
     where
-        F: FnMut(JobServiceClient<Channel>) -> Fut,
+        F: FnMut(Jobs) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -350,17 +420,17 @@ impl<I: Iterator<Item = PairInput>> Iterator for PairChunks<I> {
 }
 
 /// The first replica that answers as leader; a standby answers UNAVAILABLE.
-async fn find_leader(endpoints: &[String], wait: Duration) -> Result<JobServiceClient<Channel>> {
+async fn find_leader(
+    endpoints: &[String],
+    wait: Duration,
+    credentials: &Credentials,
+) -> Result<Jobs> {
     let start = Instant::now();
     let mut last = String::from("no endpoint given");
+    let bearer = Bearer::new(credentials.token.as_deref())?;
     loop {
         for url in endpoints {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
-                ClientError::Endpoint {
-                    endpoint: url.clone(),
-                    source: e,
-                }
-            })?;
+            let endpoint = credentials.transport.endpoint(url, Role::Coordinator)?;
             let channel = match endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .connect()
@@ -372,10 +442,11 @@ async fn find_leader(endpoints: &[String], wait: Duration) -> Result<JobServiceC
                     continue;
                 }
             };
-            let mut client = JobServiceClient::new(channel)
+            let mut client = JobServiceClient::with_interceptor(channel, bearer.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            // The leader answers (NOT_FOUND for the empty id); a standby UNAVAILABLE.
+            // The leader answers (NOT_FOUND for the empty id, or a refusal of the caller's
+            // credentials, which the call that follows reports); a standby UNAVAILABLE.
             match client
                 .get_job(GetJobRequest {
                     job_id: String::new(),
@@ -405,16 +476,17 @@ pub struct TrainerClient {
 }
 
 impl TrainerClient {
-    /// Connects to the trainer at `url` (`host:port` or a URL), waiting up to `wait` for it to
-    /// listen.
+    /// Connects over plaintext to the trainer at `url` (`host:port` or a URL), waiting up to
+    /// `wait` for it to listen.
     pub async fn connect(url: &str, wait: Duration) -> Result<Self> {
+        TrainerClient::connect_with(url, wait, &Transport::Plaintext).await
+    }
+
+    /// Connects to the trainer over `transport` (over TLS the caller's certificate must be a
+    /// coordinator's or an operator's).
+    pub async fn connect_with(url: &str, wait: Duration, transport: &Transport) -> Result<Self> {
         let url = endpoints(url).into_iter().next().unwrap_or_default();
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
-            ClientError::Endpoint {
-                endpoint: url.clone(),
-                source: e,
-            }
-        })?;
+        let endpoint = transport.endpoint(&url, Role::Trainer)?;
         let start = Instant::now();
         loop {
             match endpoint.connect().await {

@@ -1,6 +1,7 @@
 //! Checkpoint transfer: the digest of a checkpoint folder and the chunked, verified push of
 //! that folder to a worker's `WorkerControl` service.
 
+use crate::security::{Role, Transport};
 use labelfleet_proto::v1::worker_control_client::WorkerControlClient;
 use labelfleet_proto::v1::{CheckpointChunk, PushCheckpointResponse};
 use sha2::{Digest, Sha256};
@@ -35,18 +36,20 @@ pub fn checkpoint_digest(dir: &Path) -> std::io::Result<String> {
 /// to kill a pusher mid-stream).
 pub async fn push_checkpoint(
     address: &str,
+    transport: &Transport,
     dir: &Path,
     checkpoint_id: &str,
     pause: std::time::Duration,
 ) -> Result<PushCheckpointResponse, Status> {
-    let url = if address.starts_with("http") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let mut client = WorkerControlClient::connect(url)
+    // Over TLS the worker must present a worker certificate, whatever its address.
+    let endpoint = transport
+        .endpoint(address, Role::Worker)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let channel = endpoint
+        .connect()
         .await
         .map_err(|e| Status::unavailable(format!("{address}: {e}")))?;
+    let mut client = WorkerControlClient::new(channel);
     let digest = checkpoint_digest(dir).map_err(|e| Status::internal(e.to_string()))?;
     let files = checkpoint_files(dir).map_err(|e| Status::internal(e.to_string()))?;
     let id = checkpoint_id.to_string();

@@ -43,6 +43,10 @@ pub mod keys {
     pub fn idempotency(prefix: &str, key: &str) -> String {
         format!("{prefix}/idempotency/{key}")
     }
+    /// The key leaders sign lease tokens with (made once, shared by every leader).
+    pub fn lease_signing_key(prefix: &str) -> String {
+        format!("{prefix}/secrets/lease-signing-key")
+    }
 }
 
 /// Proof of leadership: the election key and its creation revision. Every write the leader
@@ -67,13 +71,73 @@ pub struct Leadership {
     pub lost: watch::Receiver<bool>,
 }
 
+/// How a role authenticates to etcd: TLS (the CA, and a client certificate when etcd runs
+/// with `--client-cert-auth`) and/or a user and password (etcd's own authentication).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSecurity {
+    pub tls: crate::security::TlsPaths,
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdSecurity {
+    fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions> {
+        if let Some(ca) = &self.tls.ca {
+            let read = |what: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| {
+                    ClusterError::Invalid(format!("etcd {what} `{}`: {e}", p.display()))
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("CA", ca)?));
+            match (&self.tls.cert, &self.tls.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        read("certificate", cert)?,
+                        read("key", key)?,
+                    ))
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ClusterError::Invalid(
+                        "etcd TLS: --etcd-cert and --etcd-key go together".into(),
+                    ))
+                }
+            }
+            opts = opts.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        Ok(opts)
+    }
+
+    /// The endpoints with the scheme TLS needs.
+    fn endpoints(&self, endpoints: &[String]) -> Vec<String> {
+        let tls = self.tls.ca.is_some();
+        endpoints
+            .iter()
+            .map(|e| {
+                let host = e
+                    .strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"))
+                    .unwrap_or(e);
+                match tls {
+                    true => format!("https://{host}"),
+                    false => format!("http://{host}"),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Connects to etcd with timeouts suited to a control plane.
-pub async fn connect_etcd(endpoints: &[String]) -> Result<Client> {
+pub async fn connect_etcd(endpoints: &[String], security: &EtcdSecurity) -> Result<Client> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-    Ok(Client::connect(endpoints, Some(opts)).await?)
+    let opts = security.apply(opts)?;
+    Ok(Client::connect(security.endpoints(endpoints), Some(opts)).await?)
 }
 
 /// Keeps an etcd lease alive, re-opening the keep-alive stream after errors (an etcd restart
@@ -376,19 +440,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Connects to the metadata store, retrying while etcd comes up. No endpoints means the
 /// in-process store of embedded mode.
-pub async fn open_meta(etcd: &[String], prefix: &str, wait: Duration) -> Result<MetaStore> {
+pub async fn open_meta(
+    etcd: &[String],
+    prefix: &str,
+    wait: Duration,
+    security: &EtcdSecurity,
+) -> Result<MetaStore> {
     if etcd.is_empty() {
         return Ok(MetaStore::memory());
     }
     let start = Instant::now();
     loop {
-        match connect_etcd(etcd).await {
+        match connect_etcd(etcd, security).await {
             Ok(client) => {
                 return Ok(MetaStore::Etcd {
                     client,
                     prefix: prefix.trim_end_matches('/').to_string(),
                 })
             }
+            Err(e @ ClusterError::Invalid(_)) => return Err(e),
             Err(e) if start.elapsed() < wait => {
                 tracing::warn!(error = %e, "etcd not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;

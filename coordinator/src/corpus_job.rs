@@ -72,6 +72,9 @@ pub struct DriverEnv {
     /// Local folder for corpus copies, per-job outputs and the content-keyed caches (keyed
     /// by content, so shared by every corpus job of this replica).
     pub scratch: PathBuf,
+    /// This replica's transport: over TLS the driver presents the coordinator's certificate
+    /// to its own leader and to the trainer.
+    pub transport: labelfleet_cluster::security::Transport,
 }
 
 /// A corpus job as the leader holds it.
@@ -606,6 +609,10 @@ fn run_stages(
         coordinators: env.own_address.clone(),
         trainer: env.trainer.clone(),
         store: env.store.clone(),
+        credentials: labelfleet_pipeline::Credentials {
+            transport: env.transport.clone(),
+            token: None,
+        },
     };
     let mut cluster = Cluster::connect(&address)?;
     cluster.observe(follow, job_id);
@@ -890,6 +897,7 @@ mod tests {
             own_address: "a".into(),
             store: "s".into(),
             scratch: PathBuf::from("/scratch"),
+            transport: labelfleet_cluster::security::Transport::Plaintext,
         };
         let cfg = config_of(&spec(), &env, Path::new("/d"), "c.jsonl".into(), None, None).unwrap();
         assert_eq!(cfg.teacher, DEFAULT_TEACHER);

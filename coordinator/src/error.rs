@@ -19,6 +19,12 @@ pub enum CoordinatorError {
     /// The request is valid, but this cluster is not set up to run it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A worker reported on a lease it does not hold (wrong worker, attempt or lease token).
+    #[error("{0}")]
+    NotHolder(String),
+    /// A limit of this coordinator (pairs per job, upload bytes, watches per client).
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -49,7 +55,10 @@ impl From<CoordinatorError> for tonic::Status {
         match e {
             CoordinatorError::Invalid(m) => Status::invalid_argument(m),
             CoordinatorError::NotFound(m) => Status::not_found(m),
-            CoordinatorError::FailedPrecondition(m) => Status::failed_precondition(m),
+            CoordinatorError::FailedPrecondition(m) | CoordinatorError::NotHolder(m) => {
+                Status::failed_precondition(m)
+            }
+            CoordinatorError::LimitExceeded(m) => Status::resource_exhausted(m),
             CoordinatorError::DataLoss(_) => Status::data_loss(message),
             CoordinatorError::Transport(_) => Status::unavailable(message),
             CoordinatorError::Cluster(c) => match c {

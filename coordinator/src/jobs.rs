@@ -36,6 +36,9 @@ pub struct CorpusBuilder {
     seen: HashSet<String>,
     pub rejected: Vec<Rejection>,
     received: usize,
+    /// Bytes of documents received, and the most one upload may send.
+    bytes: u64,
+    max_bytes: u64,
 }
 
 impl Default for CorpusBuilder {
@@ -50,11 +53,21 @@ impl Default for CorpusBuilder {
             seen: HashSet::new(),
             rejected: Vec::new(),
             received: 0,
+            bytes: 0,
+            max_bytes: u64::MAX,
         }
     }
 }
 
 impl CorpusBuilder {
+    /// A builder that refuses an upload once it has sent more than `max_bytes` of documents.
+    pub fn with_limit(max_bytes: u64) -> Self {
+        CorpusBuilder {
+            max_bytes,
+            ..Default::default()
+        }
+    }
+
     /// Checks a chunk's documents (rejections name the record and field) and writes any shard
     /// that fills up.
     pub async fn add_chunk(&mut self, chunk: CorpusChunk, blobs: &Blobs) -> Result<()> {
@@ -63,6 +76,13 @@ impl CorpusBuilder {
         }
         for doc in chunk.documents {
             self.received += 1;
+            self.bytes += doc.encoded_len() as u64;
+            if self.bytes > self.max_bytes {
+                return Err(CoordinatorError::LimitExceeded(format!(
+                    "UploadCorpus: document #{} takes the upload past its limit of {} bytes (--max-upload-mib); nothing of this upload is kept",
+                    self.received, self.max_bytes
+                )));
+            }
             match self.problem(&doc) {
                 Some(r) => self.rejected.push(r),
                 None => {
@@ -283,6 +303,10 @@ fn corpus_only_fields(spec: &JobSpec) -> Vec<&'static str> {
 /// Checks everything in a spec but its pairs (a streamed submit sends those later).
 pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
     let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    if !spec.corpus_id.is_empty() {
+        labelfleet_cluster::ids::check_id("spec.corpus_id", &spec.corpus_id)
+            .map_err(CoordinatorError::Invalid)?;
+    }
     if is_corpus(spec) {
         return crate::corpus_job::validate(spec);
     }

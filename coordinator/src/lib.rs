@@ -14,6 +14,7 @@ pub mod corpus_job;
 pub mod error;
 pub mod fleet;
 pub mod jobs;
+pub mod lease_token;
 pub mod planner;
 pub mod recovery;
 pub mod scheduler;

@@ -131,6 +131,8 @@ struct JobEntry {
     /// Tasks in `Slot::Pending` (the queue depth).
     pending: u64,
     leases: HashMap<u32, Lease>,
+    /// Tasks whose results are being written: they neither expire nor fail meanwhile.
+    committing: HashSet<u32>,
     failures: BTreeMap<u32, String>,
     counts: JobCounts,
     /// When this leader started tracking the job, and how many items were done then: the rate
@@ -268,6 +270,7 @@ impl Scheduler {
             retry: VecDeque::new(),
             pending: 0,
             leases: HashMap::new(),
+            committing: HashSet::new(),
             failures: BTreeMap::new(),
             counts: JobCounts {
                 tasks: plan.tasks as u64,
@@ -402,6 +405,25 @@ impl Scheduler {
         (extended, revoked)
     }
 
+    /// Decides whether results of a task should be committed; on `Accept` the task is marked
+    /// as committing until [`Scheduler::mark_done`] or [`Scheduler::abort_completion`].
+    pub fn begin_completion(&mut self, task_id: &str) -> Option<Completion> {
+        let decision = self.check_completion(task_id)?;
+        if matches!(decision, Completion::Accept { .. }) {
+            if let Some((job, i)) = self.entry_mut(task_id) {
+                job.committing.insert(i);
+            }
+        }
+        Some(decision)
+    }
+
+    /// The results of a task could not be written: it may expire or fail again.
+    pub fn abort_completion(&mut self, task_id: &str) {
+        if let Some((job, i)) = self.entry_mut(task_id) {
+            job.committing.remove(&i);
+        }
+    }
+
     /// Decides whether results of a task should be committed.
     pub fn check_completion(&self, task_id: &str) -> Option<Completion> {
         let (job_id, i) = parse_task_id(task_id)?;
@@ -440,6 +462,7 @@ impl Scheduler {
         }
         job.slots[i as usize] = Slot::Done;
         job.leases.remove(&i);
+        job.committing.remove(&i);
         job.counts.tasks_done += 1;
         job.counts.items_done += job.plan.items_in(i);
         (true, Self::finish_if_complete(job, now))
@@ -450,6 +473,7 @@ impl Scheduler {
     pub fn fail(
         &mut self,
         task_id: &str,
+        worker: &str,
         attempt: u32,
         reason: &str,
         retryable: bool,
@@ -458,8 +482,11 @@ impl Scheduler {
         let Some((job, i)) = self.entry_mut(task_id) else {
             return (false, None);
         };
+        if job.committing.contains(&i) {
+            return (false, None);
+        }
         match job.leases.get(&i) {
-            Some(l) if l.attempt == attempt => {}
+            Some(l) if l.attempt == attempt && l.worker == worker => {}
             _ => return (false, None),
         }
         job.leases.remove(&i);
@@ -490,7 +517,7 @@ impl Scheduler {
             let mut late: Vec<u32> = job
                 .leases
                 .iter()
-                .filter(|(_, l)| l.deadline <= now)
+                .filter(|(i, l)| l.deadline <= now && !job.committing.contains(i))
                 .map(|(&i, _)| i)
                 .collect();
             late.sort_unstable();
@@ -531,7 +558,7 @@ impl Scheduler {
             let held: Vec<u32> = job
                 .leases
                 .iter()
-                .filter(|(_, l)| l.worker == worker)
+                .filter(|(i, l)| l.worker == worker && !job.committing.contains(i))
                 .map(|(&i, _)| i)
                 .collect();
             for i in held {
@@ -799,6 +826,7 @@ mod tests {
         let lease = TaskLease {
             task_id: "a-t00000".into(),
             attempt: 1,
+            ..Default::default()
         };
         let (ext, rev) = s.heartbeat("w1", &[lease], now);
         assert!(ext.is_empty() && rev.len() == 1);
@@ -814,14 +842,14 @@ mod tests {
         let mut s = sched(2);
         add(&mut s, "a", 2, now);
         let t0 = s.lease("w1", 1, &[], now);
-        let (retry, _) = s.fail(&t0[0].task_id, 1, "cuda oom", true, now);
+        let (retry, _) = s.fail(&t0[0].task_id, "w1", 1, "cuda oom", true, now);
         assert!(retry);
         let again = s.lease("w1", 1, &[], now);
         assert_eq!(again[0].task_id, "a-t00000");
         assert_eq!(again[0].attempt, 2);
         let t1 = s.lease("w1", 1, &[], now);
         assert_eq!(t1[0].task_id, "a-t00001");
-        let (retry, fin) = s.fail("a-t00000", 2, "cuda oom", true, now);
+        let (retry, fin) = s.fail("a-t00000", "w1", 2, "cuda oom", true, now);
         assert!(!retry && fin.is_none());
         assert_eq!(
             s.failure("a-t00000").as_deref(),
@@ -836,6 +864,36 @@ mod tests {
             "{}",
             snap.error
         );
+    }
+
+    #[test]
+    fn a_task_being_committed_neither_expires_nor_fails() {
+        let now = Instant::now();
+        let mut s = sched(1);
+        add(&mut s, "a", 1, now);
+        let got = s.lease("w1", 1, &[], now);
+        let id = got[0].task_id.clone();
+        assert!(matches!(
+            s.begin_completion(&id),
+            Some(Completion::Accept { .. })
+        ));
+        // out of attempts and past its deadline while the results are being written
+        let (expired, finished) = s.expire(now + Duration::from_secs(60));
+        assert!(expired.is_empty() && finished.is_empty());
+        assert_eq!(s.fail(&id, "w1", 1, "late", false, now), (false, None));
+        assert_eq!(s.release_worker("w1"), 0);
+        let (made_done, fin) = s.mark_done(&id, now);
+        assert!(made_done);
+        assert_eq!(fin.unwrap().state, JobState::Succeeded);
+        assert_eq!(s.counts("a").unwrap().tasks_failed, 0);
+        // a write that failed lets the lease expire again
+        let mut s = sched(1);
+        add(&mut s, "b", 1, now);
+        let id = s.lease("w1", 1, &[], now)[0].task_id.clone();
+        s.begin_completion(&id);
+        s.abort_completion(&id);
+        let (expired, _) = s.expire(now + Duration::from_secs(60));
+        assert_eq!(expired.len(), 1);
     }
 
     #[test]
@@ -855,10 +913,24 @@ mod tests {
         let mut s = sched(5);
         add(&mut s, "a", 2, now);
         let got = s.lease("w1", 2, &[], now);
-        let (retry, _) = s.fail(&got[0].task_id, 1, "pair p3: query is empty", false, now);
+        let (retry, _) = s.fail(
+            &got[0].task_id,
+            "w1",
+            1,
+            "pair p3: query is empty",
+            false,
+            now,
+        );
         assert!(!retry);
-        // A stale attempt cannot fail a task it no longer holds.
-        assert_eq!(s.fail(&got[1].task_id, 9, "x", false, now), (false, None));
+        // A stale attempt cannot fail a task it no longer holds, nor can another worker.
+        assert_eq!(
+            s.fail(&got[1].task_id, "w1", 9, "x", false, now),
+            (false, None)
+        );
+        assert_eq!(
+            s.fail(&got[1].task_id, "w2", 1, "x", false, now),
+            (false, None)
+        );
         let (_, fin) = s.mark_done(&got[1].task_id, now);
         assert_eq!(fin.unwrap().state, JobState::Succeeded);
         assert_eq!(s.counts("a").unwrap().tasks_failed, 1);
@@ -911,6 +983,7 @@ mod tests {
         let lease = TaskLease {
             task_id: got[0].task_id.clone(),
             attempt: 1,
+            ..Default::default()
         };
         assert_eq!(s.heartbeat("w", &[lease], now).1.len(), 1);
         assert!(matches!(

@@ -7,8 +7,11 @@ use crate::error::{CoordinatorError, Result};
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_cluster::blobs::Blobs;
-use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::limits::Limits;
+use labelfleet_cluster::meta::{EtcdSecurity, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric};
+use labelfleet_cluster::security::{self, Access, ClientCerts, Transport};
+use labelfleet_cluster::tokens::{ClientAuth, Tokens};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
 use labelfleet_proto::v1::task_service_server::TaskServiceServer;
 use std::net::SocketAddr;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 
-use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::open_meta;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -41,6 +44,13 @@ pub struct CoordinatorConfig {
     pub trainer: Option<String>,
     /// Local folder of corpus jobs' working files and caches.
     pub scratch: PathBuf,
+    /// TLS (and with it, role checks on every call) or plaintext.
+    pub transport: Transport,
+    /// The clients' bearer tokens (hashed); without a file, over TLS only operator and
+    /// coordinator certificates may use `JobService`.
+    pub tokens: Option<PathBuf>,
+    pub limits: Limits,
+    pub etcd_security: EtcdSecurity,
 }
 
 impl Default for CoordinatorConfig {
@@ -59,6 +69,10 @@ impl Default for CoordinatorConfig {
             gc_interval: Duration::from_secs(60),
             trainer: None,
             scratch: std::env::temp_dir().join("labelfleet-coordinator"),
+            transport: Transport::Plaintext,
+            tokens: None,
+            limits: Limits::default(),
+            etcd_security: EtcdSecurity::default(),
         }
     }
 }
@@ -68,7 +82,13 @@ pub async fn run(
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let meta = open_meta(
+        &config.etcd,
+        &config.etcd_prefix,
+        Duration::from_secs(60),
+        &config.etcd_security,
+    )
+    .await?;
     run_with_meta(config, meta, shutdown).await
 }
 
@@ -85,11 +105,26 @@ pub async fn run_with_meta(
         .advertise
         .clone()
         .unwrap_or_else(|| bound.to_string());
-    let coord = Arc::new(Coordinator::new(
-        meta.clone(),
-        blobs,
-        (config.task_lease / 3).max(Duration::from_millis(100)),
-    ));
+    let tokens = match &config.tokens {
+        Some(path) => {
+            Some(Tokens::load(path).map_err(|e| CoordinatorError::Invalid(e.to_string()))?)
+        }
+        None => None,
+    };
+    let access = Access::from(&config.transport);
+    if access == Access::Verified && tokens.is_none() {
+        tracing::warn!(
+            "no --tokens file: only operator and coordinator certificates may use JobService"
+        );
+    }
+    let coord = Arc::new(
+        Coordinator::new(
+            meta.clone(),
+            blobs,
+            (config.task_lease / 3).max(Duration::from_millis(100)),
+        )
+        .secured(access, ClientAuth::new(access, tokens), config.limits),
+    );
     if let Some(trainer) = &config.trainer {
         // the driver of a corpus job is a client of this replica, over loopback when it
         // listens on every interface
@@ -102,6 +137,7 @@ pub async fn run_with_meta(
             own_address: own,
             store: config.store.clone(),
             scratch: config.scratch.clone(),
+            transport: config.transport.clone(),
         });
     }
 
@@ -116,18 +152,20 @@ pub async fn run_with_meta(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordinatorError::Invalid(format!("reflection: {e}")))?;
-    let router = tonic::transport::Server::builder()
+    let max = config.limits.max_message_bytes;
+    let router = security::server_builder(&config.transport, ClientCerts::Optional, &config.limits)
+        .map_err(|e| CoordinatorError::Invalid(e.to_string()))?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             JobServiceServer::new(JobApi(coord.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         )
         .add_service(
             TaskServiceServer::new(TaskApi(coord.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -140,7 +178,7 @@ pub async fn run_with_meta(
             )
             .await
     });
-    tracing::info!(%bound, %advertise, "coordinator serving (standby until elected)");
+    tracing::info!(%bound, %advertise, tls = config.transport.is_tls(), "coordinator serving (standby until elected)");
 
     if let Some(addr) = config.metrics_listen {
         let c = coord.clone();

@@ -7,13 +7,17 @@ use crate::corpus_job::{self, CorpusJobs, DriverEnv};
 use crate::error::{CoordinatorError, Result};
 use crate::fleet::{self, Fleet};
 use crate::jobs::{self, CorpusBuilder};
+use crate::lease_token::LeaseSigner;
 use crate::planner::{self, Planner};
 use crate::recovery::{self, JobRecord};
 use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Scheduler};
 use crate::search_job;
 use labelfleet_cluster::blobs::{Blobs, Created};
+use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{keys, Fence, MetaStore};
 use labelfleet_cluster::metrics::Counter;
+use labelfleet_cluster::security::{Access, Role};
+use labelfleet_cluster::tokens::{Caller, ClientAuth, Permission};
 use labelfleet_proto::v1::job_service_server::JobService;
 use labelfleet_proto::v1::task_service_server::TaskService;
 use labelfleet_proto::v1::*;
@@ -40,6 +44,8 @@ pub struct CoordinatorMetrics {
 /// What the elected leader holds.
 pub struct Leader {
     pub fence: Fence,
+    /// Signs the lease tokens that bind each lease to its worker.
+    pub signer: LeaseSigner,
     pub sched: Mutex<Scheduler>,
     /// Inputs of tasks leased and not yet final, read from the store at lease time, so a
     /// completion is checked against them without reading the object again.
@@ -49,9 +55,10 @@ pub struct Leader {
 }
 
 impl Leader {
-    pub fn new(fence: Fence, sched: Scheduler) -> Self {
+    pub fn new(fence: Fence, signer: LeaseSigner, sched: Scheduler) -> Self {
         Leader {
             fence,
+            signer,
             sched: Mutex::new(sched),
             inputs: Mutex::new(HashMap::new()),
             corpus: CorpusJobs::default(),
@@ -92,6 +99,13 @@ pub struct Coordinator {
     pub heartbeat_interval: Duration,
     /// Set when the replica knows its trainer: it can run corpus jobs.
     driver_env: std::sync::OnceLock<DriverEnv>,
+    /// Who may call `TaskService` (worker certificates over TLS).
+    pub access: Access,
+    /// Who may call `JobService` (tokens, operator and coordinator certificates).
+    pub auth: ClientAuth,
+    pub limits: Limits,
+    /// `WatchJob` streams open per client.
+    watches: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// Seconds the last state load of this process took (f64 bits; NaN before any load).
@@ -123,6 +137,66 @@ impl Coordinator {
             fleet: Mutex::new(Fleet::default()),
             heartbeat_interval,
             driver_env: std::sync::OnceLock::new(),
+            access: Access::Open,
+            auth: ClientAuth::open(),
+            limits: Limits::default(),
+            watches: Arc::default(),
+        }
+    }
+
+    /// Sets who may call what (the transport's access, the clients' tokens) and the limits.
+    pub fn secured(mut self, access: Access, auth: ClientAuth, limits: Limits) -> Self {
+        self.access = access;
+        self.auth = auth;
+        self.limits = limits;
+        self
+    }
+
+    /// Counts a `WatchJob` stream against its caller's limit; the slot frees itself when the
+    /// stream ends. Callers are told apart by token or certificate, else by address.
+    fn open_watch<T>(
+        &self,
+        caller: &Caller,
+        req: &Request<T>,
+    ) -> std::result::Result<WatchSlot, Status> {
+        let who = match caller {
+            Caller::Anonymous => req
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            c => c.to_string(),
+        };
+        let mut open = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(who.clone()).or_default();
+        if *n >= self.limits.max_watches_per_client {
+            return Err(Status::resource_exhausted(format!(
+                "WatchJob: {who} already has {n} watch streams open (the limit is {})",
+                self.limits.max_watches_per_client
+            )));
+        }
+        *n += 1;
+        Ok(WatchSlot {
+            who,
+            open: self.watches.clone(),
+        })
+    }
+
+    /// Checks that a `TaskService` call comes from a worker (over TLS), and that a certificate
+    /// bound to one worker id is used only for that id.
+    fn require_worker<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+        worker_id: &str,
+    ) -> std::result::Result<(), Status> {
+        labelfleet_cluster::ids::check_id("worker_id", worker_id)
+            .map_err(|m| Status::invalid_argument(format!("{call}: {m}")))?;
+        let peer = self.access.require(req, call, &[Role::Worker])?;
+        match peer.and_then(|p| p.name) {
+            Some(name) if name != worker_id => Err(Status::permission_denied(format!(
+                "{call}: this certificate belongs to worker `{name}`, not `{worker_id}`"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -187,7 +261,8 @@ impl Coordinator {
             broken,
             corpus,
         } = recovery::load_jobs(&self.meta, &self.blobs, &mut sched).await?;
-        let leader = Leader::new(fence, sched);
+        let signer = LeaseSigner::load(&self.meta).await?;
+        let leader = Leader::new(fence, signer, sched);
         leader.corpus().restore(corpus);
         for b in broken {
             self.fail_unloadable(&leader, &b.job_id, &b.reason).await?;
@@ -361,6 +436,10 @@ impl Coordinator {
         leader: &Leader,
         idempotency_key: &str,
     ) -> Result<std::result::Result<String, Job>> {
+        if !idempotency_key.is_empty() {
+            labelfleet_cluster::ids::check_id("request.idempotency_key", idempotency_key)
+                .map_err(CoordinatorError::Invalid)?;
+        }
         let job_id = format!("job-{}-{:04x}", now_ms(), rand::random::<u16>());
         if !idempotency_key.is_empty() {
             let key = keys::idempotency(self.meta.prefix(), idempotency_key);
@@ -410,6 +489,7 @@ impl Coordinator {
         let planned = self
             .spill_and_cut(&job_id, &spec, leading, first.pairs, &mut chunks)
             .await;
+        let planned = planned.and_then(|n| self.within_pair_limit(n).map(|_| n));
         let items = self.dropped_if_failed(&job_id, planned).await?;
         if items == 0 {
             return Err(CoordinatorError::Invalid(
@@ -433,7 +513,9 @@ impl Coordinator {
     ) -> Result<u64> {
         let planner = Planner::new(&self.blobs);
         let mut spill = planner.spill(job_id, spec).await?;
+        let mut pairs = 0u64;
         for pair in leading.into_iter().chain(first) {
+            pairs += 1;
             spill.push(pair).await?;
         }
         loop {
@@ -442,11 +524,25 @@ impl Coordinator {
                 .await
                 .map_err(|s| CoordinatorError::Invalid(format!("submit stream: {}", s.message())));
             let Some(chunk) = chunk? else { break };
+            pairs += chunk.pairs.len() as u64;
+            // refused as soon as the stream passes the limit, not after storing it all
+            self.within_pair_limit(pairs)?;
             for pair in chunk.pairs {
                 spill.push(pair).await?;
             }
         }
         spill.cut().await
+    }
+
+    /// Refuses a job of more pairs than this coordinator's limit (`--max-pairs-per-job`).
+    fn within_pair_limit(&self, pairs: u64) -> Result<()> {
+        let max = self.limits.max_pairs_per_job;
+        if pairs > max {
+            return Err(CoordinatorError::LimitExceeded(format!(
+                "the job has {pairs} pairs, over this coordinator's limit of {max} (--max-pairs-per-job); split it"
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes the objects of a job whose planning failed (they have no record, so they would
@@ -468,6 +564,7 @@ impl Coordinator {
             .spec
             .ok_or_else(|| CoordinatorError::Invalid("spec: missing".into()))?;
         jobs::validate_spec(&spec)?;
+        self.within_pair_limit(spec.label_pairs.len() as u64)?;
         let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
             Ok(id) => id,
             Err(existing) => return Ok(existing),
@@ -496,6 +593,7 @@ impl Coordinator {
                 let planned = Planner::new(&self.blobs)
                     .plan_labeling(&job_id, &spec)
                     .await;
+                let planned = planned.and_then(|n| self.within_pair_limit(n).map(|_| n));
                 let items = self.dropped_if_failed(&job_id, planned).await?;
                 (Vec::new(), jobs::plan_of(&spec, items))
             }
@@ -617,6 +715,7 @@ impl Coordinator {
                     let mut task = (*inputs).clone();
                     fleet::divide_limits(&mut task, live);
                     task.attempt = g.attempt;
+                    task.lease_token = leader.signer.token(&g.task_id, g.attempt, &req.worker_id);
                     task.fencing_token = leader.fence.token;
                     task.lease_deadline_unix_ms = now_ms() + lease.as_millis() as i64;
                     out.push(task);
@@ -626,6 +725,7 @@ impl Coordinator {
                     tracing::error!(task = %g.task_id, error = %e, retryable, "task inputs unreadable");
                     let (_, finished) = leader.sched().fail(
                         &g.task_id,
+                        &req.worker_id,
                         g.attempt,
                         &e.to_string(),
                         retryable,
@@ -670,7 +770,14 @@ impl Coordinator {
         let leader = self
             .leader()
             .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
-        let decision = leader.sched().check_completion(&req.task_id);
+        leader.signer.check(
+            "CompleteTask",
+            &req.task_id,
+            req.attempt,
+            &req.worker_id,
+            &req.lease_token,
+        )?;
+        let decision = leader.sched().begin_completion(&req.task_id);
         let job_id = match decision {
             None => {
                 return Err(CoordinatorError::Invalid(format!(
@@ -687,22 +794,13 @@ impl Coordinator {
             }
             Some(Completion::Accept { job_id }) => job_id,
         };
-        self.check_results(&leader, &job_id, &req).await?;
-        let batch = ResultBatch {
-            labels: req.labels.clone(),
-            queries: req.queries.clone(),
-            hits: req.hits.clone(),
-            offset: 0,
-            api_usage: req.api_usage,
-        };
-        // Commit point: the result object is created once; a second attempt finds it there.
-        let created = self
-            .blobs
-            .put_once(
-                &jobs::result_key(&job_id, &req.task_id),
-                batch.encode_to_vec(),
-            )
-            .await?;
+        // While the results are written the task cannot expire or fail: once its object
+        // exists, the task is done whatever else happens.
+        let written = self.write_results(&leader, &job_id, &req).await;
+        if written.is_err() {
+            leader.sched().abort_completion(&req.task_id);
+        }
+        let created = written?;
         // No per-task mark goes to etcd: the object is the commit, and a new leader lists them.
         let (made_done, finished) = leader.sched().mark_done(&req.task_id, Instant::now());
         leader.inputs().remove(&req.task_id);
@@ -724,6 +822,26 @@ impl Coordinator {
             committed,
             duplicate: !committed,
         })
+    }
+
+    /// Checks a completion's results and writes them: the commit point. The result object is
+    /// created once; a second attempt finds it there.
+    async fn write_results(
+        &self,
+        leader: &Leader,
+        job_id: &str,
+        req: &CompleteTaskRequest,
+    ) -> Result<Created> {
+        self.check_results(leader, job_id, req).await?;
+        let batch = ResultBatch {
+            labels: req.labels.clone(),
+            queries: req.queries.clone(),
+            hits: req.hits.clone(),
+            offset: 0,
+            api_usage: req.api_usage,
+        };
+        let key = jobs::result_key(job_id, &req.task_id);
+        Ok(self.blobs.put_once(&key, batch.encode_to_vec()).await?)
     }
 
     /// A completion must label exactly the task's pairs, or (synthesis) write queries only for
@@ -780,6 +898,24 @@ impl Coordinator {
     }
 }
 
+/// One open `WatchJob` stream of a client.
+struct WatchSlot {
+    who: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.who);
+            }
+        }
+    }
+}
+
 fn status(e: CoordinatorError) -> Status {
     e.into()
 }
@@ -799,6 +935,7 @@ impl JobService for JobApi {
         &self,
         req: Request<SubmitJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
+        self.0.auth.check(&req, "SubmitJob", Permission::Submit)?;
         let req = req.into_inner();
         let submitted = match req.spec.as_ref().is_some_and(jobs::is_corpus) {
             true => corpus_job::submit(self.0.clone(), req).await,
@@ -812,6 +949,9 @@ impl JobService for JobApi {
         req: Request<Streaming<SubmitJobChunk>>,
     ) -> std::result::Result<Response<Job>, Status> {
         self.0
+            .auth
+            .check(&req, "SubmitJobStream", Permission::Submit)?;
+        self.0
             .submit_stream(req.into_inner())
             .await
             .map(Response::new)
@@ -822,6 +962,7 @@ impl JobService for JobApi {
         &self,
         req: Request<GetJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
+        self.0.auth.check(&req, "GetJob", Permission::Read)?;
         let leader = self.0.leader()?;
         let id = req.into_inner().job_id;
         let job = self.0.job_view(&leader, &id);
@@ -833,6 +974,7 @@ impl JobService for JobApi {
         &self,
         req: Request<ListJobsRequest>,
     ) -> std::result::Result<Response<ListJobsResponse>, Status> {
+        self.0.auth.check(&req, "ListJobs", Permission::Read)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let page = if req.page_size == 0 {
@@ -866,6 +1008,7 @@ impl JobService for JobApi {
         &self,
         req: Request<CancelJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
+        self.0.auth.check(&req, "CancelJob", Permission::Cancel)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
         if leader.corpus().contains(&req.job_id) {
@@ -887,10 +1030,13 @@ impl JobService for JobApi {
         &self,
         req: Request<WatchJobRequest>,
     ) -> std::result::Result<Response<Self::WatchJobStream>, Status> {
+        let caller = self.0.auth.check(&req, "WatchJob", Permission::Read)?;
+        let slot = self.0.open_watch(&caller, &req)?;
         let coord = self.0.clone();
         let id = req.into_inner().job_id;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let snap = coord.leader().and_then(|l| {
                     coord
@@ -918,6 +1064,7 @@ impl JobService for JobApi {
         &self,
         req: Request<FetchResultsRequest>,
     ) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
+        self.0.auth.check(&req, "FetchResults", Permission::Read)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
         if let Some(job) = leader.corpus().view(&req.job_id) {
@@ -1000,6 +1147,7 @@ impl JobService for JobApi {
         &self,
         req: Request<FetchArtifactRequest>,
     ) -> std::result::Result<Response<Self::FetchArtifactStream>, Status> {
+        self.0.auth.check(&req, "FetchArtifact", Permission::Read)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let job = leader.corpus().view(&req.job_id).ok_or_else(|| {
@@ -1032,9 +1180,12 @@ impl JobService for JobApi {
         &self,
         req: Request<Streaming<CorpusChunk>>,
     ) -> std::result::Result<Response<UploadCorpusResponse>, Status> {
+        self.0
+            .auth
+            .check(&req, "UploadCorpus", Permission::Submit)?;
         self.0.leader()?;
         let mut stream = req.into_inner();
-        let mut builder = CorpusBuilder::default();
+        let mut builder = CorpusBuilder::with_limit(self.0.limits.max_upload_bytes);
         loop {
             let step = match stream.message().await {
                 Ok(Some(chunk)) => builder
@@ -1072,6 +1223,8 @@ impl TaskService for TaskApi {
         &self,
         req: Request<RegisterWorkerRequest>,
     ) -> std::result::Result<Response<RegisterWorkerResponse>, Status> {
+        self.0
+            .require_worker(&req, "RegisterWorker", &req.get_ref().worker_id)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
         tracing::info!(worker = %req.worker_id, device = %req.device, capacity = req.capacity, "worker registered");
@@ -1092,6 +1245,8 @@ impl TaskService for TaskApi {
         &self,
         req: Request<LeaseTasksRequest>,
     ) -> std::result::Result<Response<LeaseTasksResponse>, Status> {
+        self.0
+            .require_worker(&req, "LeaseTasks", &req.get_ref().worker_id)?;
         let tasks = self.0.lease(req.into_inner()).await.map_err(status)?;
         Ok(Response::new(LeaseTasksResponse { tasks }))
     }
@@ -1100,8 +1255,22 @@ impl TaskService for TaskApi {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> std::result::Result<Response<HeartbeatResponse>, Status> {
+        self.0
+            .require_worker(&req, "Heartbeat", &req.get_ref().worker_id)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
+        for l in &req.leases {
+            leader
+                .signer
+                .check(
+                    "Heartbeat",
+                    &l.task_id,
+                    l.attempt,
+                    &req.worker_id,
+                    &l.lease_token,
+                )
+                .map_err(status)?;
+        }
         self.0.fleet().touch(&req.worker_id, Instant::now());
         let (extended, revoked) =
             leader
@@ -1119,6 +1288,8 @@ impl TaskService for TaskApi {
         req: Request<CompleteTaskRequest>,
     ) -> std::result::Result<Response<CompleteTaskResponse>, Status> {
         self.0
+            .require_worker(&req, "CompleteTask", &req.get_ref().worker_id)?;
+        self.0
             .complete(req.into_inner())
             .await
             .map(Response::new)
@@ -1129,10 +1300,23 @@ impl TaskService for TaskApi {
         &self,
         req: Request<FailTaskRequest>,
     ) -> std::result::Result<Response<FailTaskResponse>, Status> {
+        self.0
+            .require_worker(&req, "FailTask", &req.get_ref().worker_id)?;
         let leader = self.0.leader()?;
         let req = req.into_inner();
+        leader
+            .signer
+            .check(
+                "FailTask",
+                &req.task_id,
+                req.attempt,
+                &req.worker_id,
+                &req.lease_token,
+            )
+            .map_err(status)?;
         let (will_retry, finished) = leader.sched().fail(
             &req.task_id,
+            &req.worker_id,
             req.attempt,
             &req.reason,
             req.retryable,

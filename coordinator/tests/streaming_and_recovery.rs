@@ -146,6 +146,7 @@ async fn work(tasks: &mut TaskServiceClient<Channel>, max_tasks: usize) -> usize
                 task_id: task.task_id,
                 attempt: task.attempt,
                 fencing_token: task.fencing_token,
+                lease_token: task.lease_token.clone(),
                 labels,
                 ..Default::default()
             })

@@ -24,6 +24,8 @@ pub struct ClusterAddress {
     pub trainer: String,
     /// A `--store` value: a directory, file://, s3://, gs:// or az://.
     pub store: String,
+    /// How to reach the coordinators and the trainer (TLS, a client certificate, a token).
+    pub credentials: labelfleet_client::Credentials,
 }
 
 /// Who follows a run of the pipeline from outside: the coordinator's driver of a corpus job
@@ -102,10 +104,15 @@ impl Cluster {
             .build()
             .map_err(|e| PipelineError::io("tokio runtime", e))?;
         let (jobs, trainer) = rt.block_on(async {
-            let jobs =
-                Client::connect(labelfleet_client::endpoints(&at.coordinators), CONNECT_WAIT)
+            let jobs = Client::connect_with(
+                labelfleet_client::endpoints(&at.coordinators),
+                CONNECT_WAIT,
+                at.credentials.clone(),
+            )
+            .await?;
+            let trainer =
+                TrainerClient::connect_with(&at.trainer, CONNECT_WAIT, &at.credentials.transport)
                     .await?;
-            let trainer = TrainerClient::connect(&at.trainer, CONNECT_WAIT).await?;
             Ok::<_, PipelineError>((jobs, trainer))
         })?;
         let store = Blobs::open(&at.store)?;

@@ -19,6 +19,7 @@ pub mod report;
 pub mod stages;
 
 pub use cluster::{ApiSpend, Cluster, ClusterAddress, Observer};
+pub use labelfleet_client::Credentials;
 pub use stages::Context;
 
 use labelfleet_corpus::bm25::RankSampling;

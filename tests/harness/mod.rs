@@ -8,8 +8,8 @@
 #![allow(dead_code)]
 
 use labelfleet_cluster::blobs::Blobs;
-use labelfleet_proto::v1::job_service_client::JobServiceClient;
-use labelfleet_proto::v1::{GetJobRequest, Job, JobState, ResultBatch};
+use labelfleet_cluster::security::{TlsPaths, Transport};
+use labelfleet_proto::v1::{Job, JobState, ResultBatch};
 use prost::Message;
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -137,6 +137,9 @@ pub struct Options {
     pub trainer_max_tokens: usize,
     /// Environment variables of the workers only (an API key, say).
     pub worker_env: Vec<(String, String)>,
+    /// mTLS between the roles (certificates from `labelfleet certs`) and bearer tokens for
+    /// clients (`labelfleet tokens add`); otherwise every role runs `--insecure`.
+    pub secure: bool,
 }
 
 impl Default for Options {
@@ -151,6 +154,7 @@ impl Default for Options {
             trainer: false,
             trainer_max_tokens: 48,
             worker_env: Vec::new(),
+            secure: false,
         }
     }
 }
@@ -275,6 +279,84 @@ pub struct Cluster {
     pub trainer: Option<Proc>,
     pub trainer_port: u16,
     pub options: Options,
+    /// The certificates and tokens of a secure cluster.
+    pub security: Option<Security>,
+}
+
+/// What a secure cluster's roles and clients were given.
+pub struct Security {
+    /// The folder `labelfleet certs` wrote (ca.pem, <role>.pem, <role>.key, ...).
+    pub certs: PathBuf,
+    pub tokens_file: PathBuf,
+    /// A token with every permission, and one that may only read.
+    pub admin_token: String,
+    pub read_token: String,
+}
+
+impl Security {
+    fn make(dir: &Path) -> Security {
+        let certs = dir.join("certs");
+        let out = Command::new(binary())
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .args([
+                "--certs",
+                "coordinator,worker,trainer,operator,worker/w0,worker/w1",
+            ])
+            .output()
+            .expect("labelfleet certs");
+        assert!(
+            out.status.success(),
+            "certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tokens_file = dir.join("tokens.json");
+        let token = |name: &str, permissions: &str| {
+            let out = Command::new(binary())
+                .args(["tokens", "add", "--file"])
+                .arg(&tokens_file)
+                .args(["--name", name, "--permissions", permissions])
+                .output()
+                .expect("labelfleet tokens add");
+            assert!(
+                out.status.success(),
+                "tokens: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let admin_token = token("admin", "admin");
+        let read_token = token("reader", "read");
+        Security {
+            certs,
+            tokens_file,
+            admin_token,
+            read_token,
+        }
+    }
+
+    /// The flags of a role with the certificate `stem` (`worker`, `worker-w0`, ...).
+    pub fn role_args(&self, stem: &str) -> Vec<String> {
+        let f = |name: String| self.certs.join(name).display().to_string();
+        vec![
+            "--tls-ca".into(),
+            f("ca.pem".into()),
+            "--tls-cert".into(),
+            f(format!("{stem}.pem")),
+            "--tls-key".into(),
+            f(format!("{stem}.key")),
+        ]
+    }
+
+    /// TLS material of a client holding the certificate `stem` (none: CA only).
+    pub fn transport(&self, stem: Option<&str>) -> Transport {
+        let paths = TlsPaths {
+            ca: Some(self.certs.join("ca.pem")),
+            cert: stem.map(|s| self.certs.join(format!("{s}.pem"))),
+            key: stem.map(|s| self.certs.join(format!("{s}.key"))),
+        };
+        Transport::for_client(&paths).expect("client TLS")
+    }
 }
 
 impl Cluster {
@@ -295,7 +377,11 @@ impl Cluster {
             trainer: None,
             trainer_port: 0,
             options,
+            security: None,
         };
+        if c.options.secure {
+            c.security = Some(Security::make(c.dir.path()));
+        }
         c.start_etcd();
         if c.options.trainer {
             c.trainer_port = free_port();
@@ -402,6 +488,10 @@ impl Cluster {
             format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
         let mut args = args;
+        args.extend(self.role_args("coordinator"));
+        if let Some(s) = &self.security {
+            args.extend(["--tokens".into(), s.tokens_file.display().to_string()]);
+        }
         if self.options.trainer {
             args.extend([
                 "--trainer".into(),
@@ -457,6 +547,13 @@ impl Cluster {
             "--store".into(),
             self.store_url(),
         ];
+        let mut args = args;
+        // w0 and w1 get certificates bound to their ids; the others share the worker one.
+        let stem = match i {
+            0 | 1 => format!("worker-w{i}"),
+            _ => "worker".into(),
+        };
+        args.extend(self.role_args(&stem));
         let mut env = self.store_env();
         env.extend(self.options.worker_env.iter().cloned());
         spawn_env(
@@ -476,26 +573,48 @@ impl Cluster {
             .join(",")
     }
 
+    /// The flags a role runs with: its certificate on a secure cluster, else `--insecure`.
+    pub fn role_args(&self, stem: &str) -> Vec<String> {
+        match &self.security {
+            Some(s) => s.role_args(stem),
+            None => vec!["--insecure".into()],
+        }
+    }
+
+    /// What a client of this cluster presents: the CA and the admin token when secure.
+    pub fn credentials(&self) -> labelfleet_client::Credentials {
+        match &self.security {
+            Some(s) => labelfleet_client::Credentials {
+                transport: s.transport(None),
+                token: Some(s.admin_token.clone()),
+            },
+            None => labelfleet_client::Credentials::default(),
+        }
+    }
+
+    /// A client of the leader, with the cluster's credentials.
+    pub fn client(&self, wait: Duration) -> Option<labelfleet_client::Client> {
+        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
+        runtime()
+            .block_on(labelfleet_client::Client::connect_with(
+                endpoints,
+                wait,
+                self.credentials(),
+            ))
+            .ok()
+    }
+
     /// Index of the replica that answers as leader.
     pub fn leader(&self) -> Option<usize> {
         let rt = runtime();
         for (i, port) in self.coordinator_ports.iter().enumerate() {
-            let ok = rt.block_on(async {
-                let Ok(mut c) = JobServiceClient::connect(format!("http://127.0.0.1:{port}")).await
-                else {
-                    return false;
-                };
-                match c
-                    .get_job(GetJobRequest {
-                        job_id: String::new(),
-                    })
-                    .await
-                {
-                    Err(s) => s.code() != tonic::Code::Unavailable,
-                    Ok(_) => true,
-                }
-            });
-            if ok {
+            let url = format!("http://127.0.0.1:{port}");
+            let found = rt.block_on(labelfleet_client::Client::connect_with(
+                vec![url],
+                Duration::ZERO,
+                self.credentials(),
+            ));
+            if found.is_ok() {
                 return Some(i);
             }
         }
@@ -519,7 +638,12 @@ impl Cluster {
 
     /// Runs the `labelfleet` CLI; panics with its output when it fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(s) = &self.security {
+            cmd.env("LABELFLEET_TLS_CA", s.certs.join("ca.pem"))
+                .env("LABELFLEET_TOKEN", &s.admin_token);
+        }
+        let out = cmd
             .args(args)
             .env("NO_COLOR", "1")
             .output()
@@ -600,19 +724,16 @@ impl Cluster {
             "--reconcile-interval-s".into(),
             "2".into(),
         ];
+        let mut args = args;
+        args.extend(self.role_args("trainer"));
         spawn_env(name, &binary(), &args, self.dir.path(), &self.store_env())
     }
 
     /// The job as the current leader sees it, through the cluster client (None while no
     /// leader answers).
     pub fn job(&self, job_id: &str) -> Option<Job> {
-        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
-        runtime().block_on(async {
-            let mut client = labelfleet_client::Client::connect(endpoints, Duration::from_secs(1))
-                .await
-                .ok()?;
-            client.get(job_id).await.ok()
-        })
+        let mut client = self.client(Duration::from_secs(1))?;
+        runtime().block_on(client.get(job_id)).ok()
     }
 
     /// Waits until `done + failed` pairs reach `fraction` of the total.

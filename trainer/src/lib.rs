@@ -12,9 +12,11 @@
 
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::checkpoint::{checkpoint_digest, push_checkpoint, CHUNK_BYTES};
-use labelfleet_cluster::meta::{keys, MetaStore};
+use labelfleet_cluster::limits::Limits;
+use labelfleet_cluster::meta::{keys, EtcdSecurity, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric, Counter};
-use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
+use labelfleet_cluster::open_meta;
+use labelfleet_cluster::security::{self, Access, ClientCerts, Role, Transport};
 use labelfleet_proto::v1::trainer_service_server::{TrainerService, TrainerServiceServer};
 use labelfleet_proto::v1::{
     model_ref, DistillRequest, GetTrainingRunRequest, TrainingMetrics, TrainingRun,
@@ -78,6 +80,11 @@ pub struct TrainerConfig {
     /// How often to check that every live worker holds every registered checkpoint.
     pub reconcile_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS with the trainer's certificate: only coordinators and operators may call it, and
+    /// pushes go only to workers that prove they are workers. Or plaintext.
+    pub transport: Transport,
+    pub limits: Limits,
+    pub etcd_security: EtcdSecurity,
 }
 
 /// One line of a distillation dataset: a pair and the teacher's grade distribution.
@@ -132,7 +139,13 @@ pub async fn run(
     config: TrainerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let meta = open_meta(
+        &config.etcd,
+        &config.etcd_prefix,
+        Duration::from_secs(60),
+        &config.etcd_security,
+    )
+    .await?;
     run_with_meta(config, meta, shutdown).await
 }
 
@@ -204,12 +217,15 @@ pub async fn run_with_meta(
         .map_err(|e| TrainerError::Invalid(format!("reflection: {e}")))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(bound = %listener.local_addr()?, "trainer serving");
-    tonic::transport::Server::builder()
+    let max = config.limits.max_message_bytes;
+    security::server_builder(&config.transport, ClientCerts::Required, &config.limits)
+        .map_err(|e| TrainerError::Invalid(e.to_string()))?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             TrainerServiceServer::new(TrainerApi(shared))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -281,7 +297,8 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
             continue;
         };
         tracing::info!(checkpoint = %rec.checkpoint_id, %worker, %address, "pushing checkpoint");
-        match push_checkpoint(address, dir, &rec.checkpoint_id, pause).await {
+        let transport = &s.config.transport;
+        match push_checkpoint(address, transport, dir, &rec.checkpoint_id, pause).await {
             Ok(r) if r.verified => {
                 s.pushes.add(1);
                 rec.pushed_to.insert(worker.clone());
@@ -649,12 +666,22 @@ impl TrainerApi {
     }
 }
 
+impl TrainerApi {
+    /// Over TLS, only coordinators (a corpus job's driver) and operators call the trainer.
+    fn require<T>(&self, req: &Request<T>, call: &str) -> std::result::Result<(), Status> {
+        Access::from(&self.0.config.transport)
+            .require(req, call, &[Role::Coordinator, Role::Operator])
+            .map(|_| ())
+    }
+}
+
 #[tonic::async_trait]
 impl TrainerService for TrainerApi {
     async fn start_distillation(
         &self,
         req: Request<DistillRequest>,
     ) -> std::result::Result<Response<TrainingRun>, Status> {
+        self.require(&req, "StartDistillation")?;
         let req = req.into_inner();
         if req.dataset.is_empty() {
             return Err(Status::invalid_argument("dataset: required"));
@@ -747,6 +774,7 @@ impl TrainerService for TrainerApi {
         &self,
         req: Request<GetTrainingRunRequest>,
     ) -> std::result::Result<Response<TrainingRun>, Status> {
+        self.require(&req, "GetTrainingRun")?;
         let id = req.into_inner().run_id;
         self.0
             .runs
@@ -764,6 +792,7 @@ impl TrainerService for TrainerApi {
         &self,
         req: Request<GetTrainingRunRequest>,
     ) -> std::result::Result<Response<Self::WatchTrainingStream>, Status> {
+        self.require(&req, "WatchTraining")?;
         let id = req.into_inner().run_id;
         let mut rx = self.0.metrics_tx.subscribe();
         let shared = self.0.clone();
@@ -836,6 +865,9 @@ mod tests {
                 push_rate_mib_s: 0.0,
                 reconcile_interval: Duration::from_secs(60),
                 metrics_listen: None,
+                transport: Transport::Plaintext,
+                limits: Limits::default(),
+                etcd_security: EtcdSecurity::default(),
             },
             runs: Mutex::new(HashMap::new()),
             runs_by_job: Mutex::new(HashMap::new()),

@@ -2,6 +2,7 @@
 //! drain. The client side of a push is `labelfleet_cluster::checkpoint::push_checkpoint`.
 
 use crate::engine::checkpoint_dir;
+use labelfleet_cluster::security::{Access, Role};
 use labelfleet_proto::v1::worker_control_server::WorkerControl;
 use labelfleet_proto::v1::{CheckpointChunk, DrainRequest, DrainResponse, PushCheckpointResponse};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,8 @@ pub struct ControlState {
 pub struct ControlApi {
     pub state: Arc<ControlState>,
     pub checkpoints: PathBuf,
+    /// Over TLS: pushes only from the trainer, drains only from an operator.
+    pub access: Access,
 }
 
 fn plain_file_name(name: &str) -> bool {
@@ -39,6 +42,13 @@ impl WorkerControl for ControlApi {
         &self,
         req: Request<Streaming<CheckpointChunk>>,
     ) -> Result<Response<PushCheckpointResponse>, Status> {
+        if let Err(refused) = self
+            .access
+            .require(&req, "PushCheckpoint", &[Role::Trainer])
+        {
+            self.state.pushes_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(refused);
+        }
         let mut stream = req.into_inner();
         let mut id = String::new();
         let mut staging: Option<PathBuf> = None;
@@ -139,7 +149,8 @@ impl WorkerControl for ControlApi {
         result.map(Response::new)
     }
 
-    async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+        self.access.require(&req, "Drain", &[Role::Operator])?;
         self.state.draining.store(true, Ordering::SeqCst);
         tracing::info!("drain requested");
         Ok(Response::new(DrainResponse {

@@ -14,15 +14,17 @@ use api_teacher::ApiTeacher;
 use control::{ControlApi, ControlState};
 use engine::{Engine, ModelSources, Outcome};
 use labelfleet_cluster::blobs::Blobs;
-use labelfleet_cluster::meta::{keys, spawn_lease_keeper, MetaStore};
+use labelfleet_cluster::limits::Limits;
+use labelfleet_cluster::meta::{keys, spawn_lease_keeper, EtcdSecurity, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric};
+use labelfleet_cluster::security::{self, Access, ClientCerts, Role, Transport};
 use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::worker_control_server::WorkerControlServer;
 use labelfleet_proto::v1::*;
 use labelfleet_slm::Placement;
 use search::Searcher;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -65,6 +67,11 @@ pub struct WorkerConfig {
     /// The cluster's object store (a `--store` value), where BM25 search tasks read corpus
     /// shards and their indexes. Without one the worker leases no search tasks.
     pub store: Option<String>,
+    /// TLS with the worker's certificate (the control port then takes checkpoint pushes only
+    /// from the trainer and drains only from an operator), or plaintext.
+    pub transport: Transport,
+    pub limits: Limits,
+    pub etcd_security: EtcdSecurity,
 }
 
 /// Runs a worker until it has drained (after `shutdown` or a Drain call).
@@ -72,7 +79,13 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let meta = open_meta(&config.etcd, &config.etcd_prefix, Duration::from_secs(60)).await?;
+    let meta = open_meta(
+        &config.etcd,
+        &config.etcd_prefix,
+        Duration::from_secs(60),
+        &config.etcd_security,
+    )
+    .await?;
     run_with_meta(config, meta, shutdown).await
 }
 
@@ -111,14 +124,19 @@ pub async fn run_with_meta(
     let control = ControlApi {
         state: state.clone(),
         checkpoints: config.checkpoints.clone(),
+        access: Access::from(&config.transport),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut builder =
+        security::server_builder(&config.transport, ClientCerts::Required, &config.limits)
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
-                WorkerControlServer::new(control).max_decoding_message_size(MAX_MESSAGE_BYTES),
+                WorkerControlServer::new(control)
+                    .max_decoding_message_size(config.limits.max_message_bytes),
             )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -237,8 +255,12 @@ pub async fn run_with_meta(
         draining.draining.store(true, Ordering::SeqCst);
     });
 
-    let link = Arc::new(LeaderLink::new(meta, config.coordinator.clone()));
-    let held: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
+    let link = Arc::new(LeaderLink::new(
+        meta,
+        config.coordinator.clone(),
+        config.transport.clone(),
+    ));
+    let held: Arc<Mutex<HashMap<(String, u32), String>>> = Arc::default();
     let revoked: Arc<Mutex<HashSet<(String, u32)>>> = Arc::default();
     // The leader says how often to heartbeat (a third of its task lease).
     let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(1000));
@@ -319,7 +341,7 @@ pub async fn run_with_meta(
             let key = (task.task_id.clone(), task.attempt);
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone());
+                .insert(key.clone(), task.lease_token.clone());
             let (engine, searcher, api, link, state, held, revoked, worker) = (
                 engine.clone(),
                 searcher.clone(),
@@ -451,6 +473,7 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                     task_id: task.task_id.clone(),
                     attempt: task.attempt,
                     fencing_token: task.fencing_token,
+                    lease_token: task.lease_token.clone(),
                     labels: labels.clone(),
                     queries: queries.clone(),
                     hits: hits.clone(),
@@ -469,15 +492,23 @@ async fn report(link: &LeaderLink, worker: &str, task: &Task, outcome: Outcome) 
                     attempt: task.attempt,
                     reason: reason.clone(),
                     retryable: *retryable,
+                    lease_token: task.lease_token.clone(),
                 })
                 .await
                 .map(|_| tracing::warn!(task = %task.task_id, %reason, "task failed")),
         };
         match result {
             Ok(()) => return,
+            // Refused for good: bad results, an unknown task, a lease this worker does not
+            // hold (any more), or credentials the leader does not accept.
             Err(s)
-                if s.code() == tonic::Code::InvalidArgument
-                    || s.code() == tonic::Code::NotFound =>
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::PermissionDenied
+                ) =>
             {
                 tracing::error!(task = %task.task_id, error = %s.message(), "leader refused the results");
                 return;
@@ -499,7 +530,7 @@ async fn heartbeat_loop(
     interval_ms: Arc<std::sync::atomic::AtomicU64>,
     link: Arc<LeaderLink>,
     worker: String,
-    held: Arc<Mutex<HashSet<(String, u32)>>>,
+    held: Arc<Mutex<HashMap<(String, u32), String>>>,
     revoked: Arc<Mutex<HashSet<(String, u32)>>>,
     rate: Arc<Mutex<RateMeter>>,
     engine: Engine,
@@ -510,9 +541,10 @@ async fn heartbeat_loop(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(t, a)| TaskLease {
+            .map(|((t, a), token)| TaskLease {
                 task_id: t.clone(),
                 attempt: *a,
+                lease_token: token.clone(),
             })
             .collect();
         let Some((address, mut client)) = link.client().await else {
@@ -546,14 +578,16 @@ async fn heartbeat_loop(
 pub struct LeaderLink {
     meta: MetaStore,
     fixed: Option<String>,
+    transport: Transport,
     cached: Mutex<Option<(String, TaskServiceClient<Channel>)>>,
 }
 
 impl LeaderLink {
-    pub fn new(meta: MetaStore, fixed: Option<String>) -> Self {
+    pub fn new(meta: MetaStore, fixed: Option<String>, transport: Transport) -> Self {
         LeaderLink {
             meta,
             fixed,
+            transport,
             cached: Mutex::new(None),
         }
     }
@@ -571,13 +605,14 @@ impl LeaderLink {
             Some(a) => a.clone(),
             None => self.meta.leader_address().await.ok().flatten()?,
         };
-        let url = if address.starts_with("http") {
-            address.clone()
-        } else {
-            format!("http://{address}")
+        let endpoint = match self.transport.endpoint(&address, Role::Coordinator) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(%address, error = %e, "leader address unusable");
+                return None;
+            }
         };
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .ok()?
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .connect_lazy();
