@@ -111,6 +111,7 @@ pub async fn run_with_meta(
     let control = ControlApi {
         state: state.clone(),
         checkpoints: config.checkpoints.clone(),
+        meta: meta.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -179,6 +180,13 @@ pub async fn run_with_meta(
                     "counter",
                     "Checkpoint pushes discarded (aborted or bad checksum)",
                     st.pushes_rejected.load(Ordering::Relaxed) as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_checkpoint_conflicts_total",
+                    "counter",
+                    "Checkpoint pushes refused because the id was installed with other content",
+                    st.checkpoint_conflicts.load(Ordering::Relaxed) as f64,
                 );
                 write_metric(
                     &mut out,
