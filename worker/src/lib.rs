@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub capacity: u32,
     /// Folder for pushed checkpoints.
     pub checkpoints: PathBuf,
+    /// Folders a task's local model must be inside (`engine::default_model_roots()` for the
+    /// models `scripts/setup.sh` installs); pushed checkpoints are always allowed.
+    pub model_roots: Vec<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     /// TTL of the etcd registration lease.
     pub registration_ttl: Duration,
@@ -134,6 +137,7 @@ pub async fn run_with_meta(
         config.threads,
         ModelSources {
             checkpoints: config.checkpoints.clone(),
+            model_roots: config.model_roots.clone(),
         },
     )?;
     let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
