@@ -360,6 +360,11 @@ pub async fn run_with_meta(
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                // a revocation that came while it ran is of no use any more
+                revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 state.in_flight.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -544,14 +549,22 @@ async fn heartbeat_loop(
         {
             Ok(r) => {
                 let r = r.into_inner();
+                let live = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let mut rv = revoked.lock().unwrap_or_else(|p| p.into_inner());
                 for l in r.revoked {
                     rv.insert((l.task_id, l.attempt));
                 }
+                prune_revoked(&mut rv, &live);
             }
             Err(_) => link.forget(&address),
         }
     }
+}
+
+/// Drops the revocations of leases this worker no longer holds (their tasks ended, or were
+/// never started here), so the set stays as small as the tasks in flight.
+fn prune_revoked(revoked: &mut HashSet<(String, u32)>, held: &HashSet<(String, u32)>) {
+    revoked.retain(|lease| held.contains(lease));
 }
 
 /// The current leader's address and a client for it, found through etcd (or fixed).
@@ -634,5 +647,44 @@ impl RateMeter {
         } else {
             0.0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(task: &str, attempt: u32) -> (String, u32) {
+        (task.to_string(), attempt)
+    }
+
+    /// Revocations are kept for leases in flight only: over many heartbeats of tasks that
+    /// come and go, the set never outgrows what is held.
+    #[test]
+    fn revocations_of_leases_no_longer_held_are_pruned() {
+        let mut revoked = HashSet::new();
+        let mut held = HashSet::new();
+        for round in 0..1000u32 {
+            let task = format!("job-t{round}");
+            held.insert(lease(&task, 1));
+            // the leader revokes this lease, and (late) ones of tasks already ended
+            revoked.insert(lease(&task, 1));
+            revoked.insert(lease(&format!("job-t{}", round.saturating_sub(3)), 1));
+            if round >= 2 {
+                held.remove(&lease(&format!("job-t{}", round - 2), 1));
+            }
+            prune_revoked(&mut revoked, &held);
+            assert!(revoked.is_subset(&held), "round {round}");
+            assert!(revoked.len() <= 2, "round {round}: {}", revoked.len());
+            assert!(
+                revoked.contains(&lease(&task, 1)),
+                "a held revocation is kept"
+            );
+        }
+        // an older attempt of a held task is not the held lease
+        held.insert(lease("job-tx", 2));
+        revoked.insert(lease("job-tx", 1));
+        prune_revoked(&mut revoked, &held);
+        assert!(!revoked.contains(&lease("job-tx", 1)));
     }
 }
