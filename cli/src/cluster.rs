@@ -159,6 +159,15 @@ pub struct WorkerArgs {
     /// Folder for pushed checkpoints (default: $LABELFLEET_HOME/checkpoints).
     #[arg(long, env = "LABELFLEET_CHECKPOINTS")]
     checkpoints: Option<PathBuf>,
+    /// A folder tasks' local models must be inside (repeatable; in the environment a
+    /// ':'-separated list). Default: $LABELFLEET_HOME/models, where scripts/setup.sh installs
+    /// them. Pushed checkpoints are always allowed.
+    #[arg(
+        long = "model-root",
+        env = "LABELFLEET_MODEL_ROOT",
+        value_delimiter = ':'
+    )]
+    model_roots: Vec<PathBuf>,
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// TTL of the etcd registration: how soon the cluster notices this worker died.
@@ -173,6 +182,18 @@ pub struct WorkerArgs {
     security: RoleSecurityArgs,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// The `--model-root` folders, or the default ones.
+fn model_roots(given: Vec<PathBuf>) -> Vec<PathBuf> {
+    let given: Vec<PathBuf> = given
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    match given.is_empty() {
+        true => labelfleet_worker::engine::default_model_roots(),
+        false => given,
+    }
 }
 
 pub fn worker(a: WorkerArgs) -> Result<()> {
@@ -193,6 +214,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         checkpoints: a
             .checkpoints
             .unwrap_or_else(|| labelfleet_slm::home_dir().join("checkpoints")),
+        model_roots: model_roots(a.model_roots),
         metrics_listen: a.metrics_listen,
         registration_ttl: Duration::from_secs(a.registration_ttl_s),
         store: a.store,
@@ -300,6 +322,14 @@ pub struct ServeArgs {
     threads: usize,
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A folder tasks' local models must be inside (repeatable; in the environment a
+    /// ':'-separated list). Default: $LABELFLEET_HOME/models.
+    #[arg(
+        long = "model-root",
+        env = "LABELFLEET_MODEL_ROOT",
+        value_delimiter = ':'
+    )]
+    model_roots: Vec<PathBuf>,
 }
 
 /// Embedded mode: the coordinator, in-process workers and the trainer in one process, on one
@@ -316,6 +346,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         threads: a.threads,
         trainer_max_tokens: 256,
         metrics_listen: a.metrics_listen,
+        model_roots: model_roots(a.model_roots),
     })?;
     eprintln!(
         "labelfleet serving on {} ({} in-process worker(s), trainer on {}); Ctrl-C to stop",

@@ -41,6 +41,8 @@ pub struct EmbeddedOptions {
     /// Longest student input of the trainer, in tokens.
     pub trainer_max_tokens: usize,
     pub metrics_listen: Option<SocketAddr>,
+    /// Folders the workers load tasks' local models from (see `--model-root`).
+    pub model_roots: Vec<std::path::PathBuf>,
 }
 
 pub struct EmbeddedCluster {
@@ -114,6 +116,14 @@ impl EmbeddedCluster {
                 threads: o.threads,
                 capacity: 2,
                 checkpoints: local.join("worker-checkpoints").join(i.to_string()),
+                // and the coordinator's cached student checkpoints (a corpus job that
+                // reuses one labels with its local copy)
+                model_roots: o
+                    .model_roots
+                    .iter()
+                    .cloned()
+                    .chain([local.join("coordinator-scratch/cache/students")])
+                    .collect(),
                 metrics_listen: None,
                 registration_ttl: Duration::from_secs(10),
                 store: Some(o.store.clone()),

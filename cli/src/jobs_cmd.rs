@@ -504,10 +504,16 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
                 state_name(job.state)
             );
         }
-        let mut out = jsonl::Writer::create(&a.output)?;
-        let mut qrels = match &a.qrels {
-            Some(path) => Some(std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| path.display().to_string())?,
+        // Written under temporary names and renamed into place once every result is in: a
+        // fetch cut short leaves no file that looks complete.
+        let output = Staged::new(&a.output);
+        let qrels_file = a.qrels.as_deref().map(Staged::new);
+        let mut out = jsonl::Writer::create(output.writing())
+            .with_context(|| output.writing().display().to_string())?;
+        let mut qrels = match &qrels_file {
+            Some(staged) => Some(std::io::BufWriter::new(
+                std::fs::File::create(staged.writing())
+                    .with_context(|| staged.writing().display().to_string())?,
             )),
             None => None,
         };
@@ -553,9 +559,13 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             })
             .await?;
         out.finish()?;
-        if let Some(mut q) = qrels {
-            use std::io::Write;
-            q.flush()?;
+        if let Some(q) = qrels {
+            q.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        check_count(&job, labels)?;
+        output.commit()?;
+        if let Some(staged) = &qrels_file {
+            staged.commit()?;
         }
         eprintln!(
             "{labels} labels and {queries} queries written to {}",
@@ -569,6 +579,75 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A fetch that received fewer labels than its (ended) job committed.
+#[derive(Debug, thiserror::Error)]
+#[error("fetch {job_id}: expected {expected} labels, received {received}; nothing was written")]
+pub struct ShortFetch {
+    pub job_id: String,
+    pub expected: u64,
+    pub received: u64,
+}
+
+/// Checks the labels written against what the job committed: one per pair done, for a
+/// labeling job that has ended (a running job's results are partial by design).
+fn check_count(job: &Job, received: u64) -> Result<()> {
+    let Some(stage) = job.stages.first().filter(|s| s.stage == "label") else {
+        return Ok(());
+    };
+    if job.state < JobState::Succeeded as i32 || received >= stage.done {
+        return Ok(());
+    }
+    Err(ShortFetch {
+        job_id: job.job_id.clone(),
+        expected: stage.done,
+        received,
+    }
+    .into())
+}
+
+/// An output file written under a temporary name beside it (`.<name>.partial`), renamed into
+/// place by `commit`; dropped without a commit, the temporary file is deleted. `-` (stdout)
+/// is written as it goes.
+struct Staged {
+    path: PathBuf,
+    temp: Option<PathBuf>,
+}
+
+impl Staged {
+    fn new(path: &std::path::Path) -> Self {
+        let temp = (path != std::path::Path::new("-")).then(|| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            path.with_file_name(format!(".{name}.partial"))
+        });
+        Staged {
+            path: path.to_path_buf(),
+            temp,
+        }
+    }
+
+    /// Where to write.
+    fn writing(&self) -> &std::path::Path {
+        self.temp.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Moves the written file into place.
+    fn commit(&self) -> Result<()> {
+        if let Some(temp) = &self.temp {
+            std::fs::rename(temp, &self.path)
+                .with_context(|| format!("{} -> {}", temp.display(), self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
 }
 
 #[derive(Args)]
@@ -692,4 +771,67 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label_job(state: JobState, total: u64, done: u64) -> Job {
+        Job {
+            job_id: "job-7".into(),
+            state: state as i32,
+            stages: vec![StageProgress {
+                stage: "label".into(),
+                total,
+                done,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_short_fetch_of_an_ended_job_names_the_job_and_both_counts() {
+        let err = check_count(&label_job(JobState::Succeeded, 100, 97), 90).unwrap_err();
+        let short = err.downcast_ref::<ShortFetch>().expect("a ShortFetch");
+        assert_eq!((short.expected, short.received), (97, 90));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("job-7") && msg.contains("97") && msg.contains("90"),
+            "{msg}"
+        );
+        // every committed label (failed pairs have none), or a running job: fine
+        assert!(check_count(&label_job(JobState::Succeeded, 100, 97), 97).is_ok());
+        assert!(check_count(&label_job(JobState::Running, 100, 50), 10).is_ok());
+        assert!(check_count(&label_job(JobState::Cancelled, 100, 50), 10).is_err());
+    }
+
+    #[test]
+    fn a_staged_output_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        {
+            let staged = Staged::new(&path);
+            std::fs::write(staged.writing(), b"{\"id\":\"p1\"}\n").unwrap();
+            assert_ne!(staged.writing(), path.as_path());
+            // cut short: dropped without a commit
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "no file, complete-looking or partial: {left:?}"
+        );
+        let staged = Staged::new(&path);
+        std::fs::write(staged.writing(), b"{\"id\":\"p1\"}\n").unwrap();
+        staged.commit().unwrap();
+        drop(staged);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"id\":\"p1\"}\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // stdout is written in place
+        assert_eq!(
+            Staged::new(std::path::Path::new("-")).writing(),
+            std::path::Path::new("-")
+        );
+    }
 }

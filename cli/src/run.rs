@@ -132,6 +132,17 @@ fn parse_rank_sampling(s: &str) -> Result<RankSampling, String> {
     }
 }
 
+/// The model roots of the embedded cluster of a run: the bundled models, and the teacher
+/// and student folders this command was given.
+fn run_model_roots(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut roots = labelfleet_worker::engine::default_model_roots();
+    roots.push(labelfleet_slm::resolve_model(&cfg.student));
+    if cfg.teacher_api.is_none() {
+        roots.push(labelfleet_slm::resolve_model(&cfg.teacher));
+    }
+    roots
+}
+
 impl RunArgs {
     fn config(&self) -> Result<Config> {
         Ok(Config {
@@ -290,6 +301,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 threads: a.engine.threads.unwrap_or(0).max(0) as usize,
                 trainer_max_tokens: a.student_max_len,
                 metrics_listen: None,
+                model_roots: run_model_roots(&cfg),
             })?;
             (cluster.address.to_string(), Some(cluster))
         }

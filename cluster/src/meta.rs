@@ -335,6 +335,39 @@ impl MetaStore {
         }
     }
 
+    /// Replaces `key` with `new` (deletes it when `new` is None) only while it holds
+    /// `expected`; returns whether it did.
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
+        match self {
+            MetaStore::Memory(map) => {
+                let mut m = lock(map);
+                if m.get(key).map(Vec::as_slice) != Some(expected) {
+                    return Ok(false);
+                }
+                match new {
+                    Some(v) => m.insert(key.to_string(), v),
+                    None => m.remove(key),
+                };
+                Ok(true)
+            }
+            MetaStore::Etcd { client, .. } => {
+                let op = match new {
+                    Some(v) => TxnOp::put(key, v, None),
+                    None => TxnOp::delete(key, None),
+                };
+                let txn = Txn::new()
+                    .when(vec![Compare::value(key, CompareOp::Equal, expected)])
+                    .and_then(vec![op]);
+                Ok(client.clone().txn(txn).await?.succeeded())
+            }
+        }
+    }
+
     /// Writes `key` attached to an etcd lease (dropped with it). Memory: a plain write.
     pub async fn put_with_lease(&self, key: &str, value: Vec<u8>, lease_id: i64) -> Result<()> {
         match self {
@@ -465,5 +498,30 @@ pub async fn open_meta(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replace_if_changes_the_key_only_while_it_holds_the_expected_value() {
+        let meta = MetaStore::memory();
+        assert!(!meta
+            .replace_if("k", b"a", Some(b"b".to_vec()))
+            .await
+            .unwrap());
+        assert_eq!(meta.get("k").await.unwrap(), None);
+        meta.put("k", b"a".to_vec()).await.unwrap();
+        assert!(!meta.replace_if("k", b"x", None).await.unwrap());
+        assert_eq!(meta.get("k").await.unwrap(), Some(b"a".to_vec()));
+        assert!(meta
+            .replace_if("k", b"a", Some(b"b".to_vec()))
+            .await
+            .unwrap());
+        assert_eq!(meta.get("k").await.unwrap(), Some(b"b".to_vec()));
+        assert!(meta.replace_if("k", b"b", None).await.unwrap());
+        assert_eq!(meta.get("k").await.unwrap(), None);
     }
 }

@@ -442,10 +442,17 @@ pub async fn submit(coord: Arc<Coordinator>, req: SubmitJobRequest) -> Result<Jo
             spec.corpus_id
         )));
     }
-    let job_id = match coord.claim_job_id(&leader, &req.idempotency_key).await? {
-        Ok(id) => id,
-        Err(existing) => return Ok(existing),
-    };
+    let body = |job_id: String| commit(coord.clone(), leader.clone(), job_id, spec);
+    coord.submit_once(&leader, &req.idempotency_key, body).await
+}
+
+/// Stores a corpus job's spec and record (the commit point), and starts its driver.
+async fn commit(
+    coord: Arc<Coordinator>,
+    leader: Arc<Leader>,
+    job_id: String,
+    spec: JobSpec,
+) -> Result<Job> {
     coord
         .blobs
         .put(&jobs::spec_key(&job_id), spec.encode_to_vec())

@@ -106,6 +106,9 @@ pub struct Coordinator {
     pub limits: Limits,
     /// `WatchJob` streams open per client.
     watches: Arc<Mutex<HashMap<String, usize>>>,
+    /// One lock per idempotency key with a submit under way: submits with the same key run
+    /// one after the other, so a retry gets the first one's job.
+    submit_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Seconds the last state load of this process took (f64 bits; NaN before any load).
@@ -141,6 +144,7 @@ impl Coordinator {
             auth: ClientAuth::open(),
             limits: Limits::default(),
             watches: Arc::default(),
+            submit_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -430,7 +434,81 @@ impl Coordinator {
         Ok(())
     }
 
-    /// A new job id, or the job an earlier submit with the same idempotency key created.
+    /// Runs the body of a submit under its idempotency key. A key already used gets that
+    /// key's job back (after the submit that holds it finished, when it is under way here);
+    /// otherwise `body` creates the job under a fresh id. A body that fails leaves nothing
+    /// behind: its objects, a record it may have written, and the key are removed, so a retry
+    /// starts afresh. Callers run this on a task of its own (see [`Coordinator::detached`]),
+    /// so a client that goes away does not stop a submit half-way.
+    pub(crate) async fn submit_once<F, Fut>(
+        &self,
+        leader: &Leader,
+        idempotency_key: &str,
+        body: F,
+    ) -> Result<Job>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Job>>,
+    {
+        let lock = self.submit_lock(idempotency_key);
+        let guard = match &lock {
+            Some(l) => Some(l.clone().lock_owned().await),
+            None => None,
+        };
+        let result = match self.claim_job_id(leader, idempotency_key).await {
+            Ok(Err(existing)) => Ok(existing),
+            Ok(Ok(job_id)) => {
+                let created = body(job_id.clone()).await;
+                if created.is_err() {
+                    self.abandon(leader, idempotency_key, &job_id).await;
+                }
+                created
+            }
+            Err(e) => Err(e),
+        };
+        drop(guard);
+        self.release_submit_lock(idempotency_key, lock);
+        result
+    }
+
+    /// Runs a submit on a task of its own and waits for it: when the client cancels the call
+    /// (the RPC future is dropped), the submit still runs to its end, committed or cleaned up.
+    pub async fn detached<Fut>(submit: Fut) -> Result<Job>
+    where
+        Fut: std::future::Future<Output = Result<Job>> + Send + 'static,
+    {
+        tokio::spawn(submit).await.unwrap_or_else(|e| {
+            Err(CoordinatorError::Io(std::io::Error::other(format!(
+                "submit task: {e}"
+            ))))
+        })
+    }
+
+    /// The lock of an idempotency key (none for a submit without one).
+    fn submit_lock(&self, key: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if key.is_empty() {
+            return None;
+        }
+        let mut locks = self.submit_locks.lock().unwrap_or_else(|p| p.into_inner());
+        Some(locks.entry(key.to_string()).or_default().clone())
+    }
+
+    /// Drops the lock of a key once no other submit waits on it.
+    fn release_submit_lock(&self, key: &str, lock: Option<Arc<tokio::sync::Mutex<()>>>) {
+        let Some(lock) = lock else { return };
+        let mut locks = self.submit_locks.lock().unwrap_or_else(|p| p.into_inner());
+        // ours and the map's: nobody else holds or waits for it (clones are made under the
+        // map's lock, so none can appear meanwhile)
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(key);
+        }
+    }
+
+    /// A new job id, or the job an earlier submit with the same idempotency key created. A
+    /// key naming a job this leader does not have is left by a submit that never committed
+    /// (its leader died or was deposed mid-way; here, submits with one key run one at a time)
+    /// or names a job deleted past its retention: it is taken over for a new job, and the
+    /// uncommitted submit's objects are deleted.
     pub(crate) async fn claim_job_id(
         &self,
         leader: &Leader,
@@ -441,26 +519,83 @@ impl Coordinator {
                 .map_err(CoordinatorError::Invalid)?;
         }
         let job_id = format!("job-{}-{:04x}", now_ms(), rand::random::<u16>());
-        if !idempotency_key.is_empty() {
-            let key = keys::idempotency(self.meta.prefix(), idempotency_key);
-            if let Some(existing) = self
+        if idempotency_key.is_empty() {
+            return Ok(Ok(job_id));
+        }
+        let key = keys::idempotency(self.meta.prefix(), idempotency_key);
+        for _ in 0..3 {
+            let Some(existing) = self
                 .meta
                 .put_if_absent(&key, job_id.clone().into_bytes())
                 .await?
-            {
-                let existing = String::from_utf8_lossy(&existing).into_owned();
-                // The first submit may have died before writing the job; fall through then.
-                if let Some(job) = self.job_view(leader, &existing) {
-                    return Ok(Err(job));
-                }
+            else {
+                return Ok(Ok(job_id));
+            };
+            let existing_id = String::from_utf8_lossy(&existing).into_owned();
+            if let Some(job) = self.job_view(leader, &existing_id) {
+                return Ok(Err(job));
+            }
+            let new = Some(job_id.clone().into_bytes());
+            if self.meta.replace_if(&key, &existing, new).await? {
+                tracing::warn!(key = %idempotency_key, orphan = %existing_id, job = %job_id, "idempotency key of a job that does not exist taken over");
+                self.drop_uncommitted(&existing_id).await;
+                return Ok(Ok(job_id));
             }
         }
-        Ok(Ok(job_id))
+        Err(CoordinatorError::FailedPrecondition(format!(
+            "idempotency key `{idempotency_key}`: changed while being claimed; submit again"
+        )))
+    }
+
+    /// Deletes the objects of a job that has no record (they would only be ignored).
+    async fn drop_uncommitted(&self, job_id: &str) {
+        match self.meta.get(&keys::job(self.meta.prefix(), job_id)).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "could not check an uncommitted job's record");
+                return;
+            }
+        }
+        if let Err(e) = self.blobs.delete_prefix(&jobs::job_prefix(job_id)).await {
+            tracing::warn!(job = %job_id, error = %e, "could not delete an uncommitted submit's objects");
+        }
+    }
+
+    /// Undoes a submit that failed before its job was scheduled: deletes the record (when
+    /// the commit got that far), the objects, and the idempotency key if it still names the
+    /// job. Best effort: what is left is found by the next submit with the key.
+    async fn abandon(&self, leader: &Leader, idempotency_key: &str, job_id: &str) {
+        if self.job_view(leader, job_id).is_some() {
+            return; // scheduled: the job exists, whatever failed after
+        }
+        let prefix = self.meta.prefix();
+        let (record, failed) = (
+            keys::job(prefix, job_id),
+            keys::failed_of_job(prefix, job_id),
+        );
+        if let Err(e) = self
+            .meta
+            .delete_fenced(&leader.fence, &record, &failed)
+            .await
+        {
+            tracing::warn!(job = %job_id, error = %e, "could not delete a failed submit's record");
+        }
+        if let Err(e) = self.blobs.delete_prefix(&jobs::job_prefix(job_id)).await {
+            tracing::warn!(job = %job_id, error = %e, "could not delete a failed submit's objects");
+        }
+        if idempotency_key.is_empty() {
+            return;
+        }
+        let key = keys::idempotency(prefix, idempotency_key);
+        if let Err(e) = self.meta.replace_if(&key, job_id.as_bytes(), None).await {
+            tracing::warn!(job = %job_id, key = %idempotency_key, error = %e, "could not release a failed submit's idempotency key");
+        }
     }
 
     /// A job submitted with its pairs streamed: the pairs are spilled to the store grouped by
     /// the shard of their document as they arrive, then cut into tasks shard by shard.
-    async fn submit_stream(&self, mut chunks: Streaming<SubmitJobChunk>) -> Result<Job> {
+    pub async fn submit_stream(&self, mut chunks: Streaming<SubmitJobChunk>) -> Result<Job> {
         let leader = self
             .leader()
             .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
@@ -481,24 +616,24 @@ impl Coordinator {
                 "request.spec.seed_documents: a streamed submit labels pairs; submit synthesis and corpus jobs with SubmitJob".into(),
             ));
         }
-        let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
-            Ok(id) => id,
-            Err(existing) => return Ok(existing),
-        };
-        let leading = std::mem::take(&mut spec.label_pairs);
-        let planned = self
-            .spill_and_cut(&job_id, &spec, leading, first.pairs, &mut chunks)
-            .await;
-        let planned = planned.and_then(|n| self.within_pair_limit(n).map(|_| n));
-        let items = self.dropped_if_failed(&job_id, planned).await?;
-        if items == 0 {
-            return Err(CoordinatorError::Invalid(
-                "spec.label_pairs: no pairs to label".into(),
-            ));
-        }
-        let plan = jobs::plan_of(&spec, items);
-        self.commit_job(&leader, &job_id, spec, plan, TaskKind::Grade)
-            .await
+        let leader_ref = &leader;
+        self.submit_once(&leader, &req.idempotency_key, |job_id| async move {
+            let leading = std::mem::take(&mut spec.label_pairs);
+            let planned = self
+                .spill_and_cut(&job_id, &spec, leading, first.pairs, &mut chunks)
+                .await;
+            let planned = planned.and_then(|n| self.within_pair_limit(n).map(|_| n));
+            let items = self.dropped_if_failed(&job_id, planned).await?;
+            if items == 0 {
+                return Err(CoordinatorError::Invalid(
+                    "spec.label_pairs: no pairs to label".into(),
+                ));
+            }
+            let plan = jobs::plan_of(&spec, items);
+            self.commit_job(leader_ref, &job_id, spec, plan, TaskKind::Grade)
+                .await
+        })
+        .await
     }
 
     /// Takes a streamed job's pairs into a spill, then cuts and writes its tasks; returns the
@@ -556,7 +691,7 @@ impl Coordinator {
         planned
     }
 
-    async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
+    pub async fn submit(&self, req: SubmitJobRequest) -> Result<Job> {
         let leader = self
             .leader()
             .map_err(|s| CoordinatorError::NotLeader(s.message().into()))?;
@@ -565,10 +700,14 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::Invalid("spec: missing".into()))?;
         jobs::validate_spec(&spec)?;
         self.within_pair_limit(spec.label_pairs.len() as u64)?;
-        let job_id = match self.claim_job_id(&leader, &req.idempotency_key).await? {
-            Ok(id) => id,
-            Err(existing) => return Ok(existing),
-        };
+        self.submit_once(&leader, &req.idempotency_key, |job_id| {
+            self.plan_and_commit(&leader, job_id, spec)
+        })
+        .await
+    }
+
+    /// Plans a labeling, synthesis or search job, writes its tasks, and commits it.
+    async fn plan_and_commit(&self, leader: &Leader, job_id: String, spec: JobSpec) -> Result<Job> {
         let kind = jobs::task_kind(&spec);
         let (tasks, plan) = match kind {
             TaskKind::Search => {
@@ -599,7 +738,7 @@ impl Coordinator {
             }
         };
         self.write_tasks(&job_id, tasks).await?;
-        self.commit_job(&leader, &job_id, spec, plan, kind).await
+        self.commit_job(leader, &job_id, spec, plan, kind).await
     }
 
     /// Stores the spec and the job record (the commit point of a submit: objects without a
@@ -936,12 +1075,14 @@ impl JobService for JobApi {
         req: Request<SubmitJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
         self.0.auth.check(&req, "SubmitJob", Permission::Submit)?;
-        let req = req.into_inner();
-        let submitted = match req.spec.as_ref().is_some_and(jobs::is_corpus) {
-            true => corpus_job::submit(self.0.clone(), req).await,
-            false => self.0.submit(req).await,
-        };
-        submitted.map(Response::new).map_err(status)
+        let (req, coord) = (req.into_inner(), self.0.clone());
+        let submitted = Coordinator::detached(async move {
+            match req.spec.as_ref().is_some_and(jobs::is_corpus) {
+                true => corpus_job::submit(coord, req).await,
+                false => coord.submit(req).await,
+            }
+        });
+        submitted.await.map(Response::new).map_err(status)
     }
 
     async fn submit_job_stream(
@@ -951,8 +1092,8 @@ impl JobService for JobApi {
         self.0
             .auth
             .check(&req, "SubmitJobStream", Permission::Submit)?;
-        self.0
-            .submit_stream(req.into_inner())
+        let (chunks, coord) = (req.into_inner(), self.0.clone());
+        Coordinator::detached(async move { coord.submit_stream(chunks).await })
             .await
             .map(Response::new)
             .map_err(status)

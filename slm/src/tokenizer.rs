@@ -148,15 +148,9 @@ impl TextTokenizer {
     }
 
     /// Removes special-token strings from user text so a document cannot end a chat turn or
-    /// inject a role.
+    /// inject a role; repeated until none is left (a removal cannot assemble another).
     pub fn sanitize(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.special_strings {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "");
-            }
-        }
-        out
+        labelfleet_types::sanitize::strip_strings(text, &self.special_strings)
     }
 
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {

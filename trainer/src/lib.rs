@@ -11,7 +11,11 @@
 //! that restarted elsewhere).
 
 use labelfleet_cluster::blobs::Blobs;
-use labelfleet_cluster::checkpoint::{checkpoint_digest, push_checkpoint, CHUNK_BYTES};
+pub use labelfleet_cluster::checkpoint::CheckpointRecord;
+use labelfleet_cluster::checkpoint::{
+    checkpoint_digest, checkpoint_id_of, push_checkpoint, store_location, CheckpointError,
+    CHUNK_BYTES,
+};
 use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{keys, EtcdSecurity, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric, Counter};
@@ -26,7 +30,7 @@ use labelfleet_slm::grading::{
 };
 use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
 use labelfleet_slm::Placement;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -56,6 +60,9 @@ pub enum TrainerError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A registry record (or the files it names) is not what it claims to be.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 type Result<T> = std::result::Result<T, TrainerError>;
@@ -93,29 +100,6 @@ pub struct TeacherExample {
     #[serde(flatten)]
     pub pair: Pair,
     pub distribution: Vec<f32>,
-}
-
-/// A checkpoint in the registry (`<prefix>/checkpoints/<id>` in etcd).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct CheckpointRecord {
-    pub checkpoint_id: String,
-    pub run_id: String,
-    pub base: String,
-    pub dataset: String,
-    /// Object-store key prefix holding the checkpoint files (`checkpoints/<id>`).
-    pub location: String,
-    pub sha256: String,
-    pub heldout_agreement_with_teacher: f64,
-    pub majority_baseline: f64,
-    /// Mean |student expected grade - teacher expected grade| on the held-out pairs.
-    #[serde(default)]
-    pub heldout_expected_grade_mae: f64,
-    /// The same for the majority-class baseline (always the most frequent teacher grade).
-    #[serde(default)]
-    pub majority_expected_grade_mae: f64,
-    /// "pushing" until every live worker verified it, then "pushed".
-    pub state: String,
-    pub pushed_to: BTreeSet<String>,
 }
 
 struct Shared {
@@ -251,6 +235,11 @@ async fn reconcile_pushes(s: &Arc<Shared>) -> Result<()> {
         let Ok(rec) = serde_json::from_slice::<CheckpointRecord>(&value) else {
             continue;
         };
+        if let Err(e) = rec.check() {
+            // A forged or legacy record: never pushed (and not rewritten).
+            tracing::error!(error = %e, "registry record refused; not pushing it");
+            continue;
+        }
         if rec.state == "pushing" || !live.is_subset(&rec.pushed_to) {
             tracing::info!(checkpoint = %rec.checkpoint_id, verified = rec.pushed_to.len(), live = live.len(), "pushing to workers that lack the checkpoint");
             push_everywhere(s, rec).await?;
@@ -262,6 +251,7 @@ async fn reconcile_pushes(s: &Arc<Shared>) -> Result<()> {
 /// Pushes a registered checkpoint to every live worker not yet holding it, recording each
 /// verified push in the registry.
 async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<CheckpointRecord> {
+    rec.check()?;
     let _one_at_a_time = s.pushing.lock().await;
     // Re-read the record under the lock: another campaign may have pushed meanwhile.
     let key = keys::checkpoint(s.meta.prefix(), &rec.checkpoint_id);
@@ -307,9 +297,13 @@ async fn push_everywhere(s: &Arc<Shared>, mut rec: CheckpointRecord) -> Result<C
                     .await?;
                 tracing::info!(checkpoint = %rec.checkpoint_id, %worker, bytes = r.bytes, "push verified");
             }
-            Ok(_) | Err(_) => {
+            Ok(_) => {
                 s.push_failures.add(1);
-                tracing::warn!(checkpoint = %rec.checkpoint_id, %worker, "push failed; the worker keeps its models");
+                tracing::warn!(checkpoint = %rec.checkpoint_id, %worker, "push not verified; the worker keeps its models");
+            }
+            Err(e) => {
+                s.push_failures.add(1);
+                tracing::warn!(checkpoint = %rec.checkpoint_id, %worker, code = ?e.code(), error = %e.message(), "push failed; the worker keeps its models");
             }
         }
     }
@@ -326,8 +320,11 @@ fn scratch_checkpoint(config: &TrainerConfig, checkpoint_id: &str) -> PathBuf {
 }
 
 /// A local folder holding the registered checkpoint `rec`, for pushing: the scratch copy when
-/// its digest is the registered one, else a fresh download from the store.
+/// its digest is the registered one, else a fresh download from the store. The record must
+/// name its content (id = name of its digest) and point at `checkpoints/<id>` in the store:
+/// a forged record cannot make the trainer read, and push, anything else.
 async fn local_copy(s: &Shared, rec: &CheckpointRecord) -> Result<PathBuf> {
+    rec.check()?;
     let dir = scratch_checkpoint(&s.config, &rec.checkpoint_id);
     let (d, want) = (dir.clone(), rec.sha256.clone());
     let fresh = tokio::task::spawn_blocking(move || {
@@ -599,23 +596,7 @@ fn distill(
             / n;
         (top as f64 / n, mae)
     };
-    // The id names what the checkpoint is made of, so the same request gives the same id.
-    let id_hash = Sha256::digest(
-        format!(
-            "{base}|{}|{:?}|{}|{}|{}|{}|{}",
-            req.dataset,
-            cfg.epochs,
-            cfg.learning_rate,
-            req.seed,
-            req.keep_layers,
-            cfg.batch_size,
-            max_tokens
-        )
-        .as_bytes(),
-    );
-    let checkpoint_id = format!("ckpt-{}", &hex::encode(id_hash)[..12]);
-    let location = format!("checkpoints/{checkpoint_id}");
-    let dir = scratch_checkpoint(&s.config, &checkpoint_id);
+    // The id names the checkpoint's content (its digest), so no other bytes can carry it.
     let staging = s
         .config
         .scratch
@@ -630,11 +611,14 @@ fn distill(
             "heldout_expected_grade_mae": held_mae, "majority_expected_grade_mae": majority_mae,
         }),
     )?;
+    let sha256 = checkpoint_digest(&staging)?;
+    let checkpoint_id = checkpoint_id_of(&sha256);
+    let location = store_location(&checkpoint_id);
+    let dir = scratch_checkpoint(&s.config, &checkpoint_id);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::rename(&staging, &dir)?;
-    let sha256 = checkpoint_digest(&dir)?;
     Ok(CheckpointRecord {
         checkpoint_id,
         run_id: run_id.into(),
@@ -929,5 +913,76 @@ mod tests {
             "a failed run is not handed back"
         );
         let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    /// A registry record whose location is outside `checkpoints/<id>` (here: another object
+    /// of the store, with the digest the record claims) is refused before anything is read:
+    /// nothing is downloaded to the scratch folder, pushed, or rewritten in the registry.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_forged_record_outside_the_checkpoint_prefix_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let api = api(scratch.path());
+        let s = api.0.clone();
+        // The object the forged record points at, and its digest as a checkpoint folder.
+        s.blobs
+            .put("datasets/secret/config.json", b"{\"private\": 1}".to_vec())
+            .await
+            .unwrap();
+        let probe = scratch.path().join("probe");
+        s.blobs.get_dir("datasets/secret", &probe).await.unwrap();
+        let sha256 = checkpoint_digest(&probe).unwrap();
+        let id = checkpoint_id_of(&sha256);
+        // A live worker that lacks it, so a push would start.
+        s.meta
+            .put(
+                &keys::worker(s.meta.prefix(), "w1"),
+                br#"{"control_address":"127.0.0.1:9"}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+        for location in [
+            "datasets/secret".to_string(),
+            format!("checkpoints/{id}/../../datasets/secret"),
+            "checkpoints/../datasets/secret".to_string(),
+        ] {
+            let rec = CheckpointRecord {
+                checkpoint_id: id.clone(),
+                location: location.clone(),
+                sha256: sha256.clone(),
+                state: "pushing".into(),
+                ..Default::default()
+            };
+            let key = keys::checkpoint(s.meta.prefix(), &id);
+            let stored = serde_json::to_vec(&rec).unwrap();
+            s.meta.put(&key, stored.clone()).await.unwrap();
+
+            let err = local_copy(&s, &rec).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    TrainerError::Checkpoint(CheckpointError::Location { .. })
+                ),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&id) && msg.contains(&location), "{msg}");
+            let err = push_everywhere(&s, rec.clone()).await.unwrap_err();
+            assert!(matches!(err, TrainerError::Checkpoint(_)), "{err}");
+            // the reconciler skips it too
+            reconcile_pushes(&s).await.unwrap();
+
+            assert_eq!(
+                s.meta.get(&key).await.unwrap().unwrap(),
+                stored,
+                "registry unchanged"
+            );
+            let checkpoints = scratch.path().join("checkpoints");
+            let left: Vec<_> = std::fs::read_dir(&checkpoints)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "nothing downloaded: {left:?}");
+            assert_eq!(s.pushes.get(), 0);
+            assert_eq!(s.push_failures.get(), 0);
+        }
     }
 }

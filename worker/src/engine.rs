@@ -49,6 +49,38 @@ pub struct Engine {
 pub struct ModelSources {
     /// Folder holding pushed checkpoints, one sub-folder per checkpoint id.
     pub checkpoints: PathBuf,
+    /// Folders a task's local model (`local_path`) must be inside, once symlinks and `..` are
+    /// resolved ([`default_model_roots`] unless configured). The checkpoint folder is always
+    /// one.
+    pub model_roots: Vec<PathBuf>,
+}
+
+/// The model roots of a worker not told otherwise: the models `scripts/setup.sh` installs
+/// (`$LABELFLEET_HOME/models`, where the short names `smollm2` and `minilm` resolve).
+pub fn default_model_roots() -> Vec<PathBuf> {
+    vec![labelfleet_slm::home_dir().join("models")]
+}
+
+/// Why a task's model cannot be used here, and whether another attempt may find it.
+#[derive(Debug, PartialEq)]
+pub struct ModelRefused {
+    pub reason: String,
+    pub retryable: bool,
+}
+
+impl ModelRefused {
+    fn transient(reason: String) -> Self {
+        ModelRefused {
+            reason,
+            retryable: true,
+        }
+    }
+    fn for_good(reason: String) -> Self {
+        ModelRefused {
+            reason,
+            retryable: false,
+        }
+    }
 }
 
 fn failed(f: EngineFailure) -> Outcome {
@@ -79,11 +111,8 @@ impl Engine {
         let start = Instant::now();
         let (model, checkpoint_id) = match model_dir(&self.sources, &task) {
             Ok(d) => d,
-            Err(reason) => {
-                return Outcome::Failed {
-                    reason,
-                    retryable: true,
-                }
+            Err(ModelRefused { reason, retryable }) => {
+                return Outcome::Failed { reason, retryable }
             }
         };
         let max_len = match task.max_tokens {
@@ -198,27 +227,89 @@ impl Engine {
     }
 }
 
-/// The folder of the task's model, and the checkpoint id when it is one.
-fn model_dir(sources: &ModelSources, task: &Task) -> Result<(PathBuf, String), String> {
+/// The folder of the task's model, and the checkpoint id when it is one. A local model must
+/// be inside the model roots, a checkpoint inside the checkpoint folder.
+fn model_dir(sources: &ModelSources, task: &Task) -> Result<(PathBuf, String), ModelRefused> {
     match task.model.as_ref().and_then(|m| m.source.as_ref()) {
         Some(model_ref::Source::LocalPath(p)) => {
-            Ok((labelfleet_slm::resolve_model(p), String::new()))
+            let dir = labelfleet_slm::resolve_model(p);
+            let roots = std::iter::once(&sources.checkpoints).chain(&sources.model_roots);
+            confine(&dir, roots).map_err(|roots| {
+                ModelRefused::for_good(format!(
+                    "model `{p}` ({}): outside this worker's model roots ({roots}); see --model-root",
+                    dir.display()
+                ))
+            })?;
+            Ok((dir, String::new()))
         }
         Some(model_ref::Source::CheckpointId(id)) => {
-            let dir = checkpoint_dir(&sources.checkpoints, id)?;
+            let dir = checkpoint_dir(&sources.checkpoints, id).map_err(ModelRefused::for_good)?;
             if !dir.join("config.json").is_file() {
-                return Err(format!(
+                return Err(ModelRefused::transient(format!(
                     "checkpoint `{id}` is not on this worker yet (no {})",
                     dir.display()
-                ));
+                )));
             }
+            confine(&dir, [&sources.checkpoints]).map_err(|_| {
+                ModelRefused::for_good(format!(
+                    "checkpoint `{id}`: {} leads outside the checkpoint folder",
+                    dir.display()
+                ))
+            })?;
             Ok((dir, id.clone()))
         }
-        Some(model_ref::Source::Openai(_)) => {
-            Err("an OpenAI endpoint runs on the worker's API teacher, not the engine".into())
-        }
-        None => Err("task names no model".into()),
+        Some(model_ref::Source::Openai(_)) => Err(ModelRefused::transient(
+            "an OpenAI endpoint runs on the worker's API teacher, not the engine".into(),
+        )),
+        None => Err(ModelRefused::for_good("task names no model".into())),
     }
+}
+
+/// `path` made absolute and with `.` and `..` resolved by name (symlinks are not followed).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Checks that `path` is inside one of `roots`: by its real path (symlinks resolved) when it
+/// exists, else by name (`..` resolved), so that a model missing here now may still be
+/// installed under a root later. The error lists the roots.
+pub fn confine<'a>(
+    path: &Path,
+    roots: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<(), String> {
+    let roots: Vec<&PathBuf> = roots.into_iter().collect();
+    let inside = match path.canonicalize() {
+        Ok(real) => roots
+            .iter()
+            .any(|r| r.canonicalize().is_ok_and(|r| real.starts_with(r))),
+        Err(_) => {
+            let named = lexical(path);
+            roots.iter().any(|r| {
+                named.starts_with(lexical(r))
+                    || r.canonicalize().is_ok_and(|r| named.starts_with(r))
+            })
+        }
+    };
+    if inside {
+        return Ok(());
+    }
+    Err(roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// The folder of checkpoint `id`; the id must be a plain name.
@@ -310,4 +401,140 @@ pub(crate) fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, Strin
         body: d.body.clone(),
         metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labelfleet_proto::v1::ModelRef;
+
+    fn task(source: model_ref::Source) -> Task {
+        Task {
+            model: Some(ModelRef {
+                source: Some(source),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn local(p: &Path) -> Task {
+        task(model_ref::Source::LocalPath(p.display().to_string()))
+    }
+
+    /// A folder with a root of models (one model in it), a checkpoint folder, and a model
+    /// outside both.
+    struct Layout {
+        _dir: tempfile::TempDir,
+        sources: ModelSources,
+        model: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn layout() -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("models");
+        let model = root.join("m");
+        let outside = dir.path().join("elsewhere/m");
+        for d in [&model, &outside] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("config.json"), b"{}").unwrap();
+        }
+        let checkpoints = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&checkpoints).unwrap();
+        Layout {
+            sources: ModelSources {
+                checkpoints,
+                model_roots: vec![root],
+            },
+            model,
+            outside,
+            _dir: dir,
+        }
+    }
+
+    fn refused(sources: &ModelSources, task: &Task) -> ModelRefused {
+        model_dir(sources, task).expect_err("refused")
+    }
+
+    #[test]
+    fn a_model_inside_a_root_is_used_as_named() {
+        let l = layout();
+        assert_eq!(
+            model_dir(&l.sources, &local(&l.model)),
+            Ok((l.model.clone(), String::new()))
+        );
+        // one missing now, but under a root, is left to the engine (it may be installed later)
+        let missing = l.sources.model_roots[0].join("not-yet");
+        assert_eq!(
+            model_dir(&l.sources, &local(&missing)),
+            Ok((missing, String::new()))
+        );
+    }
+
+    #[test]
+    fn a_model_outside_the_roots_is_refused_for_good() {
+        let l = layout();
+        let root = &l.sources.model_roots[0];
+        let link = root.join("link");
+        std::os::unix::fs::symlink(l.outside.parent().unwrap(), &link).unwrap();
+        for path in [
+            l.outside.clone(),
+            root.join("../elsewhere/m"),
+            root.join("m/../../elsewhere/m"),
+            link.join("m"),
+            root.join("../nowhere"),
+            PathBuf::from("/etc"),
+        ] {
+            let r = refused(&l.sources, &local(&path));
+            assert!(!r.retryable, "{path:?}: {r:?}");
+            assert!(
+                r.reason.contains("outside this worker's model roots")
+                    && r.reason.contains(&path.display().to_string())
+                    && r.reason.contains(&root.display().to_string()),
+                "{path:?}: {}",
+                r.reason
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_roots_hold_the_bundled_models() {
+        let sources = ModelSources {
+            checkpoints: std::env::temp_dir().join("labelfleet-no-checkpoints"),
+            model_roots: default_model_roots(),
+        };
+        for name in ["smollm2", "minilm"] {
+            let t = task(model_ref::Source::LocalPath(name.into()));
+            assert_eq!(
+                model_dir(&sources, &t).map(|(d, _)| d),
+                Ok(labelfleet_slm::resolve_model(name)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_read_from_the_checkpoint_folder_only() {
+        let l = layout();
+        let ckpt = |id: &str| task(model_ref::Source::CheckpointId(id.into()));
+        let installed = l.sources.checkpoints.join("ckpt-a");
+        std::fs::create_dir_all(&installed).unwrap();
+        std::fs::write(installed.join("config.json"), b"{}").unwrap();
+        assert_eq!(
+            model_dir(&l.sources, &ckpt("ckpt-a")),
+            Ok((installed, "ckpt-a".to_string()))
+        );
+        // not pushed yet: another worker (or a later attempt) may have it
+        assert!(refused(&l.sources, &ckpt("ckpt-b")).retryable);
+        // a name that is not a plain id never will be
+        assert!(!refused(&l.sources, &ckpt("../models/m")).retryable);
+        // a checkpoint folder that is a link out of the checkpoint folder is refused
+        std::os::unix::fs::symlink(l.outside.clone(), l.sources.checkpoints.join("ckpt-c"))
+            .unwrap();
+        let r = refused(&l.sources, &ckpt("ckpt-c"));
+        assert!(
+            !r.retryable && r.reason.contains("outside the checkpoint folder"),
+            "{r:?}"
+        );
+    }
 }

@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     pub capacity: u32,
     /// Folder for pushed checkpoints.
     pub checkpoints: PathBuf,
+    /// Folders a task's local model must be inside (`engine::default_model_roots()` for the
+    /// models `scripts/setup.sh` installs); pushed checkpoints are always allowed.
+    pub model_roots: Vec<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     /// TTL of the etcd registration lease.
     pub registration_ttl: Duration,
@@ -125,6 +128,7 @@ pub async fn run_with_meta(
         state: state.clone(),
         checkpoints: config.checkpoints.clone(),
         access: Access::from(&config.transport),
+        meta: meta.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder =
@@ -151,6 +155,7 @@ pub async fn run_with_meta(
         config.threads,
         ModelSources {
             checkpoints: config.checkpoints.clone(),
+            model_roots: config.model_roots.clone(),
         },
     )?;
     let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
@@ -197,6 +202,13 @@ pub async fn run_with_meta(
                     "counter",
                     "Checkpoint pushes discarded (aborted or bad checksum)",
                     st.pushes_rejected.load(Ordering::Relaxed) as f64,
+                );
+                write_metric(
+                    &mut out,
+                    "labelfleet_worker_checkpoint_conflicts_total",
+                    "counter",
+                    "Checkpoint pushes refused because the id was installed with other content",
+                    st.checkpoint_conflicts.load(Ordering::Relaxed) as f64,
                 );
                 write_metric(
                     &mut out,
@@ -370,6 +382,11 @@ pub async fn run_with_meta(
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                // a revocation that came while it ran is of no use any more
+                revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 state.in_flight.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -564,14 +581,25 @@ async fn heartbeat_loop(
         {
             Ok(r) => {
                 let r = r.into_inner();
+                let live = held.lock().unwrap_or_else(|p| p.into_inner());
                 let mut rv = revoked.lock().unwrap_or_else(|p| p.into_inner());
                 for l in r.revoked {
                     rv.insert((l.task_id, l.attempt));
                 }
+                prune_revoked(&mut rv, &live);
             }
             Err(_) => link.forget(&address),
         }
     }
+}
+
+/// Drops the revocations of leases this worker no longer holds (their tasks ended, or were
+/// never started here), so the set stays as small as the tasks in flight.
+fn prune_revoked(
+    revoked: &mut HashSet<(String, u32)>,
+    held: &HashMap<(String, u32), String>,
+) {
+    revoked.retain(|lease| held.contains_key(lease));
 }
 
 /// The current leader's address and a client for it, found through etcd (or fixed).
@@ -657,5 +685,44 @@ impl RateMeter {
         } else {
             0.0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(task: &str, attempt: u32) -> (String, u32) {
+        (task.to_string(), attempt)
+    }
+
+    /// Revocations are kept for leases in flight only: over many heartbeats of tasks that
+    /// come and go, the set never outgrows what is held.
+    #[test]
+    fn revocations_of_leases_no_longer_held_are_pruned() {
+        let mut revoked = HashSet::new();
+        let mut held = HashMap::new();
+        for round in 0..1000u32 {
+            let task = format!("job-t{round}");
+            held.insert(lease(&task, 1), String::new());
+            // the leader revokes this lease, and (late) ones of tasks already ended
+            revoked.insert(lease(&task, 1));
+            revoked.insert(lease(&format!("job-t{}", round.saturating_sub(3)), 1));
+            if round >= 2 {
+                held.remove(&lease(&format!("job-t{}", round - 2), 1));
+            }
+            prune_revoked(&mut revoked, &held);
+            assert!(revoked.iter().all(|l| held.contains_key(l)), "round {round}");
+            assert!(revoked.len() <= 2, "round {round}: {}", revoked.len());
+            assert!(
+                revoked.contains(&lease(&task, 1)),
+                "a held revocation is kept"
+            );
+        }
+        // an older attempt of a held task is not the held lease
+        held.insert(lease("job-tx", 2), String::new());
+        revoked.insert(lease("job-tx", 1));
+        prune_revoked(&mut revoked, &held);
+        assert!(!revoked.contains(&lease("job-tx", 1)));
     }
 }
