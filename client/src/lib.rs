@@ -74,6 +74,8 @@ pub type Jobs = JobServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Largest message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How long a replica may take to say whether it leads.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pairs per message of a streamed submit.
 pub const PAIRS_PER_CHUNK: usize = 10_000;
 /// Documents per message of a corpus upload.
@@ -447,14 +449,16 @@ async fn find_leader(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             // The leader answers (NOT_FOUND for the empty id, or a refusal of the caller's
             // credentials, which the call that follows reports); a standby UNAVAILABLE.
-            match client
-                .get_job(GetJobRequest {
-                    job_id: String::new(),
-                })
-                .await
-            {
-                Err(s) if s.code() == Code::Unavailable => last = format!("{url}: {}", s.message()),
-                _ => return Ok(client),
+            let probe = client.get_job(GetJobRequest {
+                job_id: String::new(),
+            });
+            // A frozen replica (SIGSTOP, a hung node) accepts connections and never answers.
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Err(_) => last = format!("{url}: no answer in {PROBE_TIMEOUT:?}"),
+                Ok(Err(s)) if s.code() == Code::Unavailable => {
+                    last = format!("{url}: {}", s.message())
+                }
+                Ok(_) => return Ok(client),
             }
         }
         if start.elapsed() >= wait {

@@ -65,10 +65,64 @@ impl Fence {
     }
 }
 
-/// A won election. `lost` turns true when the lease behind it could not be renewed in time.
+/// Until when an etcd lease is surely still held: the time a renewal was *sent* plus the TTL
+/// etcd granted, less a margin. etcd can only expire the lease later than that, so a leader
+/// that stops serving at this instant stops before any successor can be elected (a process
+/// frozen by SIGSTOP finds its clock run out the moment it resumes).
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl LeaseClock {
+    fn until(until: Instant) -> LeaseClock {
+        LeaseClock {
+            until: Arc::new(Mutex::new(Some(until))),
+        }
+    }
+
+    /// A lease that never runs out (the embedded store's single coordinator).
+    pub fn forever() -> LeaseClock {
+        LeaseClock {
+            until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn extend(&self, until: Instant) {
+        let mut u = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = *u {
+            *u = Some(old.max(until));
+        }
+    }
+
+    fn expire(&self) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether the lease is surely still held now.
+    pub fn held(&self) -> bool {
+        match *self.until.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(u) => Instant::now() < u,
+        }
+    }
+}
+
+/// How long before the lease could expire a holder stops trusting it: renewals are sent every
+/// quarter TTL, so a healthy holder is always at least a quarter TTL inside its clock.
+fn lease_margin(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// A won election. `lost` turns true when the lease behind it could not be renewed in time;
+/// `clock` says until when it is surely held.
+#[derive(Clone)]
 pub struct Leadership {
     pub fence: Fence,
     pub lost: watch::Receiver<bool>,
+    pub clock: LeaseClock,
+    /// The etcd lease behind the election (none in embedded mode): revoked to resign.
+    pub lease_id: Option<i64>,
 }
 
 /// How a role authenticates to etcd: TLS (the CA, and a client certificate when etcd runs
@@ -143,12 +197,24 @@ pub async fn connect_etcd(endpoints: &[String], security: &EtcdSecurity) -> Resu
 /// Keeps an etcd lease alive, re-opening the keep-alive stream after errors (an etcd restart
 /// breaks it). Sets `lost` when the lease is gone or was not renewed within its TTL.
 pub fn spawn_lease_keeper(client: Client, lease_id: i64, ttl: Duration) -> watch::Receiver<bool> {
+    let clock = LeaseClock::until(Instant::now() + ttl - lease_margin(ttl));
+    spawn_lease_keeper_with_clock(client, lease_id, ttl, clock)
+}
+
+/// [`spawn_lease_keeper`], moving `clock` forward with every renewal.
+pub fn spawn_lease_keeper_with_clock(
+    client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    clock: LeaseClock,
+) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(ttl / 4).await;
             let mut c = client.clone();
+            let sent = Instant::now();
             let renewed = async {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease_id).await?;
                 keeper.keep_alive().await?;
@@ -156,15 +222,21 @@ pub fn spawn_lease_keeper(client: Client, lease_id: i64, ttl: Duration) -> watch
             }
             .await;
             match renewed {
-                Ok(Some(ttl_left)) if ttl_left > 0 => last_ok = Instant::now(),
+                Ok(Some(ttl_left)) if ttl_left > 0 => {
+                    last_ok = Instant::now();
+                    let granted = Duration::from_secs(ttl_left as u64);
+                    clock.extend(sent + granted.saturating_sub(lease_margin(ttl)));
+                }
                 Ok(_) => {
                     tracing::error!(lease_id, "etcd lease expired");
+                    clock.expire();
                     let _ = tx.send(true);
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(lease_id, error = %e, "etcd lease renewal failed; retrying");
-                    if last_ok.elapsed() >= ttl {
+                    if last_ok.elapsed() >= ttl || !clock.held() {
+                        clock.expire();
                         let _ = tx.send(true);
                         return;
                     }
@@ -212,12 +284,17 @@ impl MetaStore {
                         token: 1,
                     },
                     lost,
+                    clock: LeaseClock::forever(),
+                    lease_id: None,
                 })
             }
             MetaStore::Etcd { client, prefix } => {
                 let mut c = client.clone();
+                let asked = Instant::now();
                 let lease = c.lease_grant(ttl.as_secs().max(1) as i64, None).await?;
-                let lost = spawn_lease_keeper(client.clone(), lease.id(), ttl);
+                let clock = LeaseClock::until(asked + ttl - lease_margin(ttl));
+                let lost =
+                    spawn_lease_keeper_with_clock(client.clone(), lease.id(), ttl, clock.clone());
                 let name = format!("{prefix}/{}", keys::ELECTION);
                 // Campaign blocks until this replica leads, longer than the client's request
                 // timeout. The election key is derived from the lease, so asking again after a
@@ -243,8 +320,23 @@ impl MetaStore {
                         token: key.rev() as u64,
                     },
                     lost,
+                    clock,
+                    lease_id: Some(lease.id()),
                 })
             }
+        }
+    }
+
+    /// Gives up a won election at once (a clean shutdown): the lease is revoked, so its key
+    /// goes and a standby is elected without waiting for the TTL.
+    pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
+        leadership.clock.expire();
+        match (self, leadership.lease_id) {
+            (MetaStore::Etcd { client, .. }, Some(id)) => {
+                client.clone().lease_revoke(id).await?;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

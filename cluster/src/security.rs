@@ -344,7 +344,7 @@ impl Access {
         };
         if !allowed.contains(&peer.role) {
             return Err(Status::permission_denied(format!(
-                "{call}: a {} certificate may not call this (needs {})",
+                "{call}: a certificate of role {} may not call this (needs {})",
                 peer.role,
                 wanted()
             )));

@@ -8,7 +8,7 @@ use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::limits::Limits;
-use labelfleet_cluster::meta::{EtcdSecurity, MetaStore};
+use labelfleet_cluster::meta::{EtcdSecurity, Leadership, MetaStore};
 use labelfleet_cluster::metrics::{self, write_metric};
 use labelfleet_cluster::security::{self, Access, ClientCerts, Transport};
 use labelfleet_cluster::tokens::{ClientAuth, Tokens};
@@ -190,17 +190,25 @@ pub async fn run_with_meta(
         lease: config.task_lease,
         max_attempts: config.max_attempts,
     };
+    // The won election, kept to resign it on a clean shutdown.
+    let elected: Arc<std::sync::OnceLock<Leadership>> = Arc::default();
     let lead = {
         let coord = coord.clone();
         let health = health.clone();
+        let (meta, elected) = (meta.clone(), elected.clone());
         async move {
             let leadership = meta.campaign(&advertise, config.election_ttl).await?;
+            let _ = elected.set(leadership.clone());
             let mut lost = leadership.lost.clone();
             tracing::info!(
                 token = leadership.fence.token,
                 "elected leader; loading state"
             );
-            let leader = Arc::new(coord.load(leadership.fence, sched_config).await?);
+            let leader = Arc::new(
+                coord
+                    .load(leadership.fence, leadership.clock, sched_config)
+                    .await?,
+            );
             *coord.leader.write().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
             corpus_job::resume_all(&coord, &leader)?;
             for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
@@ -219,6 +227,13 @@ pub async fn run_with_meta(
                 }
                 if *lost.borrow() {
                     return Err(CoordinatorError::NotLeader("election lease lost".into()));
+                }
+                // Frozen (SIGSTOP) or cut off past the lease's sure life: a successor may be
+                // elected any moment, so stop now rather than serve beside it.
+                if !leader.clock.held() {
+                    return Err(CoordinatorError::NotLeader(
+                        "the election lease was not renewed in time".into(),
+                    ));
                 }
                 ticks += 1;
                 let reaped = coord.reap(&leader).await;
@@ -255,6 +270,13 @@ pub async fn run_with_meta(
     };
     let _ = stop_tx.send(());
     let _ = server.await;
+    // A clean stop resigns, so a standby leads at once instead of after the TTL.
+    if let (Ok(()), Some(leadership)) = (&result, elected.get()) {
+        match meta.resign(leadership).await {
+            Ok(()) => tracing::info!("resigned the leadership"),
+            Err(e) => tracing::warn!(error = %e, "could not resign; a standby leads after the TTL"),
+        }
+    }
     result
 }
 

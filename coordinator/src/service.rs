@@ -14,7 +14,7 @@ use crate::scheduler::{parse_task_id, Completion, Finished, JobPlan, Resume, Sch
 use crate::search_job;
 use labelfleet_cluster::blobs::{Blobs, Created};
 use labelfleet_cluster::limits::Limits;
-use labelfleet_cluster::meta::{keys, Fence, MetaStore};
+use labelfleet_cluster::meta::{keys, Fence, LeaseClock, MetaStore};
 use labelfleet_cluster::metrics::Counter;
 use labelfleet_cluster::security::{Access, Role};
 use labelfleet_cluster::tokens::{Caller, ClientAuth, Permission};
@@ -44,6 +44,8 @@ pub struct CoordinatorMetrics {
 /// What the elected leader holds.
 pub struct Leader {
     pub fence: Fence,
+    /// Until when the election lease is surely held: past it, this replica serves nothing.
+    pub clock: LeaseClock,
     /// Signs the lease tokens that bind each lease to its worker.
     pub signer: LeaseSigner,
     pub sched: Mutex<Scheduler>,
@@ -55,9 +57,10 @@ pub struct Leader {
 }
 
 impl Leader {
-    pub fn new(fence: Fence, signer: LeaseSigner, sched: Scheduler) -> Self {
+    pub fn new(fence: Fence, clock: LeaseClock, signer: LeaseSigner, sched: Scheduler) -> Self {
         Leader {
             fence,
+            clock,
             signer,
             sched: Mutex::new(sched),
             inputs: Mutex::new(HashMap::new()),
@@ -248,6 +251,7 @@ impl Coordinator {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+            .filter(|l| l.clock.held())
             .ok_or_else(|| Status::unavailable("this coordinator is a standby, not the leader"))
     }
 
@@ -256,6 +260,7 @@ impl Coordinator {
     pub async fn load(
         &self,
         fence: Fence,
+        clock: LeaseClock,
         config: crate::scheduler::SchedulerConfig,
     ) -> Result<Leader> {
         let started = Instant::now();
@@ -266,7 +271,7 @@ impl Coordinator {
             corpus,
         } = recovery::load_jobs(&self.meta, &self.blobs, &mut sched).await?;
         let signer = LeaseSigner::load(&self.meta).await?;
-        let leader = Leader::new(fence, signer, sched);
+        let leader = Leader::new(fence, clock, signer, sched);
         leader.corpus().restore(corpus);
         for b in broken {
             self.fail_unloadable(&leader, &b.job_id, &b.reason).await?;

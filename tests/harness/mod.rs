@@ -54,8 +54,13 @@ impl Proc {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
     }
 
@@ -137,6 +142,8 @@ pub struct Options {
     pub trainer_max_tokens: usize,
     /// Environment variables of the workers only (an API key, say).
     pub worker_env: Vec<(String, String)>,
+    /// Leases per task before it fails (`--max-attempts`).
+    pub max_attempts: u32,
     /// mTLS between the roles (certificates from `labelfleet certs`) and bearer tokens for
     /// clients (`labelfleet tokens add`); otherwise every role runs `--insecure`.
     pub secure: bool,
@@ -154,6 +161,7 @@ impl Default for Options {
             trainer: false,
             trainer_max_tokens: 48,
             worker_env: Vec::new(),
+            max_attempts: 4,
             secure: false,
         }
     }
@@ -484,6 +492,8 @@ impl Cluster {
             self.options.task_lease_ms.to_string(),
             "--election-ttl-s".into(),
             self.options.election_ttl_s.to_string(),
+            "--max-attempts".into(),
+            self.options.max_attempts.to_string(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.metrics_ports[i]),
         ];
@@ -590,18 +600,6 @@ impl Cluster {
             },
             None => labelfleet_client::Credentials::default(),
         }
-    }
-
-    /// A client of the leader, with the cluster's credentials.
-    pub fn client(&self, wait: Duration) -> Option<labelfleet_client::Client> {
-        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
-        runtime()
-            .block_on(labelfleet_client::Client::connect_with(
-                endpoints,
-                wait,
-                self.credentials(),
-            ))
-            .ok()
     }
 
     /// Index of the replica that answers as leader.
@@ -732,8 +730,18 @@ impl Cluster {
     /// The job as the current leader sees it, through the cluster client (None while no
     /// leader answers).
     pub fn job(&self, job_id: &str) -> Option<Job> {
-        let mut client = self.client(Duration::from_secs(1))?;
-        runtime().block_on(client.get(job_id)).ok()
+        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
+        // the client's channel lives on the runtime that made it: one runtime for both calls
+        runtime().block_on(async {
+            let mut client = labelfleet_client::Client::connect_with(
+                endpoints,
+                Duration::from_secs(1),
+                self.credentials(),
+            )
+            .await
+            .ok()?;
+            client.get(job_id).await.ok()
+        })
     }
 
     /// Waits until `done + failed` pairs reach `fraction` of the total.

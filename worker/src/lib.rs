@@ -595,10 +595,7 @@ async fn heartbeat_loop(
 
 /// Drops the revocations of leases this worker no longer holds (their tasks ended, or were
 /// never started here), so the set stays as small as the tasks in flight.
-fn prune_revoked(
-    revoked: &mut HashSet<(String, u32)>,
-    held: &HashMap<(String, u32), String>,
-) {
+fn prune_revoked(revoked: &mut HashSet<(String, u32)>, held: &HashMap<(String, u32), String>) {
     revoked.retain(|lease| held.contains_key(lease));
 }
 
@@ -712,7 +709,10 @@ mod tests {
                 held.remove(&lease(&format!("job-t{}", round - 2), 1));
             }
             prune_revoked(&mut revoked, &held);
-            assert!(revoked.iter().all(|l| held.contains_key(l)), "round {round}");
+            assert!(
+                revoked.iter().all(|l| held.contains_key(l)),
+                "round {round}"
+            );
             assert!(revoked.len() <= 2, "round {round}: {}", revoked.len());
             assert!(
                 revoked.contains(&lease(&task, 1)),

@@ -83,9 +83,15 @@ async fn register(meta: &MetaStore, dir: &Path, id: Option<&str>) -> (String, St
 
 impl Worker {
     async fn push(&self, dir: &Path, id: &str) -> Result<bool, tonic::Status> {
-        push_checkpoint(&self.address, &Transport::Plaintext, dir, id, Duration::ZERO)
-            .await
-            .map(|r| r.verified)
+        push_checkpoint(
+            &self.address,
+            &Transport::Plaintext,
+            dir,
+            id,
+            Duration::ZERO,
+        )
+        .await
+        .map(|r| r.verified)
     }
 
     /// The names in the checkpoint folder (installed ids, and anything set aside).
