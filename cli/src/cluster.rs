@@ -118,6 +118,7 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         tokens: a.tokens,
         limits: a.limits.limits(),
         etcd_security: a.security.etcd()?,
+        health_listen: a.security.health_listen,
         ..Default::default()
     };
     runtime()?
@@ -221,6 +222,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         transport: a.security.transport(Role::Worker)?,
         limits: a.limits.limits(),
         etcd_security: a.security.etcd()?,
+        health_listen: a.security.health_listen,
     };
     runtime()?
         .block_on(labelfleet_worker::run(config, shutdown_signal()))
@@ -289,6 +291,7 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
         transport: a.security.transport(Role::Trainer)?,
         limits: a.limits.limits(),
         etcd_security: a.security.etcd()?,
+        health_listen: a.security.health_listen,
     };
     runtime()?
         .block_on(labelfleet_trainer::run(config, shutdown_signal()))

@@ -131,6 +131,7 @@ impl EmbeddedCluster {
                 transport: Transport::Plaintext,
                 limits: Limits::default(),
                 etcd_security: EtcdSecurity::default(),
+                health_listen: None,
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_workers));
             worker_tasks.push(rt.spawn(async move {
@@ -155,6 +156,7 @@ impl EmbeddedCluster {
                 transport: Transport::Plaintext,
                 limits: Limits::default(),
                 etcd_security: EtcdSecurity::default(),
+                health_listen: None,
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_rest));
             async move {

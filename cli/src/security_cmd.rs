@@ -39,6 +39,10 @@ pub struct RoleSecurityArgs {
     etcd_user: Option<String>,
     #[arg(long, env = "LABELFLEET_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
+    /// Also serve grpc.health.v1 alone, in plaintext, here (kubelet's gRPC probes cannot speak
+    /// TLS).
+    #[arg(long, env = "LABELFLEET_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl RoleSecurityArgs {

@@ -255,6 +255,27 @@ pub fn server_builder(
     }
 }
 
+/// Serves `grpc.health.v1` alone, in plaintext, on `addr`: kubelet's gRPC probes cannot speak
+/// TLS, and a health answer (SERVING or NOT_SERVING) says nothing secret. Returns the bound
+/// address; the server runs until the process exits.
+pub async fn serve_health<T: tonic_health::pb::health_server::Health>(
+    addr: std::net::SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<T>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "health port stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// Whether a TLS server requires its peers to present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientCerts {

@@ -51,6 +51,9 @@ pub struct CoordinatorConfig {
     pub tokens: Option<PathBuf>,
     pub limits: Limits,
     pub etcd_security: EtcdSecurity,
+    /// A plaintext port serving only `grpc.health.v1` (for kubelet's probes, which cannot
+    /// speak TLS).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -73,6 +76,7 @@ impl Default for CoordinatorConfig {
             tokens: None,
             limits: Limits::default(),
             etcd_security: EtcdSecurity::default(),
+            health_listen: None,
         }
     }
 }
@@ -146,6 +150,10 @@ pub async fn run_with_meta(
         health
             .set_service_status(name, ServingStatus::NotServing)
             .await;
+    }
+    if let Some(addr) = config.health_listen {
+        let bound = security::serve_health(addr, health_service.clone()).await?;
+        tracing::info!(%bound, "health (plaintext) at grpc.health.v1");
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)

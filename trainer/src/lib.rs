@@ -92,6 +92,9 @@ pub struct TrainerConfig {
     pub transport: Transport,
     pub limits: Limits,
     pub etcd_security: EtcdSecurity,
+    /// A plaintext port serving only `grpc.health.v1` (for kubelet's probes, which cannot
+    /// speak TLS).
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// One line of a distillation dataset: a pair and the teacher's grade distribution.
@@ -194,6 +197,10 @@ pub async fn run_with_meta(
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
+    if let Some(addr) = config.health_listen {
+        let bound = security::serve_health(addr, health_service.clone()).await?;
+        tracing::info!(%bound, "health (plaintext) at grpc.health.v1");
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -852,6 +859,7 @@ mod tests {
                 transport: Transport::Plaintext,
                 limits: Limits::default(),
                 etcd_security: EtcdSecurity::default(),
+                health_listen: None,
             },
             runs: Mutex::new(HashMap::new()),
             runs_by_job: Mutex::new(HashMap::new()),

@@ -75,6 +75,9 @@ pub struct WorkerConfig {
     pub transport: Transport,
     pub limits: Limits,
     pub etcd_security: EtcdSecurity,
+    /// A plaintext port serving only `grpc.health.v1` (for kubelet's probes, which cannot
+    /// speak TLS).
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Runs a worker until it has drained (after `shutdown` or a Drain call).
@@ -119,6 +122,10 @@ pub async fn run_with_meta(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    if let Some(addr) = config.health_listen {
+        let bound = security::serve_health(addr, health_service.clone()).await?;
+        tracing::info!(%bound, "health (plaintext) at grpc.health.v1");
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(labelfleet_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -112,7 +112,7 @@ envFrom:
 {{- if .Values.etcd.endpoints -}}
 {{- join "," .Values.etcd.endpoints -}}
 {{- else if .Values.etcd.bundled.enabled -}}
-{{- printf "http://%s.%s.svc:2379" (include "labelfleet.etcd.fullname" .) .Release.Namespace -}}
+{{- printf "%s://%s.%s.svc:2379" (ternary "https" "http" .Values.security.tls) (include "labelfleet.etcd.fullname" .) .Release.Namespace -}}
 {{- else -}}
 {{- fail "labelfleet needs etcd: set etcd.endpoints or etcd.bundled.enabled=true" -}}
 {{- end -}}
@@ -155,3 +155,110 @@ prometheus.io/path: /metrics
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
+
+
+{{/* The Secret of a role's certificate: (dict "root" $ "role" "worker"). */}}
+{{- define "labelfleet.tlsSecret" -}}
+{{- $s := index .root.Values.security.secrets .role -}}
+{{- default (printf "%s-%s-tls" (include "labelfleet.fullname" .root) .role) $s -}}
+{{- end -}}
+
+{{/* TLS of a role and its etcd client, or --insecure: (dict "root" $ "role" "worker"). */}}
+{{- define "labelfleet.securityEnv" -}}
+{{- $v := .root.Values -}}
+{{- if $v.security.tls }}
+- name: LABELFLEET_TLS_CA
+  value: /etc/labelfleet/tls/ca.pem
+- name: LABELFLEET_TLS_CERT
+  value: /etc/labelfleet/tls/tls.crt
+- name: LABELFLEET_TLS_KEY
+  value: /etc/labelfleet/tls/tls.key
+- name: LABELFLEET_HEALTH_LISTEN
+  value: "0.0.0.0:{{ $v.security.healthPort | int }}"
+{{- else }}
+- name: LABELFLEET_INSECURE
+  value: "true"
+{{- end }}
+{{- if and $v.security.tls $v.etcd.bundled.enabled (not $v.etcd.endpoints) }}
+# the bundled etcd requires a certificate signed by the cluster CA: the role's own
+- name: LABELFLEET_ETCD_CA
+  value: /etc/labelfleet/tls/ca.pem
+- name: LABELFLEET_ETCD_CERT
+  value: /etc/labelfleet/tls/tls.crt
+- name: LABELFLEET_ETCD_KEY
+  value: /etc/labelfleet/tls/tls.key
+{{- else if $v.etcd.tlsSecret }}
+- name: LABELFLEET_ETCD_CA
+  value: /etc/labelfleet/etcd/ca.pem
+- name: LABELFLEET_ETCD_CERT
+  value: /etc/labelfleet/etcd/tls.crt
+- name: LABELFLEET_ETCD_KEY
+  value: /etc/labelfleet/etcd/tls.key
+{{- end }}
+{{- if $v.etcd.user }}
+- name: LABELFLEET_ETCD_USER
+  value: {{ $v.etcd.user | quote }}
+- name: LABELFLEET_ETCD_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.etcd.passwordSecret | quote }}
+      key: password
+{{- end }}
+{{- end -}}
+
+{{- define "labelfleet.securityMounts" -}}
+{{- if .Values.security.tls }}
+- name: tls
+  mountPath: /etc/labelfleet/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.etcd.tlsSecret }}
+- name: etcd-tls
+  mountPath: /etc/labelfleet/etcd
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "labelfleet.securityVolumes" -}}
+{{- if .root.Values.security.tls }}
+- name: tls
+  secret:
+    secretName: {{ include "labelfleet.tlsSecret" . }}
+    defaultMode: 0400
+{{- end }}
+{{- if .root.Values.etcd.tlsSecret }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .root.Values.etcd.tlsSecret }}
+    defaultMode: 0400
+{{- end }}
+{{- end -}}
+
+{{/* The probe port: the plaintext health port over TLS, else the gRPC port. */}}
+{{- define "labelfleet.probePort" -}}
+{{- if .root.Values.security.tls -}}
+{{- .root.Values.security.healthPort | int -}}
+{{- else -}}
+{{- .port | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy rules of a metrics port and of the health port. */}}
+{{- define "labelfleet.netpol.metrics" -}}
+{{- if .root.Values.metrics.enabled }}
+- ports:
+    - port: {{ .port | int }}
+      protocol: TCP
+  {{- with .root.Values.security.networkPolicy.metricsFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- define "labelfleet.netpol.health" -}}
+{{- if .Values.security.tls }}
+- ports:
+    - port: {{ .Values.security.healthPort | int }}
+      protocol: TCP
+{{- end }}
+{{- end }}
