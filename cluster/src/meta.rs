@@ -213,6 +213,10 @@ pub fn spawn_lease_keeper_with_clock(
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(ttl / 4).await;
+            // Nobody holds the lease any more (the holder resigned or ended): stop quietly.
+            if tx.is_closed() {
+                return;
+            }
             let mut c = client.clone();
             let sent = Instant::now();
             let renewed = async {
