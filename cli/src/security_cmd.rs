@@ -11,18 +11,35 @@ use labelfleet_cluster::security::{Role, TlsPaths, Transport};
 use labelfleet_cluster::tokens::{Permission, TokenFile};
 use std::path::PathBuf;
 
-/// TLS of a cluster role, and how it reaches etcd.
-#[derive(Args, Clone, Debug)]
-pub struct RoleSecurityArgs {
+/// TLS files: the cluster CA, and a certificate with its key (a role's, or an operator's).
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsFileArgs {
     /// The cluster CA (PEM) that signed every role's certificate.
     #[arg(long, env = "LABELFLEET_TLS_CA")]
     tls_ca: Option<PathBuf>,
-    /// This role's certificate (PEM), from `labelfleet certs`.
+    /// A certificate (PEM) from `labelfleet certs`: the role's, or an operator's for a client.
     #[arg(long, env = "LABELFLEET_TLS_CERT")]
     tls_cert: Option<PathBuf>,
-    /// This role's private key (PEM).
+    /// The certificate's private key (PEM).
     #[arg(long, env = "LABELFLEET_TLS_KEY")]
     tls_key: Option<PathBuf>,
+}
+
+impl TlsFileArgs {
+    fn paths(&self) -> TlsPaths {
+        TlsPaths {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+}
+
+/// TLS of a cluster role, and how it reaches etcd.
+#[derive(Args, Clone, Debug)]
+pub struct RoleSecurityArgs {
+    #[command(flatten)]
+    tls: TlsFileArgs,
     /// Serve and dial without TLS: no identity is checked. Only for a trusted network.
     #[arg(long, env = "LABELFLEET_INSECURE")]
     insecure: bool,
@@ -47,12 +64,7 @@ pub struct RoleSecurityArgs {
 
 impl RoleSecurityArgs {
     pub fn transport(&self, role: Role) -> Result<Transport> {
-        let paths = TlsPaths {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-        };
-        Ok(Transport::for_role(role, &paths, self.insecure)?)
+        Ok(Transport::for_role(role, &self.tls.paths(), self.insecure)?)
     }
 
     pub fn etcd(&self) -> Result<EtcdSecurity> {
@@ -107,14 +119,9 @@ impl LimitArgs {
 /// How a client reaches a secured cluster.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ClientSecurityArgs {
-    /// The cluster CA: talk to the coordinators over TLS.
-    #[arg(long, env = "LABELFLEET_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// A client certificate (an operator's), with --tls-key.
-    #[arg(long, env = "LABELFLEET_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    #[arg(long, env = "LABELFLEET_TLS_KEY")]
-    tls_key: Option<PathBuf>,
+    // With --tls-ca the client talks TLS (with --tls-cert/--tls-key, as an operator).
+    #[command(flatten)]
+    tls: TlsFileArgs,
     /// Bearer token (from `labelfleet tokens add`).
     #[arg(long, env = "LABELFLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -122,11 +129,7 @@ pub struct ClientSecurityArgs {
 
 impl ClientSecurityArgs {
     pub fn credentials(&self) -> Result<labelfleet_client::Credentials> {
-        let transport = Transport::for_client(&TlsPaths {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-        })?;
+        let transport = Transport::for_client(&self.tls.paths())?;
         Ok(labelfleet_client::Credentials {
             transport,
             token: self.token.clone().filter(|t| !t.is_empty()),

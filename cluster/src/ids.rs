@@ -34,6 +34,27 @@ pub fn check_id(field: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest idempotency key accepted.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Checks an idempotency key: like an id, but `/` may join plain segments (a corpus job keys
+/// its stages `job/stage/content`). No empty, `.` or `..` segment, so a key stays a name.
+pub fn check_key(field: &str, key: &str) -> Result<(), String> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "{field}: {} bytes, longer than the {MAX_KEY_LEN} allowed",
+            key.len()
+        ));
+    }
+    for segment in key.split('/') {
+        check_id(field, segment).map_err(|e| match segment.is_empty() {
+            true => format!("{field}: `{}` has an empty segment", printable(key)),
+            false => e,
+        })?;
+    }
+    Ok(())
+}
+
 /// An id for a message: at most 64 characters, control characters escaped.
 fn printable(id: &str) -> String {
     id.chars().take(64).flat_map(char::escape_default).collect()
@@ -53,5 +74,13 @@ mod tests {
             assert!(err.starts_with("spec.corpus_id: "), "{err}");
         }
         assert!(check_id("id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn keys_may_join_plain_segments() {
+        assert!(check_key("key", "job-1-00af/queries/c-113f0256e8b54c37").is_ok());
+        for bad in ["../../leader", "a//b", "/a", "a/", "a/../b", "a/./b", "a b"] {
+            assert!(check_key("request.idempotency_key", bad).is_err(), "{bad}");
+        }
     }
 }

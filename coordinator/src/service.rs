@@ -520,7 +520,7 @@ impl Coordinator {
         idempotency_key: &str,
     ) -> Result<std::result::Result<String, Job>> {
         if !idempotency_key.is_empty() {
-            labelfleet_cluster::ids::check_id("request.idempotency_key", idempotency_key)
+            labelfleet_cluster::ids::check_key("request.idempotency_key", idempotency_key)
                 .map_err(CoordinatorError::Invalid)?;
         }
         let job_id = format!("job-{}-{:04x}", now_ms(), rand::random::<u16>());

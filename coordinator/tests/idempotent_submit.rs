@@ -3,87 +3,15 @@
 //! the client walks away from is either finished (and found by the retry) or leaves nothing,
 //! before and after a new leader takes over.
 
+mod common;
+
+use common::{pair, start};
 use labelfleet_cluster::meta::{keys, MetaStore};
-use labelfleet_coordinator::server::{run_with_meta, CoordinatorConfig};
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::*;
 use std::path::Path;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-struct Replica {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<labelfleet_coordinator::Result<()>>,
-}
-
-async fn start(meta: &MetaStore, store: &Path) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let config = CoordinatorConfig {
-        listen: format!("127.0.0.1:{port}").parse().expect("address"),
-        store: store.to_string_lossy().into_owned(),
-        task_lease: Duration::from_secs(60),
-        ..CoordinatorConfig::default()
-    };
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(run_with_meta(config, meta.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    Replica {
-        url: format!("http://127.0.0.1:{port}"),
-        stop,
-        handle,
-    }
-}
-
-impl Replica {
-    async fn jobs(&self) -> JobServiceClient<Channel> {
-        for _ in 0..200 {
-            if let Ok(mut j) = JobServiceClient::connect(self.url.clone()).await {
-                if j.list_jobs(ListJobsRequest::default()).await.is_ok() {
-                    return j;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("coordinator at {} never led", self.url);
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.handle.await.expect("join").expect("coordinator");
-    }
-}
-
-async fn upload_corpus(jobs: &mut JobServiceClient<Channel>) -> String {
-    let documents = (0..7)
-        .map(|i| Document {
-            id: format!("d{i}"),
-            body: format!("body of d{i}"),
-            ..Default::default()
-        })
-        .collect();
-    jobs.upload_corpus(tokio_stream::iter(vec![CorpusChunk {
-        corpus_name: "c".into(),
-        documents,
-    }]))
-    .await
-    .expect("upload")
-    .into_inner()
-    .corpus_id
-}
-
-fn pair(i: usize) -> PairInput {
-    PairInput {
-        pair_id: format!("p{i}"),
-        query_id: format!("q{}", i / 5),
-        query: format!("query {i}"),
-        document: Some(pair_input::Document::DocId(format!("d{}", i % 7))),
-    }
-}
 
 fn label_spec(corpus_id: &str, pairs: usize, task_size: u32) -> JobSpec {
     JobSpec {
@@ -161,7 +89,7 @@ async fn concurrent_and_retried_submits_with_one_key_make_one_job() {
     let meta = MetaStore::memory();
     let first = start(&meta, dir.path()).await;
     let mut jobs = first.jobs().await;
-    let corpus = upload_corpus(&mut jobs).await;
+    let corpus = common::upload_corpus(&mut jobs).await.corpus_id;
     let spec = label_spec(&corpus, 2000, 10);
 
     let mut calls = tokio::task::JoinSet::new();
@@ -221,7 +149,7 @@ async fn a_key_without_a_job_is_taken_over_by_the_retry() {
 
     let replica = start(&meta, dir.path()).await;
     let mut jobs = replica.jobs().await;
-    let corpus = upload_corpus(&mut jobs).await;
+    let corpus = common::upload_corpus(&mut jobs).await.corpus_id;
     let job = jobs
         .submit_job(request(label_spec(&corpus, 30, 10), "k"))
         .await
@@ -243,7 +171,7 @@ async fn a_streamed_submit_cancelled_by_the_client_leaves_nothing() {
     let meta = MetaStore::memory();
     let first = start(&meta, dir.path()).await;
     let mut jobs = first.jobs().await;
-    let corpus = upload_corpus(&mut jobs).await;
+    let corpus = common::upload_corpus(&mut jobs).await.corpus_id;
     let spec = label_spec(&corpus, 0, 10);
     let first_chunk = SubmitJobChunk {
         request: Some(request(spec.clone(), "stream-key")),
@@ -323,7 +251,7 @@ async fn a_unary_submit_abandoned_by_the_client_commits_once() {
     let meta = MetaStore::memory();
     let first = start(&meta, dir.path()).await;
     let mut jobs = first.jobs().await;
-    let corpus = upload_corpus(&mut jobs).await;
+    let corpus = common::upload_corpus(&mut jobs).await.corpus_id;
     let spec = label_spec(&corpus, 20_000, 100);
 
     let mut client = jobs.clone();

@@ -3,87 +3,17 @@
 //! stopped, a successor started on the same metadata and store, the rest committed. Every pair
 //! is labeled exactly once.
 
+mod common;
+
+use common::{pair, start, start_with, upload_corpus};
 use labelfleet_cluster::meta::MetaStore;
-use labelfleet_coordinator::server::{run_with_meta, CoordinatorConfig};
+use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::*;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-struct Replica {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<labelfleet_coordinator::Result<()>>,
-}
-
-async fn start(meta: &MetaStore, store: &std::path::Path) -> Replica {
-    start_with(meta, store, CoordinatorConfig::default()).await
-}
-
-async fn start_with(meta: &MetaStore, store: &std::path::Path, base: CoordinatorConfig) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let config = CoordinatorConfig {
-        listen: format!("127.0.0.1:{port}").parse().expect("address"),
-        store: store.to_string_lossy().into_owned(),
-        task_lease: Duration::from_secs(60),
-        ..base
-    };
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(run_with_meta(config, meta.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    Replica {
-        url: format!("http://127.0.0.1:{port}"),
-        stop,
-        handle,
-    }
-}
-
-impl Replica {
-    async fn clients(&self) -> (JobServiceClient<Channel>, TaskServiceClient<Channel>) {
-        for _ in 0..200 {
-            if let (Ok(mut j), Ok(t)) = (
-                JobServiceClient::connect(self.url.clone()).await,
-                TaskServiceClient::connect(self.url.clone()).await,
-            ) {
-                let probe = j.list_jobs(ListJobsRequest::default()).await;
-                if probe.is_ok() {
-                    return (j, t);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("coordinator at {} never led", self.url);
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.handle.await.expect("join").expect("coordinator");
-    }
-}
-
-/// Seven documents, `d0`..`d6`.
-async fn upload_corpus(jobs: &mut JobServiceClient<Channel>) -> UploadCorpusResponse {
-    let documents = (0..7)
-        .map(|i| Document {
-            id: format!("d{i}"),
-            body: format!("body of d{i}"),
-            ..Default::default()
-        })
-        .collect();
-    jobs.upload_corpus(tokio_stream::iter(vec![CorpusChunk {
-        corpus_name: "c".into(),
-        documents,
-    }]))
-    .await
-    .expect("upload")
-    .into_inner()
-}
 
 /// A labeling job of `pairs` pairs, 10 per task.
 fn label_spec(corpus_id: &str, pairs: usize) -> JobSpec {
@@ -95,15 +25,6 @@ fn label_spec(corpus_id: &str, pairs: usize) -> JobSpec {
         label_pairs: (0..pairs).map(pair).collect(),
         task_size: 10,
         ..Default::default()
-    }
-}
-
-fn pair(i: usize) -> PairInput {
-    PairInput {
-        pair_id: format!("p{i}"),
-        query_id: format!("q{}", i / 5),
-        query: format!("query {i}"),
-        document: Some(pair_input::Document::DocId(format!("d{}", i % 7))),
     }
 }
 

@@ -104,6 +104,11 @@ impl Worker {
         names
     }
 
+    fn assert_nothing_installed(&self) {
+        let entries = self.entries();
+        assert!(entries.is_empty(), "nothing installed: {entries:?}");
+    }
+
     fn installed_digest(&self, id: &str) -> Option<String> {
         let dir = self.checkpoints.join(id);
         dir.is_dir().then(|| checkpoint_digest(&dir).unwrap())
@@ -154,11 +159,7 @@ async fn a_push_whose_bytes_differ_from_the_record_is_refused() {
         "names the checkpoint and the registered digest: {}",
         err.message()
     );
-    assert!(
-        w.entries().is_empty(),
-        "nothing installed: {:?}",
-        w.entries()
-    );
+    w.assert_nothing_installed();
     assert_eq!(w.state.pushes_rejected.load(Ordering::Relaxed), 1);
     assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 0);
 }
@@ -176,11 +177,7 @@ async fn a_push_for_an_unregistered_id_is_refused() {
         "{}",
         err.message()
     );
-    assert!(
-        w.entries().is_empty(),
-        "nothing installed: {:?}",
-        w.entries()
-    );
+    w.assert_nothing_installed();
 }
 
 #[tokio::test]
@@ -199,11 +196,7 @@ async fn a_push_under_an_id_that_is_not_its_digest_is_refused() {
         "{}",
         err.message()
     );
-    assert!(
-        w.entries().is_empty(),
-        "nothing installed: {:?}",
-        w.entries()
-    );
+    w.assert_nothing_installed();
     assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 0);
 }
 
