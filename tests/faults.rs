@@ -25,7 +25,7 @@ fn assert_exactly_once(counts: &HashMap<String, usize>, n: usize, what: &str) {
 }
 
 /// What replica `i` answers to a GetJob right now: Ok(true) when it serves as leader,
-/// Ok(false) when it says it is not the leader, Err when it does not answer.
+/// Ok(false) when it says it is not the leader, Err when it gives no answer.
 fn serves(cluster: &Cluster, i: usize) -> Result<bool, String> {
     let url = format!("http://127.0.0.1:{}", cluster.coordinator_ports[i]);
     runtime().block_on(async {
@@ -38,7 +38,14 @@ fn serves(cluster: &Cluster, i: usize) -> Result<bool, String> {
                     job_id: String::new(),
                 })
                 .await;
-            Ok(!matches!(r, Err(s) if s.code() == tonic::Code::Unavailable))
+            // The leader answers NOT_FOUND for the empty id, a standby UNAVAILABLE; anything
+            // else (a connection cut as the process exits) is no answer.
+            match r {
+                Ok(_) => Ok(true),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(true),
+                Err(s) if s.code() == tonic::Code::Unavailable => Ok(false),
+                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+            }
         };
         tokio::time::timeout(Duration::from_secs(3), call)
             .await

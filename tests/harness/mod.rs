@@ -343,17 +343,22 @@ impl Security {
         }
     }
 
-    /// The flags of a role with the certificate `stem` (`worker`, `worker-w0`, ...).
+    /// The flags of a role with the certificate `stem` (`worker`, `worker-w0`, ...), which is
+    /// also its etcd client certificate.
     pub fn role_args(&self, stem: &str) -> Vec<String> {
         let f = |name: String| self.certs.join(name).display().to_string();
-        vec![
-            "--tls-ca".into(),
-            f("ca.pem".into()),
-            "--tls-cert".into(),
-            f(format!("{stem}.pem")),
-            "--tls-key".into(),
-            f(format!("{stem}.key")),
-        ]
+        let mut args = Vec::new();
+        for prefix in ["--tls", "--etcd"] {
+            args.extend([
+                format!("{prefix}-ca"),
+                f("ca.pem".into()),
+                format!("{prefix}-cert"),
+                f(format!("{stem}.pem")),
+                format!("{prefix}-key"),
+                f(format!("{stem}.key")),
+            ]);
+        }
+        args
     }
 
     /// TLS material of a client holding the certificate `stem` (none: CA only).
@@ -415,8 +420,10 @@ impl Cluster {
         c
     }
 
+    /// etcd's client URL: TLS on a secure cluster.
     pub fn etcd_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.etcd_port)
+        let scheme = if self.options.secure { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.etcd_port)
     }
 
     /// The local store's directory (the S3 store has none).
@@ -464,6 +471,20 @@ impl Cluster {
             "--initial-cluster".into(),
             format!("test=http://127.0.0.1:{}", self.etcd_peer_port),
         ];
+        let mut args = args;
+        if let Some(s) = &self.security {
+            // etcd serves TLS and takes only clients with a certificate of the cluster CA
+            let f = |name: &str| s.certs.join(name).display().to_string();
+            args.extend([
+                "--cert-file".into(),
+                f("etcd-server.pem"),
+                "--key-file".into(),
+                f("etcd-server.key"),
+                "--trusted-ca-file".into(),
+                f("ca.pem"),
+                "--client-cert-auth".into(),
+            ]);
+        }
         let etcd = which("etcd").expect("etcd is not installed: run scripts/setup.sh");
         self.etcd = Some(spawn("etcd", &etcd, &args, self.dir.path()));
         let deadline = Instant::now() + Duration::from_secs(30);
