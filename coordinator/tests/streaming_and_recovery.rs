@@ -8,7 +8,6 @@ mod common;
 use common::{pair, start, start_with, upload_corpus};
 use labelfleet_cluster::meta::MetaStore;
 use labelfleet_coordinator::server::CoordinatorConfig;
-use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
 use labelfleet_proto::v1::*;
 use std::collections::HashMap;
