@@ -184,6 +184,9 @@ impl EtcdSecurity {
     }
 }
 
+/// How long a role waits at startup for etcd to answer.
+pub const ETCD_STARTUP_WAIT: Duration = Duration::from_secs(60);
+
 /// Connects to etcd with timeouts suited to a control plane.
 pub async fn connect_etcd(endpoints: &[String], security: &EtcdSecurity) -> Result<Client> {
     let opts = ConnectOptions::new()
@@ -572,7 +575,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn open_meta(
     etcd: &[String],
     prefix: &str,
-    wait: Duration,
     security: &EtcdSecurity,
 ) -> Result<MetaStore> {
     if etcd.is_empty() {
@@ -588,7 +590,7 @@ pub async fn open_meta(
                 })
             }
             Err(e @ ClusterError::Invalid(_)) => return Err(e),
-            Err(e) if start.elapsed() < wait => {
+            Err(e) if start.elapsed() < ETCD_STARTUP_WAIT => {
                 tracing::warn!(error = %e, "etcd not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

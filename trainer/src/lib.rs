@@ -126,13 +126,7 @@ pub async fn run(
     config: TrainerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let meta = open_meta(
-        &config.etcd,
-        &config.etcd_prefix,
-        Duration::from_secs(60),
-        &config.etcd_security,
-    )
-    .await?;
+    let meta = open_meta(&config.etcd, &config.etcd_prefix, &config.etcd_security).await?;
     run_with_meta(config, meta, shutdown).await
 }
 
