@@ -5,25 +5,13 @@
 
 mod common;
 
-use common::{pair, start};
+use common::{label_spec, pair, start};
 use labelfleet_cluster::meta::{keys, MetaStore};
 use labelfleet_proto::v1::job_service_client::JobServiceClient;
 use labelfleet_proto::v1::*;
 use std::path::Path;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-fn label_spec(corpus_id: &str, pairs: usize, task_size: u32) -> JobSpec {
-    JobSpec {
-        corpus_id: corpus_id.into(),
-        student: Some(ModelRef {
-            source: Some(model_ref::Source::LocalPath("m".into())),
-        }),
-        label_pairs: (0..pairs).map(pair).collect(),
-        task_size,
-        ..Default::default()
-    }
-}
 
 fn request(spec: JobSpec, key: &str) -> SubmitJobRequest {
     SubmitJobRequest {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{pair, start, start_with, upload_corpus};
+use common::{label_spec, pair, start, start_with, upload_corpus};
 use labelfleet_cluster::meta::MetaStore;
 use labelfleet_coordinator::server::CoordinatorConfig;
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
@@ -13,19 +13,6 @@ use labelfleet_proto::v1::*;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-/// A labeling job of `pairs` pairs, 10 per task.
-fn label_spec(corpus_id: &str, pairs: usize) -> JobSpec {
-    JobSpec {
-        corpus_id: corpus_id.into(),
-        student: Some(ModelRef {
-            source: Some(model_ref::Source::LocalPath("m".into())),
-        }),
-        label_pairs: (0..pairs).map(pair).collect(),
-        task_size: 10,
-        ..Default::default()
-    }
-}
 
 /// Leases up to `max_tasks` tasks and commits one label per pair; returns the pairs committed.
 async fn work(tasks: &mut TaskServiceClient<Channel>, max_tasks: usize) -> usize {
@@ -88,7 +75,7 @@ async fn a_streamed_job_survives_a_new_leader_with_every_pair_labeled_once() {
     let corpus = upload_corpus(&mut jobs).await;
 
     // 1,003 pairs in chunks of 100, 10 per task: 101 tasks, the last one of 3 pairs.
-    let spec = label_spec(&corpus.corpus_id, 0);
+    let spec = label_spec(&corpus.corpus_id, 0, 10);
     let mut chunks = vec![SubmitJobChunk {
         request: Some(SubmitJobRequest {
             spec: Some(spec.clone()),
@@ -211,7 +198,7 @@ async fn a_finished_job_is_deleted_after_its_retention() {
     let corpus = upload_corpus(&mut jobs).await;
     let job = jobs
         .submit_job(SubmitJobRequest {
-            spec: Some(label_spec(&corpus.corpus_id, 20)),
+            spec: Some(label_spec(&corpus.corpus_id, 20, 10)),
             idempotency_key: String::new(),
         })
         .await
@@ -276,7 +263,7 @@ async fn an_unreadable_object_fails_its_own_job_and_the_new_leader_still_leads()
             jobs.submit_job(SubmitJobRequest {
                 spec: Some(JobSpec {
                     name: name.into(),
-                    ..label_spec(&corpus_id, 20)
+                    ..label_spec(&corpus_id, 20, 10)
                 }),
                 idempotency_key: String::new(),
             })
@@ -351,7 +338,7 @@ async fn corpus_jobs_are_refused_with_the_reason_cancelled_and_recorded_for_a_ne
         "{refused:?}"
     );
     // a corpus-only field in a labeling job is refused by name
-    let mut labeling = label_spec(&corpus.corpus_id, 10);
+    let mut labeling = label_spec(&corpus.corpus_id, 10, 10);
     labeling.label_queries.push(QueryInput {
         query_id: "q1".into(),
         text: "wings".into(),

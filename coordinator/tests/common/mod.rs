@@ -102,3 +102,16 @@ pub fn pair(i: usize) -> PairInput {
         document: Some(pair_input::Document::DocId(format!("d{}", i % 7))),
     }
 }
+
+/// A labeling job of pairs `0..pairs` over the corpus, `task_size` pairs per task.
+pub fn label_spec(corpus_id: &str, pairs: usize, task_size: u32) -> JobSpec {
+    JobSpec {
+        corpus_id: corpus_id.into(),
+        student: Some(ModelRef {
+            source: Some(model_ref::Source::LocalPath("m".into())),
+        }),
+        label_pairs: (0..pairs).map(pair).collect(),
+        task_size,
+        ..Default::default()
+    }
+}
