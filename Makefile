@@ -8,9 +8,12 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 BIN := target/release/labelfleet
 
-.PHONY: setup build run test bench fmt clippy
+.PHONY: setup setup-tests build run test bench fmt clippy
+# what the main job needs; the tests also need etcd, llama-server and reference outputs
 setup:
 	@bash scripts/setup.sh
+setup-tests:
+	@bash scripts/setup.sh --tests
 
 build: setup
 	$(CARGO) build --release --bin labelfleet
@@ -20,10 +23,10 @@ run: build
 	$(BIN) run --corpus $(DATA)/cranfield/corpus.jsonl --eval-queries $(DATA)/cranfield/queries.tsv \
 	  --eval-qrels $(DATA)/cranfield/qrels.txt --out out/run
 
-test: setup
+test: setup-tests
 	$(CARGO) test --release --workspace -- --test-threads=1
 
-bench: build
+bench: setup-tests build
 	bash scripts/bench_engine.sh
 	bash scripts/bench_dispatch.sh
 

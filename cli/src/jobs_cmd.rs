@@ -297,7 +297,7 @@ fn succeeded(job: &Job) -> Result<()> {
 }
 
 async fn watch_job(client: &mut Client, job_id: &str) -> Result<Job> {
-    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut bar: Option<crate::progress::Progress> = None;
     let job = client
         .watch(job_id, |job| {
             let stage = job.stages.first().cloned().unwrap_or_default();
@@ -334,13 +334,22 @@ pub struct JobArgs {
     #[command(flatten)]
     client: ClientArgs,
     job_id: String,
+    /// `table` for people; `json` for scripts (one object per job, on one line).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT")]
+    output: OutputFormat,
+}
+
+/// How `status`, `watch` and `list` print jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
 }
 
 pub fn status(a: JobArgs) -> Result<()> {
     runtime()?.block_on(async {
         let job = a.client.connect().await?.get(&a.job_id).await?;
-        println!("{}", job_table(&[job]));
-        Ok(())
+        print_jobs(&[job], a.output)
     })
 }
 
@@ -348,8 +357,50 @@ pub fn watch(a: JobArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut client = a.client.connect().await?;
         let job = watch_job(&mut client, &a.job_id).await?;
-        println!("{}", job_table(std::slice::from_ref(&job)));
+        print_jobs(std::slice::from_ref(&job), a.output)?;
         succeeded(&job)
+    })
+}
+
+fn print_jobs(jobs: &[Job], format: OutputFormat) -> Result<()> {
+    match format {
+        OutputFormat::Table => println!("{}", job_table(jobs)),
+        OutputFormat::Json => {
+            for job in jobs {
+                println!("{}", serde_json::to_string(&job_json(job))?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A job as JSON: what the table shows, every stage, and the job's outputs.
+fn job_json(j: &Job) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = j
+        .stages
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "stage": s.stage,
+                "done": s.done,
+                "total": s.total,
+                "failed": s.failed,
+                "items_per_second": s.items_per_second,
+                "eta_seconds": s.eta_seconds,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "job_id": j.job_id,
+        "name": j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        "state": state_name(j.state),
+        "stage": j.stage,
+        "stages": stages,
+        "checkpoint_id": j.checkpoint_id,
+        "error": j.error,
+        "artifacts": j.artifacts,
+        "created_unix_ms": j.created_unix_ms,
+        "updated_unix_ms": j.updated_unix_ms,
     })
 }
 
@@ -385,6 +436,9 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
 pub struct ListArgs {
     #[command(flatten)]
     client: ClientArgs,
+    /// `table` for people; `json` for scripts (one object per job per line).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT")]
+    output: OutputFormat,
 }
 
 pub fn list(a: ListArgs) -> Result<()> {
@@ -409,8 +463,7 @@ pub fn list(a: ListArgs) -> Result<()> {
             }
             token = page.next_page_token;
         }
-        println!("{}", job_table(&jobs));
-        Ok(())
+        print_jobs(&jobs, a.output)
     })
 }
 
@@ -545,7 +598,16 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
                 })?;
                 match qrels.as_mut() {
                     Some(_) if l.query_id.is_empty() => no_query_id += 1,
-                    Some(q) => writeln!(q, "{} 0 {} {}", l.query_id, l.doc_id, l.grade)?,
+                    Some(q) => q.write_all(
+                        labelfleet_types::qrels_line(
+                            &l.pair_id,
+                            &l.query_id,
+                            &l.doc_id,
+                            l.grade as usize,
+                        )
+                        .map_err(std::io::Error::other)?
+                        .as_bytes(),
+                    )?,
                     None => {}
                 }
             }
@@ -720,7 +782,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         if !a.wait {
             return Ok(());
         }
-        let mut bar: Option<indicatif::ProgressBar> = None;
+        let mut bar: Option<crate::progress::Progress> = None;
         if let Ok(stream) = client
             .watch_training(GetTrainingRunRequest {
                 run_id: run.run_id.clone(),

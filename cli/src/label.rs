@@ -204,7 +204,13 @@ pub fn run(a: LabelArgs) -> Result<()> {
             checkpoint: &checkpoint,
             prompt_version: GRADE_PROMPT_VERSION,
         })?;
-        qrels.push_str(&format!("{} 0 {} {}\n", q.id, hit.id, g.grade));
+        labelfleet_types::push_qrels_line(
+            &mut qrels,
+            &format!("{}/{}", q.id, hit.id),
+            &q.id,
+            &hit.id,
+            g.grade,
+        )?;
     }
     out.finish()?;
     if let Some(path) = &a.qrels {

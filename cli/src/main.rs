@@ -34,6 +34,33 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (colour only on a terminal, and never with NO_COLOR set) or as one JSON
+    /// object per line, for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LABELFLEET_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in the chosen format; `RUST_LOG` overrides the default filter.
+fn init_logging(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -180,13 +207,7 @@ fn main() {
         Command::Run(_) => "warn",
         _ => "labelfleet=info,warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Score(a) => score(a),
@@ -273,8 +294,14 @@ fn score(a: ScoreArgs) -> Result<()> {
     }
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
+    let loading = std::time::Instant::now();
     let grader = load_grader(&dir, &default_grade_labels(), placement, a.engine.max_len)
         .with_context(|| format!("loading model {}", dir.display()))?;
+    tracing::info!(
+        model = %grader.describe(),
+        seconds = loading.elapsed().as_secs_f64(),
+        "model loaded"
+    );
     let records = jsonl::read::<Pair>(&a.input)?;
     let mut rejects = a
         .rejects

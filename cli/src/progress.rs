@@ -1,7 +1,7 @@
 //! Progress bars (rate and ETA) and result tables.
 
 /// One progress bar and table style for the whole binary: the pipeline crate's.
-pub use labelfleet_pipeline::progress::{bar, table};
+pub use labelfleet_pipeline::progress::{bar, table, Progress};
 
 /// The summary a grading command prints: the model, any `context` columns (device, queries),
 /// how many pairs were graded and rejected, the rate, and the histogram of grades.

@@ -385,7 +385,7 @@ async fn run_corpus_job(
 
 /// Follows a corpus job with one progress bar per stage, until it ends.
 async fn follow(client: &mut Client, job_id: &str) -> Result<Job> {
-    let mut bars: Vec<(String, indicatif::ProgressBar)> = vec![];
+    let mut bars: Vec<(String, crate::progress::Progress)> = vec![];
     let job = client
         .watch(job_id, |job| {
             for (i, s) in job.stages.iter().enumerate() {

@@ -670,11 +670,18 @@ fn write_targets(
         return Ok((Some(queries), None));
     }
     let qrels = dir.join("human.qrels");
-    let text: String = spec
-        .human_judgments
-        .iter()
-        .map(|j| format!("{} 0 {} {}\n", j.query_id, j.doc_id, j.grade))
-        .collect();
+    let mut text = String::new();
+    for (i, j) in spec.human_judgments.iter().enumerate() {
+        let name = format!("human judgment {i}");
+        labelfleet_types::push_qrels_line(
+            &mut text,
+            &name,
+            &j.query_id,
+            &j.doc_id,
+            j.grade as usize,
+        )
+        .map_err(|e| e.to_string())?;
+    }
     std::fs::write(&qrels, text).map_err(|e| e.to_string())?;
     Ok((Some(queries), Some(qrels)))
 }

@@ -389,7 +389,7 @@ impl Cluster {
         let trainer = &mut self.trainer;
         self.rt.block_on(async {
             let run = trainer.start_distillation(request).await?;
-            let mut bar: Option<indicatif::ProgressBar> = None;
+            let mut bar: Option<crate::progress::Progress> = None;
             let wait = trainer.wait(&run.run_id, |m| {
                 let pb = bar.get_or_insert_with(|| progress::bar(m.total_steps as u64, "distill"));
                 pb.set_position(m.step as u64 + 1);
@@ -450,7 +450,7 @@ async fn run_job(
     if let Some(o) = observer {
         o.child_job(what, &job.job_id);
     }
-    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut bar: Option<crate::progress::Progress> = None;
     let watch = jobs.watch(&job.job_id, |job| {
         let stage = job.stages.first().cloned().unwrap_or_default();
         let pb = bar.get_or_insert_with(|| progress::bar(stage.total, what));

@@ -994,7 +994,8 @@ fn write_labels(
 fn write_qrels(path: &Path, keyed: &[(String, String)], grades: &[Grading]) -> Result<()> {
     let mut s = String::new();
     for ((q, d), g) in keyed.iter().zip(grades) {
-        s.push_str(&format!("{q} 0 {d} {}\n", g.grade));
+        labelfleet_types::push_qrels_line(&mut s, &format!("{q}/{d}"), q, d, g.grade)
+            .map_err(|e| PipelineError::Input(e.to_string()))?;
     }
     std::fs::write(path, s).map_err(|e| PipelineError::io(path, e))
 }

@@ -10,6 +10,7 @@
 //! - [`query`]: query synthesis: [`SeedDocument`]s, [`QueryIntent`]s, [`GeneratedQuery`]s and
 //!   the clean-up of what a model writes;
 //! - [`sanitize`]: stripping special-token strings from user text;
+//! - [`qrels`]: the one writer of TREC qrels lines;
 //! - [`sampling`]: [`SamplingParams`] of text generation;
 //! - [`home`]: where labelfleet keeps its models and caches.
 //!
@@ -21,6 +22,7 @@ pub mod grading;
 pub mod home;
 pub mod pair;
 pub mod prompt;
+pub mod qrels;
 pub mod query;
 pub mod sampling;
 pub mod sanitize;
@@ -31,6 +33,7 @@ pub use grading::Grading;
 pub use home::{home_dir, resolve_model};
 pub use pair::{InputLimits, Pair};
 pub use prompt::GradePrompt;
+pub use qrels::{push_qrels_line, qrels_line, QrelsError};
 pub use query::{GeneratedQuery, QueryIntent, SeedDocument};
 pub use sampling::SamplingParams;
 pub use sanitize::strip_special_tokens;
