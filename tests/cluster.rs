@@ -212,9 +212,15 @@ fn standby_takes_over(store: Store) {
     let job_id = cluster.submit(&corpus, &pairs, 50);
     cluster.wait_progress(&job_id, 0.3, TIMEOUT);
     let old = cluster.wait_leader(Duration::from_secs(10));
-    // Only the leader reports SERVING, so a Kubernetes Service routes clients to it alone.
+    // Both replicas are ready (a standby forwards clients to the leader); only the leader
+    // carries the leader signal.
+    wait_health(&cluster, 1 - old, "", "SERVING");
     assert_eq!(cluster.health(old), "SERVING");
-    assert_eq!(cluster.health(1 - old), "NOT_SERVING");
+    assert_eq!(cluster.health_of(old, "labelfleet.v1.Leader"), "SERVING");
+    assert_eq!(
+        cluster.health_of(1 - old, "labelfleet.v1.Leader"),
+        "NOT_SERVING"
+    );
     cluster.coordinators[old].kill9();
     let new = cluster.wait_leader(Duration::from_secs(60));
     assert_ne!(old, new, "a standby must lead now");
@@ -228,6 +234,102 @@ fn standby_takes_over(store: Store) {
         log.contains("state loaded"),
         "the new leader reloaded state"
     );
+}
+
+/// Waits (up to 10 s: readiness is re-checked every second) for a health answer.
+fn wait_health(cluster: &Cluster, coordinator: usize, service: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = cluster.health_of(coordinator, service);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "coordinator{coordinator} health({service:?}) is {got}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every replica serves clients: a client that knows only the standby uploads, submits,
+/// watches, lists and fetches through it, and gets the leader's answers (each pair labeled
+/// once). Workers lease from the leader alone: TaskService is SERVING there only.
+#[test]
+fn a_client_of_the_standby_gets_its_answers_from_the_leader() {
+    let cluster = Cluster::start(Options::default());
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let standby = 1 - leader;
+    wait_health(&cluster, standby, "", "SERVING");
+    assert_eq!(
+        cluster.health_of(standby, "labelfleet.v1.JobService"),
+        "SERVING"
+    );
+    assert_eq!(
+        cluster.health_of(standby, "labelfleet.v1.TaskService"),
+        "NOT_SERVING"
+    );
+    assert_eq!(
+        cluster.health_of(leader, "labelfleet.v1.TaskService"),
+        "SERVING"
+    );
+
+    let url = format!("http://127.0.0.1:{}", cluster.coordinator_ports[standby]);
+    let n = 600;
+    let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
+    let (corpus, pairs) = (corpus.display().to_string(), pairs.display().to_string());
+    let submitted = cluster.cli(&[
+        "submit",
+        "--coordinator",
+        &url,
+        "--corpus",
+        &corpus,
+        "--pairs",
+        &pairs,
+        "--task-size",
+        "50",
+        "--model",
+        "minilm",
+        "--watch",
+    ]);
+    let job_id = submitted.lines().next().expect("job id").trim().to_string();
+    let status: serde_json::Value = serde_json::from_str(
+        cluster
+            .cli(&["status", "--coordinator", &url, &job_id, "-o", "json"])
+            .trim(),
+    )
+    .expect("status -o json");
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["stages"][0]["done"], n as u64, "{status}");
+    let listed = cluster.cli(&["list", "--coordinator", &url, "-o", "json"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|j| j["job_id"] == job_id.as_str())),
+        "{listed}"
+    );
+    let out = cluster.dir.path().join("via-standby.jsonl");
+    cluster.cli(&[
+        "fetch",
+        "--coordinator",
+        &url,
+        &job_id,
+        "--output",
+        &out.display().to_string(),
+    ]);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&out).expect("labels").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("label");
+        *counts
+            .entry(v["id"].as_str().expect("id").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_exactly_once(&counts, n, &[], "labels fetched through the standby");
+    // it was the leader that ran the job: the standby never led
+    assert_eq!(cluster.leader(), Some(leader));
+    let log = std::fs::read_to_string(&cluster.coordinators[standby].log).unwrap_or_default();
+    assert!(!log.contains("elected leader"), "{log}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - [`corpus_job`]: the whole method as one job, driven by the leader through child jobs;
 //! - [`search_job`]: BM25 retrieval over a corpus, shard by shard on the workers;
 //! - [`fleet`]: the live workers, and each one's share of a job's API rate limits;
+//! - [`forward`]: a standby's client calls, checked and forwarded to the leader;
 //! - [`recovery`]: the job record, and how a new leader reads state back (paged, lazy);
 //! - [`service`]: the `JobService` and `TaskService` gRPC servers;
 //! - [`server`]: one replica, from election to fail-stop.
@@ -13,6 +14,7 @@
 pub mod corpus_job;
 pub mod error;
 pub mod fleet;
+pub mod forward;
 pub mod jobs;
 pub mod lease_token;
 pub mod planner;

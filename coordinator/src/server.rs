@@ -4,6 +4,7 @@
 
 use crate::corpus_job::{self, DriverEnv};
 use crate::error::{CoordinatorError, Result};
+use crate::forward::Forwarder;
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_cluster::blobs::Blobs;
@@ -139,12 +140,24 @@ pub async fn run_with_meta(
         });
     }
 
+    coord.set_forwarder(Forwarder::new(
+        meta.clone(),
+        config.transport.clone(),
+        advertise.clone(),
+        config.limits.max_message_bytes,
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
+    for name in CLIENT_SERVICES.iter().chain(LEADER_SERVICES) {
         health
-            .set_service_status(name, ServingStatus::NotServing)
+            .set_service_status(*name, ServingStatus::NotServing)
             .await;
     }
+    let readiness = tokio::spawn(report_readiness(
+        coord.clone(),
+        meta.clone(),
+        advertise.clone(),
+        health.clone(),
+    ));
     if let Some(addr) = config.health_listen {
         let bound = security::serve_health(addr, health_service.clone()).await?;
         tracing::info!(%bound, "health (plaintext) at grpc.health.v1");
@@ -213,9 +226,9 @@ pub async fn run_with_meta(
             );
             *coord.leader.write().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
             corpus_job::resume_all(&coord, &leader)?;
-            for name in ["", "labelfleet.v1.JobService", "labelfleet.v1.TaskService"] {
+            for name in CLIENT_SERVICES.iter().chain(LEADER_SERVICES) {
                 health
-                    .set_service_status(name, ServingStatus::Serving)
+                    .set_service_status(*name, ServingStatus::Serving)
                     .await;
             }
             tracing::info!("leading");
@@ -270,6 +283,7 @@ pub async fn run_with_meta(
         r = lead => r,
         _ = shutdown => Ok(()),
     };
+    readiness.abort();
     let _ = stop_tx.send(());
     let _ = server.await;
     // A clean stop resigns, so a standby leads at once instead of after the TTL.
@@ -280,6 +294,46 @@ pub async fn run_with_meta(
         }
     }
     result
+}
+
+/// Health names every replica serves while it can answer clients: itself as leader, or a
+/// standby that forwards to an elected leader. Kubernetes' readiness probe checks "".
+pub const CLIENT_SERVICES: &[&str] = &["", "labelfleet.v1.JobService"];
+/// Health names only the leader serves: `TaskService` (workers lease from the leader) and
+/// `labelfleet.v1.Leader`, the signal for whoever must reach the leader itself.
+pub const LEADER_SERVICES: &[&str] = &["labelfleet.v1.TaskService", "labelfleet.v1.Leader"];
+
+/// Keeps the health answers true every second: SERVING for clients while this replica leads,
+/// or while another replica is elected (a standby forwards to it); the leader-only names on the
+/// leader alone.
+async fn report_readiness(
+    coord: Arc<Coordinator>,
+    meta: MetaStore,
+    own: String,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut last: Option<(bool, bool)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let leading = coord.leader().is_ok();
+        let serving = leading || matches!(meta.leader_address().await, Ok(Some(a)) if a != own);
+        if last == Some((serving, leading)) {
+            continue;
+        }
+        let status = |on: bool| match on {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        for name in CLIENT_SERVICES {
+            health.set_service_status(*name, status(serving)).await;
+        }
+        for name in LEADER_SERVICES {
+            health.set_service_status(*name, status(leading)).await;
+        }
+        tracing::info!(serving, leading, "health");
+        last = Some((serving, leading));
+    }
 }
 
 /// The coordinator's metrics in the Prometheus text format.

@@ -6,6 +6,7 @@
 use crate::corpus_job::{self, CorpusJobs, DriverEnv};
 use crate::error::{CoordinatorError, Result};
 use crate::fleet::{self, Fleet};
+use crate::forward::{self, Forwarder};
 use crate::jobs::{self, CorpusBuilder};
 use crate::lease_token::LeaseSigner;
 use crate::planner::{self, Planner};
@@ -112,6 +113,9 @@ pub struct Coordinator {
     /// One lock per idempotency key with a submit under way: submits with the same key run
     /// one after the other, so a retry gets the first one's job.
     submit_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set on a replica of an elected cluster: while a standby, it forwards `JobService` calls
+    /// to the leader.
+    forwarder: std::sync::OnceLock<Forwarder>,
 }
 
 /// Seconds the last state load of this process took (f64 bits; NaN before any load).
@@ -148,7 +152,18 @@ impl Coordinator {
             limits: Limits::default(),
             watches: Arc::default(),
             submit_locks: Mutex::new(HashMap::new()),
+            forwarder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets this replica forward client calls to the leader while it is a standby.
+    pub fn set_forwarder(&self, forwarder: Forwarder) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// The forwarder, when this replica is a standby that forwards client calls.
+    fn forwarding(&self) -> Option<&Forwarder> {
+        self.forwarder.get().filter(|_| self.leader().is_err())
     }
 
     /// Sets who may call what (the transport's access, the clients' tokens) and the limits.
@@ -167,6 +182,13 @@ impl Coordinator {
         req: &Request<T>,
     ) -> std::result::Result<WatchSlot, Status> {
         let who = match caller {
+            // a standby forwarding its clients' watches: each was limited where it came in
+            Caller::Certificate(Role::Coordinator) => {
+                return Ok(WatchSlot {
+                    who: String::new(),
+                    open: Arc::default(),
+                })
+            }
             Caller::Anonymous => req
                 .remote_addr()
                 .map(|a| a.ip().to_string())
@@ -1080,6 +1102,9 @@ impl JobService for JobApi {
         req: Request<SubmitJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
         self.0.auth.check(&req, "SubmitJob", Permission::Submit)?;
+        if let Some(fw) = self.0.forwarding() {
+            return fw.leader().await?.submit_job(forward::onward(req)).await;
+        }
         let (req, coord) = (req.into_inner(), self.0.clone());
         let submitted = Coordinator::detached(async move {
             match req.spec.as_ref().is_some_and(jobs::is_corpus) {
@@ -1097,6 +1122,13 @@ impl JobService for JobApi {
         self.0
             .auth
             .check(&req, "SubmitJobStream", Permission::Submit)?;
+        if let Some(fw) = self.0.forwarding() {
+            let (mut leader, auth) = (fw.leader().await?, forward::auth_of(&req));
+            return forward::forward_client_stream(req.into_inner(), |s| {
+                leader.submit_job_stream(forward::with_auth(auth, s))
+            })
+            .await;
+        }
         let (chunks, coord) = (req.into_inner(), self.0.clone());
         Coordinator::detached(async move { coord.submit_stream(chunks).await })
             .await
@@ -1109,6 +1141,9 @@ impl JobService for JobApi {
         req: Request<GetJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
         self.0.auth.check(&req, "GetJob", Permission::Read)?;
+        if let Some(fw) = self.0.forwarding() {
+            return fw.leader().await?.get_job(forward::onward(req)).await;
+        }
         let leader = self.0.leader()?;
         let id = req.into_inner().job_id;
         let job = self.0.job_view(&leader, &id);
@@ -1121,6 +1156,9 @@ impl JobService for JobApi {
         req: Request<ListJobsRequest>,
     ) -> std::result::Result<Response<ListJobsResponse>, Status> {
         self.0.auth.check(&req, "ListJobs", Permission::Read)?;
+        if let Some(fw) = self.0.forwarding() {
+            return fw.leader().await?.list_jobs(forward::onward(req)).await;
+        }
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let page = if req.page_size == 0 {
@@ -1155,6 +1193,9 @@ impl JobService for JobApi {
         req: Request<CancelJobRequest>,
     ) -> std::result::Result<Response<Job>, Status> {
         self.0.auth.check(&req, "CancelJob", Permission::Cancel)?;
+        if let Some(fw) = self.0.forwarding() {
+            return fw.leader().await?.cancel_job(forward::onward(req)).await;
+        }
         let leader = self.0.leader()?;
         let req = req.into_inner();
         if leader.corpus().contains(&req.job_id) {
@@ -1178,6 +1219,15 @@ impl JobService for JobApi {
     ) -> std::result::Result<Response<Self::WatchJobStream>, Status> {
         let caller = self.0.auth.check(&req, "WatchJob", Permission::Read)?;
         let slot = self.0.open_watch(&caller, &req)?;
+        if let Some(fw) = self.0.forwarding() {
+            let stream = fw.leader().await?.watch_job(forward::onward(req)).await?;
+            // the slot stays taken while the forwarded stream lives
+            let stream = tokio_stream::StreamExt::map(stream.into_inner(), move |job| {
+                let _held = &slot;
+                job
+            });
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let coord = self.0.clone();
         let id = req.into_inner().job_id;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -1211,6 +1261,14 @@ impl JobService for JobApi {
         req: Request<FetchResultsRequest>,
     ) -> std::result::Result<Response<Self::FetchResultsStream>, Status> {
         self.0.auth.check(&req, "FetchResults", Permission::Read)?;
+        if let Some(fw) = self.0.forwarding() {
+            let stream = fw
+                .leader()
+                .await?
+                .fetch_results(forward::onward(req))
+                .await?;
+            return Ok(Response::new(Box::pin(stream.into_inner())));
+        }
         let leader = self.0.leader()?;
         let req = req.into_inner();
         if let Some(job) = leader.corpus().view(&req.job_id) {
@@ -1294,6 +1352,14 @@ impl JobService for JobApi {
         req: Request<FetchArtifactRequest>,
     ) -> std::result::Result<Response<Self::FetchArtifactStream>, Status> {
         self.0.auth.check(&req, "FetchArtifact", Permission::Read)?;
+        if let Some(fw) = self.0.forwarding() {
+            let stream = fw
+                .leader()
+                .await?
+                .fetch_artifact(forward::onward(req))
+                .await?;
+            return Ok(Response::new(Box::pin(stream.into_inner())));
+        }
         let leader = self.0.leader()?;
         let req = req.into_inner();
         let job = leader.corpus().view(&req.job_id).ok_or_else(|| {
@@ -1329,6 +1395,13 @@ impl JobService for JobApi {
         self.0
             .auth
             .check(&req, "UploadCorpus", Permission::Submit)?;
+        if let Some(fw) = self.0.forwarding() {
+            let (mut leader, auth) = (fw.leader().await?, forward::auth_of(&req));
+            return forward::forward_client_stream(req.into_inner(), |s| {
+                leader.upload_corpus(forward::with_auth(auth, s))
+            })
+            .await;
+        }
         self.0.leader()?;
         let mut stream = req.into_inner();
         let mut builder = CorpusBuilder::with_limit(self.0.limits.max_upload_bytes);

@@ -281,6 +281,8 @@ pub struct Cluster {
     pub coordinators: Vec<Proc>,
     pub coordinator_ports: Vec<u16>,
     pub metrics_ports: Vec<u16>,
+    /// Each coordinator's plaintext `grpc.health.v1` port (`--health-listen`).
+    pub health_ports: Vec<u16>,
     pub workers: Vec<Proc>,
     pub worker_ports: Vec<u16>,
     /// The trainer of an `Options::trainer` cluster, and its port (0 without one).
@@ -385,6 +387,7 @@ impl Cluster {
             coordinators: Vec::new(),
             coordinator_ports: Vec::new(),
             metrics_ports: Vec::new(),
+            health_ports: Vec::new(),
             workers: Vec::new(),
             worker_ports: Vec::new(),
             trainer: None,
@@ -404,6 +407,7 @@ impl Cluster {
             let port = free_port();
             c.coordinator_ports.push(port);
             c.metrics_ports.push(free_port());
+            c.health_ports.push(free_port());
             let p = c.spawn_coordinator(i, port);
             c.coordinators.push(p);
             // The first replica campaigns first and leads.
@@ -517,6 +521,8 @@ impl Cluster {
             self.options.max_attempts.to_string(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.metrics_ports[i]),
+            "--health-listen".into(),
+            format!("127.0.0.1:{}", self.health_ports[i]),
         ];
         let mut args = args;
         args.extend(self.role_args("coordinator"));
@@ -623,21 +629,11 @@ impl Cluster {
         }
     }
 
-    /// Index of the replica that answers as leader.
+    /// Index of the replica that reports the leader signal (`labelfleet.v1.Leader` SERVING):
+    /// every replica answers clients, standbys by forwarding to the leader.
     pub fn leader(&self) -> Option<usize> {
-        let rt = runtime();
-        for (i, port) in self.coordinator_ports.iter().enumerate() {
-            let url = format!("http://127.0.0.1:{port}");
-            let found = rt.block_on(labelfleet_client::Client::connect_with(
-                vec![url],
-                Duration::ZERO,
-                self.credentials(),
-            ));
-            if found.is_ok() {
-                return Some(i);
-            }
-        }
-        None
+        (0..self.coordinator_ports.len())
+            .find(|&i| self.health_of(i, "labelfleet.v1.Leader") == "SERVING")
     }
 
     pub fn wait_leader(&self, timeout: Duration) -> usize {
@@ -876,29 +872,16 @@ impl Cluster {
         scrape(self.metrics_ports[coordinator])
     }
 
-    /// The gRPC health status a coordinator reports for the whole server.
+    /// The gRPC health status a coordinator reports for the whole server (its readiness).
     pub fn health(&self, coordinator: usize) -> String {
-        let port = self.coordinator_ports[coordinator];
-        runtime().block_on(async {
-            let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .expect("endpoint")
-                    .connect()
-                    .await
-            else {
-                return "UNREACHABLE".to_string();
-            };
-            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
-            match c
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            {
-                Ok(r) => r.into_inner().status().as_str_name().to_string(),
-                Err(s) => format!("ERROR {}", s.message()),
-            }
-        })
+        self.health_of(coordinator, "")
+    }
+
+    /// The gRPC health status a coordinator reports for `service`, read from its plaintext
+    /// health port as kubelet reads it; a replica that does not answer in 2 s (frozen) is
+    /// `NO ANSWER`.
+    pub fn health_of(&self, coordinator: usize, service: &str) -> String {
+        health_status(self.health_ports[coordinator], service)
     }
 
     pub fn logs(&self) -> String {
@@ -915,6 +898,31 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The `grpc.health.v1` status for `service` on a plaintext health port of this machine.
+pub fn health_status(port: u16, service: &str) -> String {
+    runtime().block_on(async {
+        let check = async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .map_err(|_| "UNREACHABLE".to_string())?;
+            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+            c.check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner().status().as_str_name().to_string())
+            .map_err(|s| format!("ERROR {}", s.message()))
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(status)) | Ok(Err(status)) => status,
+            Err(_) => "NO ANSWER".to_string(),
+        }
+    })
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
