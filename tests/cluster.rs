@@ -332,6 +332,64 @@ fn a_client_of_the_standby_gets_its_answers_from_the_leader() {
     assert!(!log.contains("elected leader"), "{log}");
 }
 
+/// A worker told to warm a model reports SERVING only once the model is loaded and has graded
+/// its warm-up batch; then it labels like any other.
+#[test]
+fn a_worker_is_ready_only_after_its_warm_up_batch() {
+    let health_port = harness::free_port();
+    let mut cluster = Cluster::start(Options {
+        coordinators: 1,
+        workers: 0,
+        worker_env: vec![
+            ("LABELFLEET_WARM_MODELS".into(), "minilm".into()),
+            (
+                "LABELFLEET_HEALTH_LISTEN".into(),
+                format!("127.0.0.1:{health_port}"),
+            ),
+        ],
+        ..Options::default()
+    });
+    let port = harness::free_port();
+    cluster.worker_ports.push(port);
+    let worker = cluster.spawn_worker(0, port);
+    cluster.workers.push(worker);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answers = BTreeSet::new();
+    loop {
+        let status = harness::health_status(health_port, "");
+        answers.insert(status.clone());
+        if status == "SERVING" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // the warm-up was logged before the worker said SERVING
+    let log = std::fs::read_to_string(&cluster.workers[0].log).unwrap_or_default();
+    let warm = log
+        .find("model warm")
+        .unwrap_or_else(|| panic!("no warm-up in the log:\n{log}"));
+    let ready = log.find("worker ready").expect("ready line");
+    assert!(warm < ready, "{log}");
+    assert!(log[warm..].contains("pairs=8"), "{log}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| ["SERVING", "NOT_SERVING", "UNREACHABLE"].contains(&a.as_str())),
+        "{answers:?}"
+    );
+    let n = 200;
+    let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
+    let job_id = cluster.submit(&corpus, &pairs, 50);
+    let job = cluster.wait_finished(&job_id, TIMEOUT);
+    assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+    check_job(&cluster, &job_id, n, &[]);
+}
+
 #[test]
 fn an_etcd_restart_mid_job_loses_nothing() {
     etcd_restart(Store::Local);

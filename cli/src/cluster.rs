@@ -151,12 +151,22 @@ pub struct WorkerArgs {
     device: String,
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// libtorch intra-op threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    /// libtorch intra-op threads (0: the CPUs this process may use, its container's CPU quota
+    /// included).
+    #[arg(long, env = "LABELFLEET_THREADS", default_value_t = 0)]
     threads: usize,
     /// Tasks held at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "LABELFLEET_CAPACITY", default_value_t = 2)]
     capacity: u32,
+    /// Models to load and warm with one batch before the worker reports SERVING (repeatable;
+    /// in the environment a comma-separated list): a bundled name (`minilm`, `smollm2`) or a
+    /// folder inside the model roots.
+    #[arg(
+        long = "warm-model",
+        env = "LABELFLEET_WARM_MODELS",
+        value_delimiter = ','
+    )]
+    warm_models: Vec<String>,
     /// Folder for pushed checkpoints (default: $LABELFLEET_HOME/checkpoints).
     #[arg(long, env = "LABELFLEET_CHECKPOINTS")]
     checkpoints: Option<PathBuf>,
@@ -210,8 +220,9 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         etcd_prefix: a.etcd_prefix,
         coordinator: a.coordinator,
         placement,
-        threads: a.threads,
+        threads: engine_threads(a.threads),
         capacity: a.capacity.max(1),
+        warm_models: a.warm_models,
         checkpoints: a
             .checkpoints
             .unwrap_or_else(|| labelfleet_slm::home_dir().join("checkpoints")),
@@ -253,7 +264,9 @@ pub struct TrainerArgs {
     device: String,
     #[arg(long, default_value = "auto")]
     dtype: String,
-    #[arg(long, default_value_t = 0)]
+    /// libtorch intra-op threads (0: the CPUs this process may use, its container's CPU quota
+    /// included).
+    #[arg(long, env = "LABELFLEET_THREADS", default_value_t = 0)]
     threads: usize,
     /// Longest training input in tokens.
     #[arg(long, default_value_t = 256)]
@@ -283,7 +296,7 @@ pub fn trainer(a: TrainerArgs) -> Result<()> {
             .scratch
             .unwrap_or_else(|| labelfleet_slm::home_dir().join("trainer")),
         placement: labelfleet_slm::Placement::parse(&a.device, Some(&a.dtype))?,
-        threads: a.threads,
+        threads: engine_threads(a.threads),
         max_tokens: a.max_tokens,
         push_rate_mib_s: a.push_rate_mib_s,
         reconcile_interval: Duration::from_secs(a.reconcile_interval_s.max(1)),
@@ -320,8 +333,9 @@ pub struct ServeArgs {
     device: String,
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// libtorch intra-op threads per worker (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    /// libtorch intra-op threads per worker (0: the CPUs this process may use, its container's
+    /// CPU quota included).
+    #[arg(long, env = "LABELFLEET_THREADS", default_value_t = 0)]
     threads: usize,
     #[arg(long, env = "LABELFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -335,6 +349,16 @@ pub struct ServeArgs {
     model_roots: Vec<PathBuf>,
 }
 
+/// libtorch's intra-op threads: `n`, or when 0 the CPUs this process may use. Rust reads the
+/// cgroup CPU quota (a container's CPU limit) and the affinity mask; libtorch alone would take
+/// every core of the node, whatever the pod's limit.
+pub fn engine_threads(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |p| p.get()),
+        n => n,
+    }
+}
+
 /// Embedded mode: the coordinator, in-process workers and the trainer in one process, on one
 /// in-process metadata store and an object store (a local directory by default). No etcd.
 /// Clients use it like a cluster.
@@ -346,7 +370,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         trainer_listen: a.trainer_listen,
         workers: a.workers.max(1),
         placement,
-        threads: a.threads,
+        threads: engine_threads(a.threads),
         trainer_max_tokens: 256,
         metrics_listen: a.metrics_listen,
         model_roots: model_roots(a.model_roots),

@@ -132,6 +132,8 @@ impl EmbeddedCluster {
                 limits: Limits::default(),
                 etcd_security: EtcdSecurity::default(),
                 health_listen: None,
+                // models load on their first task: the embedded cluster serves one user
+                warm_models: Vec::new(),
             };
             let (meta, stop) = (meta.clone(), stopped(&stop_workers));
             worker_tasks.push(rt.spawn(async move {

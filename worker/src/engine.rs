@@ -18,6 +18,8 @@ use std::time::Instant;
 
 /// Default input length when a task does not set one.
 pub const DEFAULT_MAX_TOKENS: usize = 512;
+/// Pairs of the warm-up batch, of growing length.
+const WARM_UP_PAIRS: usize = 8;
 
 /// What running a task came to.
 #[derive(Debug)]
@@ -104,6 +106,41 @@ impl Engine {
             sources,
             pairs,
         })
+    }
+
+    /// Loads `model` (a bundled name or a folder inside the model roots) and grades one batch
+    /// of warm-up pairs with it, so the first task finds it loaded and its kernels warm. The
+    /// engine keeps the model. Returns the pairs graded.
+    pub async fn warm_up(&self, model: &str) -> Result<usize, String> {
+        let dir = labelfleet_slm::resolve_model(model);
+        let roots = std::iter::once(&self.sources.checkpoints).chain(&self.sources.model_roots);
+        confine(&dir, roots).map_err(|roots| {
+            format!(
+                "warm-up model `{model}` ({}): outside this worker's model roots ({roots})",
+                dir.display()
+            )
+        })?;
+        let pairs: Vec<Pair> = (0..WARM_UP_PAIRS)
+            .map(|i| Pair {
+                id: format!("warm-up-{i}"),
+                query: "quarterly revenue report".into(),
+                title: Some(format!("Report {i}")),
+                body: "Revenue grew in the third quarter; costs stayed flat. ".repeat(1 + i * 4),
+                metadata: Default::default(),
+            })
+            .collect();
+        let graded = self
+            .thread
+            .grade(GradeRequest {
+                model: dir,
+                prompt: GradePrompt::default(),
+                grade_labels: vec![],
+                max_len: DEFAULT_MAX_TOKENS,
+                pairs,
+            })
+            .await
+            .map_err(|f| format!("warm-up of `{model}`: {}", f.reason))?;
+        Ok(graded.gradings.len())
     }
 
     /// Runs a grading or query-synthesis task on the engine thread.

@@ -44,6 +44,9 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    /// A `--warm-model` could not be loaded or run: the worker never reports ready.
+    #[error("{0}")]
+    WarmUp(String),
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ pub struct WorkerConfig {
     /// A plaintext port serving only `grpc.health.v1` (for kubelet's probes, which cannot
     /// speak TLS).
     pub health_listen: Option<SocketAddr>,
+    /// Models loaded and warmed with one batch before the worker reports SERVING and leases.
+    pub warm_models: Vec<String>,
 }
 
 /// Runs a worker until it has drained (after `shutdown` or a Drain call).
@@ -257,6 +262,11 @@ pub async fn run_with_meta(
         );
         // If the lease is lost (etcd was down longer than the TTL), register again.
         tokio::spawn(reregister(c, m, id, info, config.registration_ttl, lost));
+    }
+    for model in &config.warm_models {
+        let start = std::time::Instant::now();
+        let pairs = engine.warm_up(model).await.map_err(WorkerError::WarmUp)?;
+        tracing::info!(%model, pairs, seconds = start.elapsed().as_secs_f64(), "model warm");
     }
     health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(worker = %config.worker_id, %bound, device = %config.placement.describe(), "worker ready");
