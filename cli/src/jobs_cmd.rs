@@ -335,7 +335,7 @@ pub struct JobArgs {
     client: ClientArgs,
     job_id: String,
     /// `table` for people; `json` for scripts (one object per job, on one line).
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT")]
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT_FORMAT")]
     output: OutputFormat,
 }
 
@@ -437,7 +437,7 @@ pub struct ListArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// `table` for people; `json` for scripts (one object per job per line).
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT")]
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, env = "LABELFLEET_OUTPUT_FORMAT")]
     output: OutputFormat,
 }
 

@@ -14,6 +14,7 @@ mod label;
 mod progress;
 mod run;
 mod security_cmd;
+mod settings;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,10 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A TOML file of flag values (`key = value` by long flag name; a `[command]` table for one
+    /// command). Flags win over environment variables, and variables over the file.
+    #[arg(long, global = true, env = settings::CONFIG_ENV)]
+    config: Option<PathBuf>,
     /// Log lines as text (colour only on a terminal, and never with NO_COLOR set) or as one JSON
     /// object per line, for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LABELFLEET_LOG_FORMAT")]
@@ -200,8 +205,25 @@ struct GenerateArgs {
     batch_docs: usize,
 }
 
+/// The command line, with every flag's variable and the config file's values in place.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(path) = settings::config_path(&args) {
+        let names = settings::with_env(Cli::command());
+        if let Err(e) = settings::apply_config_file(&names, &args, &path) {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+    // built after the file's values are in the environment: clap reads a flag's variable when
+    // the flag is given one
+    let matches = settings::with_env(Cli::command()).get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // `run` prints its own stages; the embedded cluster's routine logs would drown them
     let default_filter = match cli.command {
         Command::Run(_) => "warn",
