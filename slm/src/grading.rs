@@ -285,7 +285,7 @@ impl DecoderGrader {
             prefix_cache: std::sync::Mutex::new(None),
             prompt: GradePrompt::default(),
         };
-        grader.shared_prefix_text = grader.probe_shared_prefix();
+        grader.shared_prefix_text = grader.probe_shared_prefix()?;
         grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text)?;
         Ok(grader)
     }
@@ -294,7 +294,7 @@ impl DecoderGrader {
     pub fn set_prompt(&mut self, prompt: GradePrompt) -> Result<()> {
         if prompt != self.prompt {
             self.prompt = prompt;
-            self.shared_prefix_text = self.probe_shared_prefix();
+            self.shared_prefix_text = self.probe_shared_prefix()?;
             self.shared_prefix = self.tokenizer.encode(&self.shared_prefix_text)?;
             *self.prefix_cache.lock().expect("prefix cache lock") = None;
         }
@@ -305,9 +305,10 @@ impl DecoderGrader {
         self.prompt
     }
 
-    /// The part of every prompt before the query: it ends a special token and a newline, so
-    /// tokenizing it apart from the rest gives the same ids as tokenizing the whole prompt.
-    fn probe_shared_prefix(&self) -> String {
+    /// The part of every prompt before the query, when tokenizing it apart from the rest gives
+    /// the same ids as tokenizing the whole prompt (true of templates whose user turn opens
+    /// after a special token and a newline); else empty, and no prefix is shared.
+    fn probe_shared_prefix(&self) -> Result<String> {
         let probe = Pair {
             id: "probe".into(),
             query: "probe".into(),
@@ -315,11 +316,17 @@ impl DecoderGrader {
             body: "probe".into(),
             metadata: Default::default(),
         };
-        let (prefix, _) = self.prompt_parts(&probe);
-        let cut = prefix
-            .find("Query: ")
-            .expect("the user turn starts with the query");
-        prefix[..cut].to_string()
+        let (prefix, _) = self.prompt_parts(&probe)?;
+        let Some(cut) = prefix.find("Query: ") else {
+            return Ok(String::new());
+        };
+        let t = &self.tokenizer;
+        let mut apart = t.encode(&prefix[..cut])?;
+        apart.extend(t.encode(&prefix[cut..])?);
+        match apart == t.encode(&prefix)? {
+            true => Ok(prefix[..cut].to_string()),
+            false => Ok(String::new()),
+        }
     }
 
     /// Grade logits for a batch whose rows all start with the shared prefix, reusing its
@@ -366,7 +373,7 @@ impl DecoderGrader {
     }
 
     /// The chat prompt for a pair, as text, with the document body in place.
-    pub fn prompt_text(&self, pair: &Pair) -> String {
+    pub fn prompt_text(&self, pair: &Pair) -> Result<String> {
         let t = &self.tokenizer;
         let messages = grade_messages_for(self.prompt, pair, self.grade_labels.len(), |s| {
             t.sanitize(s)
@@ -374,7 +381,7 @@ impl DecoderGrader {
         t.render_chat(&messages, true)
     }
 
-    fn prompt_parts(&self, pair: &Pair) -> (String, String) {
+    fn prompt_parts(&self, pair: &Pair) -> Result<(String, String)> {
         let t = &self.tokenizer;
         let messages = grade_messages_with_body(
             self.prompt,
@@ -383,11 +390,14 @@ impl DecoderGrader {
             &|s: &str| t.sanitize(s),
             DOC_MARKER,
         );
-        let text = t.render_chat(&messages, true);
+        let text = t.render_chat(&messages, true)?;
         let (a, b) = text
             .split_once(DOC_MARKER)
-            .expect("marker is in the prompt");
-        (a.to_string(), b.to_string())
+            .ok_or_else(|| SlmError::Tokenizer {
+                path: t.path().to_path_buf(),
+                message: "the chat template drops the document from the grading prompt".into(),
+            })?;
+        Ok((a.to_string(), b.to_string()))
     }
 }
 
@@ -418,7 +428,7 @@ impl Grader for DecoderGrader {
                 ),
             ));
         }
-        let (prefix, suffix) = self.prompt_parts(pair);
+        let (prefix, suffix) = self.prompt_parts(pair)?;
         let own = prefix
             .strip_prefix(&self.shared_prefix_text)
             .expect("every prompt starts with the shared prefix");

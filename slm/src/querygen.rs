@@ -44,10 +44,13 @@ pub fn intent_prompt_ids(
         ));
     }
     let messages = query_messages_with_body(doc, intent, &|s: &str| tok.sanitize(s), BODY_MARKER);
-    let text = tok.render_chat(&messages, true);
+    let text = tok.render_chat(&messages, true)?;
     let (prefix, suffix) = text
         .split_once(BODY_MARKER)
-        .expect("marker is in the prompt");
+        .ok_or_else(|| SlmError::Tokenizer {
+            path: tok.path().to_path_buf(),
+            message: "the chat template drops the document from the query prompt".into(),
+        })?;
     let mut ids = tok.encode(prefix)?;
     let suffix_ids = tok.encode(suffix)?;
     let room = max_prompt_tokens.saturating_sub(ids.len() + suffix_ids.len());

@@ -59,7 +59,6 @@ impl TextTokenizer {
                 .and_then(|t| t.get("template")?.as_str().map(String::from)),
             _ => std::fs::read_to_string(&jinja_file).ok(),
         };
-        let template = ChatTemplate::detect(jinja.as_deref());
         let special = |key: &str| -> Option<String> {
             match cfg.as_ref()?.get(key)? {
                 serde_json::Value::String(s) => Some(s.clone()),
@@ -67,6 +66,15 @@ impl TextTokenizer {
                 _ => None,
             }
         };
+        let template = ChatTemplate::from_jinja(
+            jinja.as_deref(),
+            special("bos_token").as_deref(),
+            special("eos_token").as_deref(),
+        )
+        .map_err(|e| SlmError::Tokenizer {
+            path: cfg_path.clone(),
+            message: e.to_string(),
+        })?;
         let mut stop_ids = vec![];
         for tok in [
             special("eos_token"),
@@ -153,7 +161,17 @@ impl TextTokenizer {
         labelfleet_types::sanitize::strip_strings(text, &self.special_strings)
     }
 
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-        self.template.render(messages, add_generation_prompt)
+    /// The prompt text of a chat, by the model's own template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.template
+            .render(messages, add_generation_prompt)
+            .map_err(|e| SlmError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
     }
 }

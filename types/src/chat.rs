@@ -1,6 +1,6 @@
-//! Chat messages and the chat templates that render them to prompt text: pure string
-//! building, no tokenizer (the local engine detects a model's template from its
-//! `tokenizer_config.json`; the API teacher's server applies its own).
+//! Chat messages and the chat templates that render them to prompt text: a model's own Jinja
+//! template rendered with minijinja, no tokenizer (the local engine reads the template from the
+//! model's `tokenizer_config.json`; the API teacher's server applies its own).
 
 /// One turn of a chat: its role (`system`, `user`, `assistant`) and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,107 +33,200 @@ impl ChatMessage {
     }
 }
 
-/// The chat formats of the instruct models we run. Detected from the model's Jinja template, then
-/// rendered natively (no Jinja engine), which keeps the prompt bytes identical to
-/// `apply_chat_template` for the families below; a test checks that against Python.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a model turns chat messages into prompt text: its own Jinja chat template (from
+/// `tokenizer_config.json` or `chat_template.jinja`), rendered with minijinja the way
+/// `transformers`' `apply_chat_template` renders it (blocks trimmed and left-stripped, Python
+/// string methods, `raise_exception`, `bos_token`/`eos_token`); or plain text for a model
+/// without one. A test checks the bytes against Python for every family we run.
+#[derive(Clone)]
 pub enum ChatTemplate {
-    /// `<|im_start|>role\n...<|im_end|>\n` (SmolLM2, Qwen2). Some templates insert a default
-    /// system message when the conversation has none.
-    ChatMl { default_system: Option<String> },
-    /// `<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
-    Llama3,
-    /// `<|role|>\n...<|end|>\n` (Phi-3).
-    Phi3,
+    Jinja(Box<JinjaChat>),
     /// No chat template: messages are joined as plain text.
     Plain,
 }
 
-impl ChatTemplate {
-    /// The format of a model's Jinja chat template (`None`: the model has none).
-    pub fn detect(jinja: Option<&str>) -> Self {
-        let Some(t) = jinja else {
-            return ChatTemplate::Plain;
-        };
-        if t.contains("<|im_start|>") {
-            let marker = "<|im_start|>system\n";
-            let default_system = t.find(marker).and_then(|i| {
-                let rest = &t[i + marker.len()..];
-                rest.find("<|im_end|>").map(|j| rest[..j].to_string())
-            });
-            // A template that only renders the caller's system message has `message['content']`
-            // there, not a literal default.
-            let default_system = default_system.filter(|s| !s.contains("{{") && !s.contains('\''));
-            ChatTemplate::ChatMl { default_system }
-        } else if t.contains("<|start_header_id|>") {
-            ChatTemplate::Llama3
-        } else if t.contains("<|user|>") && t.contains("<|end|>") {
-            ChatTemplate::Phi3
-        } else {
-            ChatTemplate::Plain
+/// A compiled Jinja chat template and what it needs to render.
+#[derive(Clone)]
+pub struct JinjaChat {
+    source: String,
+    env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// The template refuses a `system` turn (Mistral's raises): the system text then opens the
+    /// first user turn, separated by a blank line.
+    folds_system: bool,
+    end_of_turn: Option<&'static str>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChatTemplate::Jinja(j) => f
+                .debug_struct("Jinja")
+                .field("bytes", &j.source.len())
+                .field("folds_system", &j.folds_system)
+                .field("end_of_turn", &j.end_of_turn)
+                .finish(),
+            ChatTemplate::Plain => f.write_str("Plain"),
         }
+    }
+}
+
+impl PartialEq for ChatTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ChatTemplate::Jinja(a), ChatTemplate::Jinja(b)) => {
+                a.source == b.source && a.bos_token == b.bos_token && a.eos_token == b.eos_token
+            }
+            (ChatTemplate::Plain, ChatTemplate::Plain) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A chat template that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatTemplateError {
+    #[error("chat template does not compile: {0}")]
+    Compile(String),
+    #[error("chat template fails to render: {0}")]
+    Render(String),
+}
+
+/// ChatML without a default system turn: the format of SmolLM2's and Qwen2's templates.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+const TEMPLATE_NAME: &str = "chat";
+
+/// The stop marker of the families we know, found in the template's text.
+fn end_of_turn_of(source: &str) -> Option<&'static str> {
+    ["<|im_end|>", "<|eot_id|>", "<|end|>"]
+        .into_iter()
+        .find(|m| source.contains(m))
+}
+
+impl ChatTemplate {
+    /// The template of a model: its Jinja source (`None`: plain text) and special tokens.
+    pub fn from_jinja(
+        source: Option<&str>,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self, ChatTemplateError> {
+        let Some(source) = source else {
+            return Ok(ChatTemplate::Plain);
+        };
+        let mut env = minijinja::Environment::new();
+        // as transformers compiles chat templates
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| ChatTemplateError::Compile(format!("{e:#}")))?;
+        let mut chat = JinjaChat {
+            source: source.to_string(),
+            env,
+            bos_token: bos_token.unwrap_or_default().to_string(),
+            eos_token: eos_token.unwrap_or_default().to_string(),
+            folds_system: false,
+            end_of_turn: end_of_turn_of(source),
+        };
+        // Our prompts open with a system turn: a template that refuses one gets it folded in.
+        let probe = [ChatMessage::system("s"), ChatMessage::user("u")];
+        if chat.render_raw(&probe, true).is_err() {
+            chat.folds_system = true;
+            chat.render(&probe, true)?;
+        }
+        Ok(ChatTemplate::Jinja(Box::new(chat)))
+    }
+
+    /// ChatML (SmolLM2, Qwen2) with no default system turn.
+    pub fn chatml() -> Self {
+        Self::from_jinja(Some(CHATML_TEMPLATE), None, Some("<|im_end|>"))
+            .expect("the built-in ChatML template renders")
     }
 
     /// Renders messages to prompt text, ending with the opening of an assistant turn when
     /// `add_generation_prompt`.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-        let mut s = String::new();
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
         match self {
-            ChatTemplate::ChatMl { default_system } => {
-                if let (Some(d), Some(first)) = (default_system, messages.first()) {
-                    if first.role != "system" {
-                        s.push_str(&format!("<|im_start|>system\n{d}<|im_end|>\n"));
-                    }
-                }
-                for m in messages {
-                    s.push_str(&format!(
-                        "<|im_start|>{}\n{}<|im_end|>\n",
-                        m.role, m.content
-                    ));
-                }
-                if add_generation_prompt {
-                    s.push_str("<|im_start|>assistant\n");
-                }
-            }
-            ChatTemplate::Llama3 => {
-                s.push_str("<|begin_of_text|>");
-                for m in messages {
-                    s.push_str(&format!(
-                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                        m.role,
-                        m.content.trim()
-                    ));
-                }
-                if add_generation_prompt {
-                    s.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
-                }
-            }
-            ChatTemplate::Phi3 => {
-                for m in messages {
-                    s.push_str(&format!("<|{}|>\n{}<|end|>\n", m.role, m.content));
-                }
-                if add_generation_prompt {
-                    s.push_str("<|assistant|>\n");
-                }
-            }
-            ChatTemplate::Plain => {
-                for m in messages {
-                    s.push_str(&m.content);
-                    s.push_str("\n\n");
-                }
-            }
+            ChatTemplate::Jinja(j) => j.render(messages, add_generation_prompt),
+            ChatTemplate::Plain => Ok(messages
+                .iter()
+                .map(|m| format!("{}\n\n", m.content))
+                .collect()),
         }
-        s
     }
 
     /// The token that ends an assistant turn, if the format has one.
     pub fn end_of_turn(&self) -> Option<&'static str> {
         match self {
-            ChatTemplate::ChatMl { .. } => Some("<|im_end|>"),
-            ChatTemplate::Llama3 => Some("<|eot_id|>"),
-            ChatTemplate::Phi3 => Some("<|end|>"),
+            ChatTemplate::Jinja(j) => j.end_of_turn,
             ChatTemplate::Plain => None,
         }
+    }
+}
+
+impl JinjaChat {
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        if !self.folds_system {
+            return self.render_raw(messages, add_generation_prompt);
+        }
+        let system: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.role == "system")
+            .map(|m| m.content.as_str())
+            .collect();
+        let mut folded: Vec<ChatMessage> = messages
+            .iter()
+            .filter(|m| m.role != "system")
+            .cloned()
+            .collect();
+        if let Some(first) = folded.iter_mut().find(|m| m.role == "user") {
+            if !system.is_empty() {
+                first.content = format!("{}\n\n{}", system.join("\n\n"), first.content);
+            }
+        }
+        self.render_raw(&folded, add_generation_prompt)
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        let messages: Vec<minijinja::Value> = messages
+            .iter()
+            .map(|m| minijinja::context! { role => m.role, content => m.content })
+            .collect();
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatTemplateError::Compile(format!("{e:#}")))?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(|e| ChatTemplateError::Render(format!("{e:#}")))
     }
 }
 
@@ -141,41 +234,58 @@ impl ChatTemplate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn detects_chat_formats() {
-        let chatml = "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}\
-                      <|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n{% endif %}\
-                      <|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}";
-        assert_eq!(
-            ChatTemplate::detect(Some(chatml)),
-            ChatTemplate::ChatMl {
-                default_system: Some("You are a helpful AI assistant".into())
-            }
-        );
-        assert_eq!(
-            ChatTemplate::detect(Some("<|start_header_id|>")),
-            ChatTemplate::Llama3
-        );
-        assert_eq!(
-            ChatTemplate::detect(Some("<|user|>\n{{ c }}<|end|>")),
-            ChatTemplate::Phi3
-        );
-        assert_eq!(ChatTemplate::detect(None), ChatTemplate::Plain);
-    }
+    const SMOL_LIKE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     #[test]
-    fn chatml_adds_the_default_system_turn_only_when_there_is_none() {
-        let t = ChatTemplate::ChatMl {
-            default_system: Some("S".into()),
-        };
+    fn a_default_system_turn_only_when_there_is_none() {
+        let t = ChatTemplate::from_jinja(Some(SMOL_LIKE), None, Some("<|im_end|>")).unwrap();
         assert_eq!(
-            t.render(&[ChatMessage::user("hi")], true),
-            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+            t.render(&[ChatMessage::user("hi")], true).unwrap(),
+            "<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(
-            t.render(&[ChatMessage::system("X"), ChatMessage::user("hi")], false),
+            t.render(&[ChatMessage::system("X"), ChatMessage::user("hi")], false)
+                .unwrap(),
             "<|im_start|>system\nX<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
         );
         assert_eq!(t.end_of_turn(), Some("<|im_end|>"));
+    }
+
+    #[test]
+    fn a_template_that_refuses_system_turns_gets_them_folded_into_the_first_user_turn() {
+        let inst = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::from_jinja(Some(inst), Some("<s>"), Some("</s>")).unwrap();
+        assert_eq!(
+            t.render(
+                &[ChatMessage::system("Rate."), ChatMessage::user("q")],
+                true
+            )
+            .unwrap(),
+            "<s>[INST] Rate.\n\nq [/INST]"
+        );
+        // its assistant turns end with the eos token, a stop token of every model anyway
+        assert_eq!(t.end_of_turn(), None);
+    }
+
+    #[test]
+    fn python_string_methods_and_errors_are_reported() {
+        let t = ChatTemplate::from_jinja(
+            Some("{% for m in messages %}{{ m['content'].strip() | upper }}{% endfor %}"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("  a b ")], false).unwrap(),
+            "A B"
+        );
+        assert!(matches!(
+            ChatTemplate::from_jinja(Some("{% for %}"), None, None),
+            Err(ChatTemplateError::Compile(_))
+        ));
+        assert_eq!(
+            ChatTemplate::from_jinja(None, None, None).unwrap(),
+            ChatTemplate::Plain
+        );
     }
 }

@@ -27,7 +27,7 @@ pub mod query;
 pub mod sampling;
 pub mod sanitize;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, ChatTemplateError};
 pub use error::PromptError;
 pub use grading::Grading;
 pub use home::{home_dir, resolve_model};

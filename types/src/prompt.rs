@@ -214,10 +214,7 @@ mod tests {
             metadata: [("author".to_string(), "Jane Doe".to_string())].into(),
         };
         let messages = grade_messages(&pair, 4, |s| s.replace("<|im_end|>", ""));
-        let text = ChatTemplate::ChatMl {
-            default_system: None,
-        }
-        .render(&messages, true);
+        let text = ChatTemplate::chatml().render(&messages, true).unwrap();
         let expected = format!(
             "<|im_start|>system\n{GRADE_SYSTEM}<|im_end|>\n<|im_start|>user\nQuery: vpn setup\n\n\
              Document:\nTitle: IT guide\nauthor: Jane Doe\nInstall the client. \n\nGrade (0-3):\
@@ -236,10 +233,7 @@ mod tests {
             metadata: [("path".to_string(), "hr/travel.md".to_string())].into(),
         };
         let messages = query_messages(&d, |s| s.replace("<|im_end|>", ""));
-        let text = ChatTemplate::ChatMl {
-            default_system: None,
-        }
-        .render(&messages, true);
+        let text = ChatTemplate::chatml().render(&messages, true).unwrap();
         let expected = format!(
             "<|im_start|>system\n{QUERY_SYSTEM}<|im_end|>\n<|im_start|>user\n\
              Here is a document from the company intranet.\n\nTitle: Travel policy\n\

@@ -1,4 +1,5 @@
 //! What the end-to-end CLI tests share: the Cranfield data and a small slice of its corpus.
+#![allow(dead_code)] // each test binary uses a part of it
 
 use std::path::{Path, PathBuf};
 
