@@ -23,7 +23,10 @@ run: build
 	$(BIN) run --corpus $(DATA)/cranfield/corpus.jsonl --eval-queries $(DATA)/cranfield/queries.tsv \
 	  --eval-qrels $(DATA)/cranfield/qrels.txt --out out/run
 
+# the chart (lint, render, Kubernetes schemas), then every Rust test (the Python client's and
+# the chat templates' checks against transformers among them)
 test: setup-tests
+	bash scripts/check_chart.sh
 	$(CARGO) test --release --workspace -- --test-threads=1
 
 bench: setup-tests build

@@ -3,18 +3,22 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Release-qualified name; components append a suffix (at most 16 characters). */}}
+{{/*
+Release-qualified name. Components append a suffix of at most 20 characters
+("-coordinator-metrics"), so the base is cut at 43 characters: every object name stays within
+63 (a DNS label; Service names must also start with a letter).
+*/}}
 {{- define "labelfleet.fullname" -}}
-{{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 47 | trimSuffix "-" -}}
-{{- else -}}
+{{- $full := .Values.fullnameOverride -}}
+{{- if not $full -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
-{{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 47 | trimSuffix "-" -}}
-{{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 47 | trimSuffix "-" -}}
+{{- $full = ternary .Release.Name (printf "%s-%s" .Release.Name $name) (contains $name .Release.Name) -}}
 {{- end -}}
+{{- $full = regexReplaceAll "-+$" ($full | trunc 43) "" -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $full) -}}
+{{- fail (printf "object names would start with %q, which is not a DNS-1035 label (a-z, 0-9 and '-', starting with a letter): pick another release name or set fullnameOverride" $full) -}}
 {{- end -}}
+{{- $full -}}
 {{- end -}}
 
 {{- define "labelfleet.chart" -}}
@@ -82,11 +86,18 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ . | quote }}
 {{- end }}
 {{- end -}}
-{{- define "labelfleet.storeEnvFrom" -}}
-{{- with .Values.store.credentialsSecret }}
+{{/* envFrom of a role: the store's credentials Secret, then the role's own envFrom:
+(dict "root" $ "envFrom" .Values.worker.envFrom). */}}
+{{- define "labelfleet.envFrom" -}}
+{{- if or .root.Values.store.credentialsSecret .envFrom }}
 envFrom:
+  {{- with .root.Values.store.credentialsSecret }}
   - secretRef:
       name: {{ . }}
+  {{- end }}
+  {{- with .envFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 {{- end -}}
 {{- define "labelfleet.storeMount" -}}
@@ -118,7 +129,7 @@ envFrom:
 {{- end -}}
 {{- end -}}
 
-{{/* Environment shared by the server roles: POD_IP (downward API), etcd, logging, home. */}}
+{{/* Environment shared by the server roles: POD_IP (downward API), etcd, home, logging. */}}
 {{- define "labelfleet.commonEnv" -}}
 - name: POD_NAME
   valueFrom:
@@ -136,6 +147,8 @@ envFrom:
   value: {{ .Values.labelfleetHome | quote }}
 - name: RUST_LOG
   value: {{ .Values.logFilter | quote }}
+- name: LABELFLEET_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
 {{- end -}}
 
 {{/* Scrape annotations for a metrics port (an int). */}}
@@ -143,6 +156,21 @@ envFrom:
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ . | quote }}
 prometheus.io/path: /metrics
+{{- end -}}
+
+{{/* Pod spec entries a role's values may add (empty: nothing): priorityClassName,
+runtimeClassName and initContainers. Argument: the role's values. */}}
+{{- define "labelfleet.podExtras" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* GPU resources merged into a component's resources: (dict "resources" ... "gpu" ...). */}}
@@ -155,7 +183,6 @@ prometheus.io/path: /metrics
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
-
 
 {{/* The Secret of a role's certificate: (dict "root" $ "role" "worker"). */}}
 {{- define "labelfleet.tlsSecret" -}}
