@@ -84,6 +84,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Engine throughput against the FLOP limit of this machine.
     Bench(bench::BenchArgs),
+    /// Export a student checkpoint as a one-score reranker for sentence-transformers'
+    /// CrossEncoder (score: the expected grade), with its model card.
+    ExportReranker(ExportRerankerArgs),
     /// Coordinator dispatch rate and scaling with simulated workers (no GPU needed).
     BenchDispatch(dispatch_bench::DispatchBenchArgs),
     /// Embedded cluster in one process (coordinator, workers, trainer; no etcd) for a laptop.
@@ -156,6 +159,26 @@ impl EngineArgs {
         }
         o
     }
+}
+
+#[derive(Args)]
+struct ExportRerankerArgs {
+    /// A cross-encoder checkpoint folder (a distilled student).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The folder to write (created).
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+fn export_reranker(a: ExportRerankerArgs) -> Result<()> {
+    let grades = labelfleet_slm::export::export_reranker(&a.checkpoint, &a.output)
+        .with_context(|| format!("exporting {}", a.checkpoint.display()))?;
+    eprintln!(
+        "wrote {}: CrossEncoder(..., trust_remote_code=True) scores by the expected grade of the {grades}-grade head",
+        a.output.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -237,6 +260,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Label(a) => label::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::ExportReranker(a) => export_reranker(a),
         Command::BenchDispatch(a) => dispatch_bench::run(a),
         Command::Serve(a) => cluster::serve(a),
         Command::Coordinator(a) => cluster::coordinator(a),

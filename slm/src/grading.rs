@@ -665,14 +665,14 @@ impl Grader for EncoderGrader {
             self.tokenizer.path().parent().unwrap_or(Path::new(".")),
             dir,
         )?;
-        write_json(
-            &dir.join("labelfleet.json"),
-            &serde_json::json!({
-                "kind": "cross-encoder",
-                "grade_labels": self.grade_labels,
-                "provenance": provenance,
-            }),
-        )
+        let record = serde_json::json!({
+            "kind": "cross-encoder",
+            "grade_labels": self.grade_labels,
+            "provenance": provenance,
+        });
+        write_json(&dir.join("labelfleet.json"), &record)?;
+        let card = crate::export::model_card(&record, &Default::default());
+        std::fs::write(dir.join("README.md"), card).map_err(|e| SlmError::io(dir, e))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod grading;
 pub mod host;
