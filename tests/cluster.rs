@@ -133,6 +133,12 @@ fn ten_thousand_pairs(store: Store) {
     assert_eq!(m["labelfleet_queue_depth"], 0.0);
     assert_eq!(m["labelfleet_tasks_in_flight"], 0.0);
     assert_eq!(m["labelfleet_workers"], 3.0);
+    // every gRPC call is counted by method and code, and timed
+    let completed = r#"labelfleet_grpc_server_calls_total{method="labelfleet.v1.TaskService/CompleteTask",code="OK"}"#;
+    assert!(m.get(completed).is_some_and(|&n| n >= 99.0), "{m:?}");
+    let timed =
+        r#"labelfleet_grpc_server_seconds_count{method="labelfleet.v1.TaskService/CompleteTask"}"#;
+    assert!(m.get(timed).is_some_and(|&n| n >= 99.0), "{m:?}");
     let standby = cluster.metrics(1 - leader);
     assert_eq!(standby["labelfleet_is_leader"], 0.0);
     assert!(

@@ -242,18 +242,25 @@ pub fn server_builder(
     transport: &Transport,
     client_certs: ClientCerts,
     limits: &crate::limits::Limits,
-) -> Result<tonic::transport::Server, SecurityError> {
+    metrics: &crate::metrics::GrpcMetrics,
+) -> Result<MeteredServer, SecurityError> {
     let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
-    match transport.server_tls(client_certs)? {
+    let builder = match transport.server_tls(client_certs)? {
         Some(tls) => builder
             .tls_config(tls)
-            .map_err(|e| SecurityError::Invalid(format!("TLS: {e}"))),
-        None => Ok(builder),
-    }
+            .map_err(|e| SecurityError::Invalid(format!("TLS: {e}")))?,
+        None => builder,
+    };
+    Ok(builder.layer(metrics.layer()))
 }
+
+/// A role's gRPC server: TLS as configured, every call counted and timed.
+pub type MeteredServer = tonic::transport::Server<
+    tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+>;
 
 /// Serves `grpc.health.v1` alone, in plaintext, on `addr`: kubelet's gRPC probes cannot speak
 /// TLS, and a health answer (SERVING or NOT_SERVING) says nothing secret. Returns the bound

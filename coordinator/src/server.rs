@@ -10,7 +10,7 @@ use crate::service::{Coordinator, JobApi, TaskApi};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{EtcdSecurity, Leadership, MetaStore};
-use labelfleet_cluster::metrics::{self, write_metric};
+use labelfleet_cluster::metrics::{self, Exposition, GaugeF64, GrpcMetrics};
 use labelfleet_cluster::security::{self, Access, ClientCerts, Transport};
 use labelfleet_cluster::tokens::{ClientAuth, Tokens};
 use labelfleet_proto::v1::job_service_server::JobServiceServer;
@@ -168,20 +168,26 @@ pub async fn run_with_meta(
         .build_v1()
         .map_err(|e| CoordinatorError::Invalid(format!("reflection: {e}")))?;
     let max = config.limits.max_message_bytes;
-    let router = security::server_builder(&config.transport, ClientCerts::Optional, &config.limits)
-        .map_err(|e| CoordinatorError::Invalid(e.to_string()))?
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            JobServiceServer::new(JobApi(coord.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            TaskServiceServer::new(TaskApi(coord.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
+    let (metrics_export, grpc_metrics) = CoordinatorMetricsExport::new(&coord);
+    let router = security::server_builder(
+        &config.transport,
+        ClientCerts::Optional,
+        &config.limits,
+        &grpc_metrics,
+    )
+    .map_err(|e| CoordinatorError::Invalid(e.to_string()))?
+    .add_service(health_service)
+    .add_service(reflection)
+    .add_service(
+        JobServiceServer::new(JobApi(coord.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        TaskServiceServer::new(TaskApi(coord.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         router
@@ -197,7 +203,7 @@ pub async fn run_with_meta(
 
     if let Some(addr) = config.metrics_listen {
         let c = coord.clone();
-        let bound = metrics::serve(addr, Arc::new(move || render(&c))).await?;
+        let bound = metrics::serve(addr, Arc::new(move || metrics_export.render(&c))).await?;
         tracing::info!(%bound, "metrics at /metrics");
     }
 
@@ -336,101 +342,94 @@ async fn report_readiness(
     }
 }
 
-/// The coordinator's metrics in the Prometheus text format.
-pub fn render(c: &Coordinator) -> String {
-    let mut out = String::new();
-    let m = &c.metrics;
-    let leader = c.leader.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let (depth, in_flight) = leader
-        .as_ref()
-        .map(|l| {
-            let s = l.sched();
-            (s.queue_depth(), s.in_flight())
-        })
-        .unwrap_or((0, 0));
-    write_metric(
-        &mut out,
-        "labelfleet_is_leader",
-        "gauge",
-        "1 on the elected leader",
-        leader.is_some() as u8 as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_queue_depth",
-        "gauge",
-        "Tasks waiting for a worker",
-        depth as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_tasks_in_flight",
-        "gauge",
-        "Tasks leased to workers",
-        in_flight as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_pairs_total",
-        "counter",
-        "Pairs whose labels were committed",
-        m.pairs_committed.get() as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_tasks_committed_total",
-        "counter",
-        "Tasks committed",
-        m.tasks_committed.get() as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_tasks_leased_total",
-        "counter",
-        "Leases granted",
-        m.tasks_leased.get() as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_duplicates_dropped_total",
-        "counter",
-        "Late or repeated results dropped",
-        m.duplicates_dropped.get() as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_lease_expiries_total",
-        "counter",
-        "Leases that expired and were re-queued",
-        m.lease_expiries.get() as f64,
-    );
-    write_metric(
-        &mut out,
-        "labelfleet_tasks_failed_total",
-        "counter",
-        "Tasks that failed for good",
-        m.tasks_failed.get() as f64,
-    );
-    let workers = c.workers.lock().unwrap_or_else(|p| p.into_inner()).len();
-    write_metric(
-        &mut out,
-        "labelfleet_workers",
-        "gauge",
-        "Workers known to this coordinator",
-        workers as f64,
-    );
-    let lease = c
-        .leader()
-        .ok()
-        .map(|l| l.sched().config().lease)
-        .unwrap_or_default();
-    let live = c.fleet().live(std::time::Instant::now(), lease);
-    write_metric(
-        &mut out,
-        "labelfleet_workers_live",
-        "gauge",
-        "Workers heard from within a task lease (they share a job's API rate limits)",
-        live as f64,
-    );
-    out
+/// The coordinator's metrics: its counters, gauges read at each scrape, and its gRPC calls.
+pub struct CoordinatorMetricsExport {
+    exposition: Exposition,
+    is_leader: GaugeF64,
+    queue_depth: GaugeF64,
+    in_flight: GaugeF64,
+    workers: GaugeF64,
+    workers_live: GaugeF64,
+}
+
+impl CoordinatorMetricsExport {
+    /// Registers every metric of `c`, and the gRPC calls of its server (returned).
+    pub fn new(c: &Coordinator) -> (Self, GrpcMetrics) {
+        let mut e = Exposition::new();
+        let m = &c.metrics;
+        for (name, help, counter) in [
+            (
+                "labelfleet_pairs_total",
+                "Pairs whose labels were committed",
+                &m.pairs_committed,
+            ),
+            (
+                "labelfleet_tasks_committed_total",
+                "Tasks committed",
+                &m.tasks_committed,
+            ),
+            (
+                "labelfleet_tasks_leased_total",
+                "Leases granted",
+                &m.tasks_leased,
+            ),
+            (
+                "labelfleet_duplicates_dropped_total",
+                "Late or repeated results dropped",
+                &m.duplicates_dropped,
+            ),
+            (
+                "labelfleet_lease_expiries_total",
+                "Leases that expired and were re-queued",
+                &m.lease_expiries,
+            ),
+            (
+                "labelfleet_tasks_failed_total",
+                "Tasks that failed for good",
+                &m.tasks_failed,
+            ),
+        ] {
+            e.counter(name, help, counter);
+        }
+        let grpc = GrpcMetrics::register(
+            &mut e,
+            &[
+                "labelfleet.v1.JobService",
+                "labelfleet.v1.TaskService",
+                "grpc.health.v1.Health",
+            ],
+        );
+        let export = CoordinatorMetricsExport {
+            is_leader: e.gauge("labelfleet_is_leader", "1 on the elected leader"),
+            queue_depth: e.gauge("labelfleet_queue_depth", "Tasks waiting for a worker"),
+            in_flight: e.gauge("labelfleet_tasks_in_flight", "Tasks leased to workers"),
+            workers: e.gauge("labelfleet_workers", "Workers known to this coordinator"),
+            workers_live: e.gauge(
+                "labelfleet_workers_live",
+                "Workers heard from within a task lease (they share a job's API rate limits)",
+            ),
+            exposition: e,
+        };
+        (export, grpc)
+    }
+
+    /// The metrics now, in the OpenMetrics text format.
+    pub fn render(&self, c: &Coordinator) -> String {
+        let leader = c.leader.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (depth, in_flight, lease) = leader
+            .as_ref()
+            .map(|l| {
+                let s = l.sched();
+                (s.queue_depth(), s.in_flight(), s.config().lease)
+            })
+            .unwrap_or_default();
+        self.is_leader.set(leader.is_some() as u8 as f64);
+        self.queue_depth.set(depth as f64);
+        self.in_flight.set(in_flight as f64);
+        let workers = c.workers.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.workers.set(workers as f64);
+        let live = c.fleet().live(std::time::Instant::now(), lease);
+        self.workers_live.set(live as f64);
+        self.exposition.encode()
+    }
 }

@@ -18,7 +18,7 @@ use labelfleet_cluster::checkpoint::{
 };
 use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{keys, EtcdSecurity, MetaStore};
-use labelfleet_cluster::metrics::{self, write_metric, Counter};
+use labelfleet_cluster::metrics::{self, Counter, Exposition, GrpcMetrics};
 use labelfleet_cluster::open_meta;
 use labelfleet_cluster::security::{self, Access, ClientCerts, Role, Transport};
 use labelfleet_proto::v1::trainer_service_server::{TrainerService, TrainerServiceServer};
@@ -151,30 +151,23 @@ pub async fn run_with_meta(
         push_failures: Counter::default(),
         pushing: tokio::sync::Mutex::new(()),
     });
+    let mut exposition = Exposition::new();
+    exposition.counter(
+        "labelfleet_trainer_pushes_total",
+        "Checkpoint pushes verified by a worker",
+        &shared.pushes,
+    );
+    exposition.counter(
+        "labelfleet_trainer_push_failures_total",
+        "Checkpoint pushes that failed",
+        &shared.push_failures,
+    );
+    let grpc_metrics = GrpcMetrics::register(
+        &mut exposition,
+        &["labelfleet.v1.TrainerService", "grpc.health.v1.Health"],
+    );
     if let Some(addr) = config.metrics_listen {
-        let s = shared.clone();
-        metrics::serve(
-            addr,
-            Arc::new(move || {
-                let mut out = String::new();
-                write_metric(
-                    &mut out,
-                    "labelfleet_trainer_pushes_total",
-                    "counter",
-                    "Checkpoint pushes verified by a worker",
-                    s.pushes.get() as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_trainer_push_failures_total",
-                    "counter",
-                    "Checkpoint pushes that failed",
-                    s.push_failures.get() as f64,
-                );
-                out
-            }),
-        )
-        .await?;
+        metrics::serve(addr, Arc::new(move || exposition.encode())).await?;
     }
     // Finish pushes a previous trainer left incomplete, and bring workers that joined later
     // up to date, now and then every `reconcile_interval`.
@@ -203,21 +196,26 @@ pub async fn run_with_meta(
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(bound = %listener.local_addr()?, "trainer serving");
     let max = config.limits.max_message_bytes;
-    security::server_builder(&config.transport, ClientCerts::Required, &config.limits)
-        .map_err(|e| TrainerError::Invalid(e.to_string()))?
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            TrainerServiceServer::new(TrainerApi(shared))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
-        .map_err(|e| TrainerError::Invalid(format!("server: {e}")))?;
+    security::server_builder(
+        &config.transport,
+        ClientCerts::Required,
+        &config.limits,
+        &grpc_metrics,
+    )
+    .map_err(|e| TrainerError::Invalid(e.to_string()))?
+    .add_service(health_service)
+    .add_service(reflection)
+    .add_service(
+        TrainerServiceServer::new(TrainerApi(shared))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        shutdown,
+    )
+    .await
+    .map_err(|e| TrainerError::Invalid(format!("server: {e}")))?;
     Ok(())
 }
 

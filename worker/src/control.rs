@@ -12,6 +12,7 @@ use labelfleet_cluster::checkpoint::{
     check_content_name, checkpoint_digest, registered, CheckpointError, CheckpointRecord,
 };
 use labelfleet_cluster::meta::MetaStore;
+use labelfleet_cluster::metrics::Counter;
 use labelfleet_cluster::security::{Access, Role};
 use labelfleet_proto::v1::worker_control_server::WorkerControl;
 use labelfleet_proto::v1::{CheckpointChunk, DrainRequest, DrainResponse, PushCheckpointResponse};
@@ -26,10 +27,12 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct ControlState {
     pub draining: AtomicBool,
     pub in_flight: AtomicU64,
-    pub checkpoints_installed: AtomicU64,
-    pub pushes_rejected: AtomicU64,
+    pub checkpoints_installed: Counter,
+    pub pushes_rejected: Counter,
     /// Pushes that found the id installed with other content (that copy is set aside).
-    pub checkpoint_conflicts: AtomicU64,
+    pub checkpoint_conflicts: Counter,
+    /// Tasks run, by kind and outcome, with their run time.
+    pub tasks: crate::metrics::TaskMetrics,
 }
 
 pub struct ControlApi {
@@ -109,9 +112,7 @@ impl ControlApi {
             .checkpoints
             .join(format!(".conflict-{id}-{}", rand_suffix()));
         let set_aside = std::fs::rename(&final_dir, &aside);
-        self.state
-            .checkpoint_conflicts
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.checkpoint_conflicts.add(1);
         tracing::error!(checkpoint = %id, installed = %installed, pushed = %digest, aside = %aside.display(), set_aside = set_aside.is_ok(), "checkpoint id installed with other content; refused");
         if let Err(e) = set_aside {
             return Err(Status::internal(format!(
@@ -136,7 +137,7 @@ impl WorkerControl for ControlApi {
             .access
             .require(&req, "PushCheckpoint", &[Role::Trainer])
         {
-            self.state.pushes_rejected.fetch_add(1, Ordering::Relaxed);
+            self.state.pushes_rejected.add(1);
             return Err(denied);
         }
         let mut stream = req.into_inner();
@@ -226,13 +227,11 @@ impl WorkerControl for ControlApi {
         .await;
         match &result {
             Ok(_) => {
-                self.state
-                    .checkpoints_installed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.state.checkpoints_installed.add(1);
                 tracing::info!(checkpoint = %id, bytes = total, "checkpoint installed");
             }
             Err(e) => {
-                self.state.pushes_rejected.fetch_add(1, Ordering::Relaxed);
+                self.state.pushes_rejected.add(1);
                 tracing::warn!(checkpoint = %id, error = %e.message(), "checkpoint push discarded");
                 if let Some(dir) = staging {
                     let _ = std::fs::remove_dir_all(dir);

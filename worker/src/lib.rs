@@ -8,6 +8,7 @@
 pub mod api_teacher;
 pub mod control;
 pub mod engine;
+pub mod metrics;
 pub mod search;
 
 use api_teacher::ApiTeacher;
@@ -16,7 +17,7 @@ use engine::{Engine, ModelSources, Outcome};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{keys, spawn_lease_keeper, EtcdSecurity, MetaStore};
-use labelfleet_cluster::metrics::{self, write_metric};
+
 use labelfleet_cluster::security::{self, Access, ClientCerts, Role, Transport};
 use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
@@ -136,10 +137,24 @@ pub async fn run_with_meta(
         access: Access::from(&config.transport),
         meta: meta.clone(),
     };
+    let engine = Engine::start(
+        config.placement,
+        config.threads,
+        ModelSources {
+            checkpoints: config.checkpoints.clone(),
+            model_roots: config.model_roots.clone(),
+        },
+    )?;
+    let (worker_metrics, grpc_metrics) =
+        metrics::WorkerMetrics::new(state.clone(), engine.pairs.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder =
-        security::server_builder(&config.transport, ClientCerts::Required, &config.limits)
-            .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let mut builder = security::server_builder(
+        &config.transport,
+        ClientCerts::Required,
+        &config.limits,
+        &grpc_metrics,
+    )
+    .map_err(|e| WorkerError::Config(e.to_string()))?;
     let server = tokio::spawn(
         builder
             .add_service(health_service)
@@ -156,77 +171,12 @@ pub async fn run_with_meta(
             ),
     );
 
-    let engine = Engine::start(
-        config.placement,
-        config.threads,
-        ModelSources {
-            checkpoints: config.checkpoints.clone(),
-            model_roots: config.model_roots.clone(),
-        },
-    )?;
     let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
     let rate = Arc::new(Mutex::new(RateMeter::default()));
     if let Some(addr) = config.metrics_listen {
-        let (st, eng, rate) = (state.clone(), engine.clone(), rate.clone());
-        let bound = metrics::serve(
-            addr,
-            Arc::new(move || {
-                let mut out = String::new();
-                let pairs = eng.pairs.load(Ordering::Relaxed);
-                let pps = rate.lock().map(|mut r| r.rate(pairs)).unwrap_or(0.0);
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_pairs_total",
-                    "counter",
-                    "Pairs graded",
-                    pairs as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_pairs_per_second",
-                    "gauge",
-                    "Pairs graded per second, last minute",
-                    pps,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_tasks_in_flight",
-                    "gauge",
-                    "Tasks held",
-                    st.in_flight.load(Ordering::Relaxed) as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_checkpoints_installed_total",
-                    "counter",
-                    "Checkpoint pushes installed",
-                    st.checkpoints_installed.load(Ordering::Relaxed) as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_pushes_rejected_total",
-                    "counter",
-                    "Checkpoint pushes discarded (aborted or bad checksum)",
-                    st.pushes_rejected.load(Ordering::Relaxed) as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_checkpoint_conflicts_total",
-                    "counter",
-                    "Checkpoint pushes refused because the id was installed with other content",
-                    st.checkpoint_conflicts.load(Ordering::Relaxed) as f64,
-                );
-                write_metric(
-                    &mut out,
-                    "labelfleet_worker_draining",
-                    "gauge",
-                    "1 while draining",
-                    st.draining.load(Ordering::Relaxed) as u8 as f64,
-                );
-                out
-            }),
-        )
-        .await?;
+        let bound =
+            labelfleet_cluster::metrics::serve(addr, Arc::new(move || worker_metrics.render()))
+                .await?;
         tracing::info!(%bound, "metrics at /metrics");
     }
 
@@ -381,6 +331,7 @@ pub async fn run_with_meta(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 if !skip {
+                    let started = Instant::now();
                     let outcome = match runner_of(&task, searcher.as_deref()) {
                         Runner::Engine => engine.run(task.clone()).await,
                         Runner::Api => api.run(&task).await,
@@ -390,6 +341,9 @@ pub async fn run_with_meta(
                             retryable: true,
                         },
                     };
+                    let done = matches!(outcome, Outcome::Done { .. });
+                    let seconds = started.elapsed().as_secs_f64();
+                    state.tasks.observe(task.kind, done, seconds);
                     report(&link, &worker, &task, outcome).await;
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);

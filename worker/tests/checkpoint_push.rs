@@ -9,7 +9,6 @@ use labelfleet_cluster::security::{Access, Transport};
 use labelfleet_proto::v1::worker_control_server::WorkerControlServer;
 use labelfleet_worker::control::{ControlApi, ControlState};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -134,8 +133,8 @@ async fn a_registered_push_is_installed_and_a_repeat_is_idempotent() {
     assert!(w.push(&dir, &id).await.expect("installed"));
     assert_eq!(w.installed_digest(&id), Some(sha));
     assert_eq!(w.entries(), vec![id]);
-    assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 2);
-    assert_eq!(w.state.pushes_rejected.load(Ordering::Relaxed), 0);
+    assert_eq!(w.state.checkpoints_installed.get(), 2);
+    assert_eq!(w.state.pushes_rejected.get(), 0);
 }
 
 #[tokio::test]
@@ -160,8 +159,8 @@ async fn a_push_whose_bytes_differ_from_the_record_is_refused() {
         err.message()
     );
     w.assert_nothing_installed();
-    assert_eq!(w.state.pushes_rejected.load(Ordering::Relaxed), 1);
-    assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 0);
+    assert_eq!(w.state.pushes_rejected.get(), 1);
+    assert_eq!(w.state.checkpoints_installed.get(), 0);
 }
 
 #[tokio::test]
@@ -197,7 +196,7 @@ async fn a_push_under_an_id_that_is_not_its_digest_is_refused() {
         err.message()
     );
     w.assert_nothing_installed();
-    assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 0);
+    assert_eq!(w.state.checkpoints_installed.get(), 0);
 }
 
 /// A squatter pushes other bytes under the real checkpoint's id before the real push: its push
@@ -220,7 +219,7 @@ async fn a_squatted_push_is_refused_before_the_real_one() {
     assert!(w.entries().is_empty(), "{:?}", w.entries());
     assert!(w.push(&real, &id).await.expect("installed"));
     assert_eq!(w.installed_digest(&id), Some(sha));
-    assert_eq!(w.state.pushes_rejected.load(Ordering::Relaxed), 2);
+    assert_eq!(w.state.pushes_rejected.get(), 2);
 }
 
 /// A copy under the id with other content already on the worker (put there by a worker
@@ -246,8 +245,8 @@ async fn an_id_installed_with_other_content_is_refused_reported_and_set_aside() 
         "{}",
         err.message()
     );
-    assert_eq!(w.state.checkpoint_conflicts.load(Ordering::Relaxed), 1);
-    assert_eq!(w.state.checkpoints_installed.load(Ordering::Relaxed), 0);
+    assert_eq!(w.state.checkpoint_conflicts.get(), 1);
+    assert_eq!(w.state.checkpoints_installed.get(), 0);
     // nothing is installed under the id: the other copy is set aside (a dot-folder, which no
     // checkpoint id can name)
     assert_eq!(w.installed_digest(&id), None);
