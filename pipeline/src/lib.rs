@@ -164,5 +164,7 @@ pub fn run(cfg: &Config, cluster: &mut Cluster) -> Result<()> {
         candidates: cand.keyed.len(),
         dropped: cand.dropped,
     };
-    stages::write_report(&ctx, cfg, &counts, &graded, &student, &rows, started)
+    stages::write_report(
+        &ctx, cfg, &counts, &teacher, &graded, &student, &rows, started,
+    )
 }

@@ -60,8 +60,8 @@ pub fn agreement_report(
         usd_per_hour: price_per_hour.unwrap_or(0.0),
     };
 
-    let mut header = vec![
-        "labeler",
+    // one column per labeler, one row per measure: fits a 100-column terminal
+    let mut measures = vec![
         "pairs",
         "accuracy",
         "kappa",
@@ -74,9 +74,9 @@ pub fn agreement_report(
         "hours / 1M labels",
     ];
     if price_per_hour.is_some() {
-        header.push("USD / 1M labels");
+        measures.push("USD / 1M labels");
     }
-    let mut table = vec![];
+    let mut columns = vec![];
     let mut labelers = vec![];
     for (row, rep) in rows.iter().zip(&reports) {
         let cell = |m: Measure| {
@@ -92,7 +92,6 @@ pub fn agreement_report(
             .map(|r| cost_per_million(r, &pricing))
             .transpose()?;
         let mut line = vec![
-            row.name.clone(),
             rep.cis.agreement.pairs.to_string(),
             cell(Measure::Accuracy),
             cell(Measure::CohenKappa),
@@ -116,11 +115,22 @@ pub fn agreement_report(
                     .unwrap_or_else(|| "-".into()),
             );
         }
-        table.push(line);
+        columns.push(line);
         labelers.push(serde_json::json!({
             "report": rep, "pairs_per_s": row.pairs_per_s, "cost_per_million": cost,
         }));
     }
+    let mut header = vec!["measure"];
+    header.extend(rows.iter().map(|r| r.name.as_str()));
+    let table: Vec<Vec<String>> = measures
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            std::iter::once(m.to_string())
+                .chain(columns.iter().map(|c| c[i].clone()))
+                .collect()
+        })
+        .collect();
     let _ = writeln!(
         text,
         "\nAgreement with human judgments (grades 0-3; 95% CI over {} query resamples; BM25 only ranks, so only its ranking measures apply)\n{}",

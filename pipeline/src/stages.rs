@@ -7,8 +7,9 @@ use crate::{Config, PipelineError, Result};
 use labelfleet_cache::{self as cache, Cache};
 use labelfleet_corpus::bm25::hard_negatives;
 use labelfleet_corpus::{ingest_path, Document, IngestLimits};
-use labelfleet_eval::Judgment;
+use labelfleet_eval::{Judgment, Measure};
 use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
+use labelfleet_types::card::{model_card, CardFigures};
 use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
 use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair};
 use rand::rngs::StdRng;
@@ -875,10 +876,12 @@ pub struct Counts {
 }
 
 /// Stage 9: the agreement report (tables, `agreement.png`) and `report.json`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_report(
     ctx: &Context,
     cfg: &Config,
     counts: &Counts,
+    teacher: &Teacher,
     teacher_graded: &Graded,
     student: &Student,
     rows: &[Row],
@@ -910,11 +913,66 @@ pub fn write_report(
     let path = cfg.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)
         .map_err(|e| PipelineError::io(&path, e))?;
+    write_student_card(
+        cfg,
+        &teacher.name,
+        json["agreement_with_humans"].as_object(),
+        rows,
+    )?;
     for w in &ctx.work {
         eprintln!("model work: {w}");
     }
     eprintln!("stages done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Completes the model card of the user's copy of the student (`out/student/README.md`) with
+/// its teacher, its agreement with human judgments beside the teacher's, and the throughputs
+/// measured in this run.
+fn write_student_card(
+    cfg: &Config,
+    teacher: &str,
+    agreement: Option<&serde_json::Map<String, serde_json::Value>>,
+    rows: &[Row],
+) -> Result<()> {
+    let dir = cfg.out.join("student");
+    let record_path = dir.join("labelfleet.json");
+    let Ok(text) = std::fs::read_to_string(&record_path) else {
+        return Ok(()); // no local copy of the student
+    };
+    let record: serde_json::Value = serde_json::from_str(&text)?;
+    let mut figures = CardFigures {
+        teacher: Some(teacher.to_string()),
+        ..Default::default()
+    };
+    let comparison = agreement.and_then(|a| a.get("student_vs_teacher"));
+    for m in comparison
+        .and_then(|c| c["measures"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        let label = Measure::ALL
+            .into_iter()
+            .find(|x| serde_json::to_value(x).ok().as_ref() == Some(&m["measure"]))
+            .map_or("?", |x| x.label());
+        if let (Some(a), Some(b)) = (m["a"].as_f64(), m["b"].as_f64()) {
+            figures.human_agreement.push((label.to_string(), a, b));
+        }
+    }
+    if let Some(c) = comparison {
+        figures.human_agreement_on = Some(format!(
+            "{} pairs over {} queries: the human-judged documents of each query and its top-{} BM25 documents not judged, as grade 0",
+            c["pairs"], c["queries"], cfg.pool_k
+        ));
+    }
+    let graded: Vec<&Row> = rows.iter().filter(|r| r.graded).collect();
+    if let [t, s, ..] = graded[..] {
+        if let (Some(tr), Some(sr)) = (t.pairs_per_s, s.pairs_per_s) {
+            figures.throughput = Some((sr, tr, "the machine of this run".to_string()));
+        }
+    }
+    let path = dir.join("README.md");
+    std::fs::write(&path, model_card(&record, &figures)).map_err(|e| PipelineError::io(&path, e))
 }
 
 /// What the API teacher spent in this run, from the usage its tasks' results carried (None

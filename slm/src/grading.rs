@@ -671,7 +671,7 @@ impl Grader for EncoderGrader {
             "provenance": provenance,
         });
         write_json(&dir.join("labelfleet.json"), &record)?;
-        let card = crate::export::model_card(&record, &Default::default());
+        let card = labelfleet_types::card::model_card(&record, &Default::default());
         std::fs::write(dir.join("README.md"), card).map_err(|e| SlmError::io(dir, e))
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`pair`]: a (query, document) [`Pair`] to grade, and the [`InputLimits`] on its text;
 //! - [`grading`]: the [`Grading`] a grader gives a pair;
+//! - [`card`]: the model card of a student checkpoint;
 //! - [`chat`]: [`ChatMessage`]s and the [`ChatTemplate`]s that render them to prompt text;
 //! - [`prompt`]: the versioned prompts ([`GradePrompt`], `query-v1`, `query-meta-v1`) and the
 //!   one definition of their chat messages;
@@ -16,6 +17,7 @@
 //!
 //! Prompt bytes are a promise: a version's text never changes (tests pin them).
 
+pub mod card;
 pub mod chat;
 pub mod error;
 pub mod grading;
