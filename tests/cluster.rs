@@ -396,6 +396,72 @@ fn a_worker_is_ready_only_after_its_warm_up_batch() {
     check_job(&cluster, &job_id, n, &[]);
 }
 
+/// An upload cut off mid-stream through the standby commits nothing on the leader: the
+/// forwarded call is cancelled, never ended as if the corpus were whole. The same upload
+/// completed through the standby is stored.
+#[test]
+fn an_upload_cut_off_through_the_standby_commits_nothing() {
+    use labelfleet_proto::v1::job_service_client::JobServiceClient;
+    use labelfleet_proto::v1::{CorpusChunk, Document};
+    let cluster = Cluster::start(Options {
+        workers: 0,
+        ..Options::default()
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let standby = 1 - leader;
+    wait_health(&cluster, standby, "", "SERVING");
+    let url = format!("http://127.0.0.1:{}", cluster.coordinator_ports[standby]);
+    let chunk = |name: &str| CorpusChunk {
+        corpus_name: name.to_string(),
+        documents: (0..100)
+            .map(|i| Document {
+                id: format!("d{i}"),
+                body: format!("document number {i} about boundary layers"),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let blobs = cluster.blobs();
+    let rt = harness::runtime();
+    let corpora = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("standby");
+        // cut off: one chunk sent, then the client goes away without ending the stream
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = JobServiceClient::new(channel.clone());
+        let call = tokio::spawn(async move {
+            client
+                .upload_corpus(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tx.send(chunk("cut")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        call.abort();
+        let _ = call.await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(tx);
+        let cut = blobs.list("corpora/").await.expect("listing corpora");
+        // whole: the same upload, ended, is stored
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = JobServiceClient::new(channel);
+        tx.send(chunk("whole")).await.unwrap();
+        drop(tx);
+        let stored = client
+            .upload_corpus(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("upload through the standby")
+            .into_inner();
+        assert_eq!(stored.accepted, 100);
+        let whole = blobs.list("corpora/").await.expect("listing corpora");
+        (cut, whole)
+    });
+    assert!(corpora.0.is_empty(), "a cut upload left {:?}", corpora.0);
+    assert!(!corpora.1.is_empty(), "the whole upload is stored");
+}
+
 #[test]
 fn an_etcd_restart_mid_job_loses_nothing() {
     etcd_restart(Store::Local);

@@ -119,8 +119,8 @@ where
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<T>(4);
-    let call = call(ReceiverStream::new(rx));
-    tokio::pin!(call);
+    // boxed, so that dropping it below really drops (cancels) the call
+    let mut call = Box::pin(call(ReceiverStream::new(rx)));
     // The pump ends Ok when the caller's stream ends (dropping the sender: a clean end), or
     // Err with the sender still alive when it breaks.
     let pump = async move {
