@@ -134,7 +134,7 @@ fn ten_thousand_pairs(store: Store) {
     assert_eq!(m["labelfleet_tasks_in_flight"], 0.0);
     assert_eq!(m["labelfleet_workers"], 3.0);
     // every gRPC call is counted by method and code, and timed
-    let completed = r#"labelfleet_grpc_server_calls_total{method="labelfleet.v1.TaskService/CompleteTask",code="OK"}"#;
+    let completed = r#"labelfleet_grpc_server_calls_total{method="labelfleet.v1.TaskService/CompleteTask",code="Ok"}"#;
     assert!(m.get(completed).is_some_and(|&n| n >= 99.0), "{m:?}");
     let timed =
         r#"labelfleet_grpc_server_seconds_count{method="labelfleet.v1.TaskService/CompleteTask"}"#;
@@ -315,20 +315,10 @@ fn a_client_of_the_standby_gets_its_answers_from_the_leader() {
                 .is_ok_and(|j| j["job_id"] == job_id.as_str())),
         "{listed}"
     );
-    let out = cluster.dir.path().join("via-standby.jsonl");
-    cluster.cli(&[
-        "fetch",
-        "--coordinator",
-        &url,
-        &job_id,
-        "--output",
-        &out.display().to_string(),
-    ]);
     let mut counts: HashMap<String, usize> = HashMap::new();
-    for line in std::fs::read_to_string(&out).expect("labels").lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("label");
+    for label in cluster.fetch_labels_via(&url, &job_id) {
         *counts
-            .entry(v["id"].as_str().expect("id").to_string())
+            .entry(label["id"].as_str().expect("id").to_string())
             .or_insert(0) += 1;
     }
     assert_exactly_once(&counts, n, &[], "labels fetched through the standby");

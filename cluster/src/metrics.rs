@@ -148,58 +148,34 @@ pub struct MethodLabels {
     pub method: String,
 }
 
-/// A gRPC status code as a label value.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
-pub enum Code {
-    OK,
-    CANCELLED,
-    UNKNOWN,
-    INVALID_ARGUMENT,
-    DEADLINE_EXCEEDED,
-    NOT_FOUND,
-    ALREADY_EXISTS,
-    PERMISSION_DENIED,
-    RESOURCE_EXHAUSTED,
-    FAILED_PRECONDITION,
-    ABORTED,
-    OUT_OF_RANGE,
-    UNIMPLEMENTED,
-    INTERNAL,
-    UNAVAILABLE,
-    DATA_LOSS,
-    UNAUTHENTICATED,
-    /// The transport failed before any status.
-    TRANSPORT,
-}
+/// A gRPC status code as a label value (`Ok`, `NotFound`, ...), or `Transport` when the
+/// transport failed before any status.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Code(Option<tonic::Code>);
 
 impl Code {
+    pub const OK: Code = Code(Some(tonic::Code::Ok));
+    pub const TRANSPORT: Code = Code(None);
+
     fn from_grpc_status(value: &str) -> Code {
-        use Code::*;
-        const CODES: [Code; 17] = [
-            OK,
-            CANCELLED,
-            UNKNOWN,
-            INVALID_ARGUMENT,
-            DEADLINE_EXCEEDED,
-            NOT_FOUND,
-            ALREADY_EXISTS,
-            PERMISSION_DENIED,
-            RESOURCE_EXHAUSTED,
-            FAILED_PRECONDITION,
-            ABORTED,
-            OUT_OF_RANGE,
-            UNIMPLEMENTED,
-            INTERNAL,
-            UNAVAILABLE,
-            DATA_LOSS,
-            UNAUTHENTICATED,
-        ];
-        value
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| CODES.get(i).copied())
-            .unwrap_or(UNKNOWN)
+        Code(Some(tonic::Code::from_bytes(value.as_bytes())))
+    }
+
+    fn is_unimplemented(self) -> bool {
+        self.0 == Some(tonic::Code::Unimplemented)
+    }
+}
+
+impl EncodeLabelValue for Code {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        match self.0 {
+            Some(code) => write!(encoder, "{code:?}"),
+            None => encoder.write_str("Transport"),
+        }
     }
 }
 
@@ -252,9 +228,9 @@ impl GrpcMetrics {
 
     fn observe(&self, method: String, code: Code, seconds: f64) {
         // a method no service has: one label for all, whatever the caller sent
-        let method = match code {
-            Code::UNIMPLEMENTED => "unknown".to_string(),
-            _ => method,
+        let method = match code.is_unimplemented() {
+            true => "unknown".to_string(),
+            false => method,
         };
         self.calls
             .get_or_create(&CallLabels {
@@ -336,26 +312,20 @@ mod tests {
         c.add(3);
         let g = GrpcMetrics::register(&mut e, &["labelfleet.v1.JobService"]);
         let method = g.method_label("/labelfleet.v1.JobService/GetJob");
-        g.observe(method, Code::NOT_FOUND, 0.002);
-        g.observe(
-            g.method_label("/evil.Service/x"),
-            Code::UNIMPLEMENTED,
-            0.001,
-        );
-        g.observe(
-            g.method_label("/labelfleet.v1.JobService/Nope"),
-            Code::UNIMPLEMENTED,
-            0.001,
-        );
+        g.observe(method, Code::from_grpc_status("5"), 0.002);
+        let unimplemented = Code::from_grpc_status("12");
+        g.observe(g.method_label("/evil.Service/x"), unimplemented, 0.001);
+        let nope = g.method_label("/labelfleet.v1.JobService/Nope");
+        g.observe(nope, unimplemented, 0.001);
         let text = e.encode();
         assert!(text.contains("labelfleet_things_total 3"), "{text}");
         assert!(
-            text.contains(r#"labelfleet_grpc_server_calls_total{method="labelfleet.v1.JobService/GetJob",code="NOT_FOUND"} 1"#),
+            text.contains(r#"labelfleet_grpc_server_calls_total{method="labelfleet.v1.JobService/GetJob",code="NotFound"} 1"#),
             "{text}"
         );
         assert!(
             text.contains(
-                r#"labelfleet_grpc_server_calls_total{method="unknown",code="UNIMPLEMENTED"} 2"#
+                r#"labelfleet_grpc_server_calls_total{method="unknown",code="Unimplemented"} 2"#
             ),
             "{text}"
         );
@@ -365,7 +335,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("evil"), "{text}");
-        assert_eq!(Code::from_grpc_status("5"), Code::NOT_FOUND);
-        assert_eq!(Code::from_grpc_status("99"), Code::UNKNOWN);
+        assert_eq!(Code::from_grpc_status("0"), Code::OK);
+        assert_eq!(
+            Code::from_grpc_status("99"),
+            Code(Some(tonic::Code::Unknown))
+        );
     }
 }

@@ -801,11 +801,16 @@ impl Cluster {
 
     /// Labels fetched through the CLI, one JSON value per line, schema-checked.
     pub fn fetch_labels(&self, job_id: &str) -> Vec<serde_json::Value> {
+        self.fetch_labels_via(&self.coordinator_list(), job_id)
+    }
+
+    /// [`Cluster::fetch_labels`] from the given coordinator addresses.
+    pub fn fetch_labels_via(&self, coordinators: &str, job_id: &str) -> Vec<serde_json::Value> {
         let out = self.dir.path().join(format!("{job_id}.labels.jsonl"));
         self.cli(&[
             "fetch",
             "--coordinator",
-            &self.coordinator_list(),
+            coordinators,
             job_id,
             "--output",
             &out.display().to_string(),
