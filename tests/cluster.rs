@@ -384,6 +384,31 @@ fn a_worker_is_ready_only_after_its_warm_up_batch() {
     let job = cluster.wait_finished(&job_id, TIMEOUT);
     assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
     check_job(&cluster, &job_id, n, &[]);
+
+    // A job that ends FAILED makes `submit --watch` fail (exit code 4), so the Kubernetes Job
+    // that ran it fails too: a model outside the worker's model roots fails every task for good.
+    let outside = cluster.dir.path().join("not-a-model");
+    let watched = std::process::Command::new(harness::binary())
+        .args([
+            "submit",
+            "--coordinator",
+            &cluster.coordinator_list(),
+            "--corpus",
+        ])
+        .arg(&corpus)
+        .arg("--pairs")
+        .arg(&pairs)
+        .args(["--task-size", "100", "--model"])
+        .arg(&outside)
+        .arg("--watch")
+        .output()
+        .expect("labelfleet submit");
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("FAILED") || stderr.contains("failed"),
+        "{stderr}"
+    );
 }
 
 /// An upload cut off mid-stream through the standby commits nothing on the leader: the

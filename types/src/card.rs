@@ -55,11 +55,9 @@ pub fn model_card(labelfleet_json: &Value, figures: &CardFigures) -> String {
         text(&p["heldout_pairs"])
     );
     let _ = writeln!(s, "| training run | {} |", text(&p["run_id"]));
-    let _ = writeln!(
-        s,
-        "| grading prompt of the teacher | {} |",
-        text(&labelfleet_json["prompt_version"])
-    );
+    if let Some(prompt) = labelfleet_json["prompt_version"].as_str() {
+        let _ = writeln!(s, "| grading prompt of the teacher | {prompt} |");
+    }
     let _ = writeln!(s, "\n## Measured\n");
     let _ = writeln!(s, "- Agreement with the teacher on held-out synthetic queries: {} (top grade; the majority class scores {}); expected-grade error {} (majority class {}).", num(&p["heldout_agreement_with_teacher"]), num(&p["majority_baseline"]), num(&p["heldout_expected_grade_mae"]), num(&p["majority_expected_grade_mae"]));
     if !figures.human_agreement.is_empty() {
