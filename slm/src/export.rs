@@ -9,8 +9,9 @@
 //!   encoder's output, so no single linear logit ranks as it does: servers that run only stock
 //!   architectures (TEI's `/rerank`) cannot serve it exactly, and the card says so.
 
+use crate::config::read_json;
 use crate::error::{Result, SlmError};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::Path;
 
 /// The Python class of the exported reranker (loaded by `transformers` as remote code).
@@ -25,14 +26,6 @@ const COPIED: &[&str] = &[
     "vocab.txt",
     "labelfleet.json",
 ];
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| SlmError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| SlmError::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| SlmError::io(path, e))
@@ -79,14 +72,12 @@ pub fn export_reranker(checkpoint: &Path, out: &Path) -> Result<usize> {
     let config_text = serde_json::to_string_pretty(&config).expect("JSON values serialize");
     write_text(&out.join("config.json"), &config_text)?;
     write_text(&out.join("modeling_labelfleet.py"), MODELING)?;
-    let mut card = match read_json(&checkpoint.join("labelfleet.json")) {
-        Ok(v) => labelfleet_types::card::model_card(&v, &Default::default()),
-        Err(_) => String::new(),
-    };
+    // the checkpoint's own card when it has one (it may carry measured figures)
     let readme = checkpoint.join("README.md");
-    if readme.is_file() {
-        card = std::fs::read_to_string(&readme).map_err(|e| SlmError::io(&readme, e))?;
-    }
+    let mut card = match readme.is_file() {
+        true => std::fs::read_to_string(&readme).map_err(|e| SlmError::io(&readme, e))?,
+        false => labelfleet_types::card::model_card(&lf, &Default::default()),
+    };
     card.push_str(&format!(
         "\n## This export: a one-score reranker\n\n```python\nfrom sentence_transformers import CrossEncoder\nmodel = CrossEncoder(\"<this folder>\", trust_remote_code=True)\nmodel.rank(\"vpn setup\", [document_text_1, document_text_2])  # score = expected grade, 0-{}\n```\n\nThe score is computed in `modeling_labelfleet.py` from the {grades}-grade head. Servers that run only stock architectures (TEI's `/rerank`) cannot load it: the expected grade is not one linear logit. For those, serve the checkpoint itself as a {grades}-label classifier and take the expected grade from its probabilities.\n",
         grades - 1

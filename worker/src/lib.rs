@@ -17,7 +17,6 @@ use engine::{Engine, ModelSources, Outcome};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::limits::Limits;
 use labelfleet_cluster::meta::{keys, spawn_lease_keeper, EtcdSecurity, MetaStore};
-
 use labelfleet_cluster::security::{self, Access, ClientCerts, Role, Transport};
 use labelfleet_cluster::{open_meta, MAX_MESSAGE_BYTES};
 use labelfleet_proto::v1::task_service_client::TaskServiceClient;
@@ -145,8 +144,9 @@ pub async fn run_with_meta(
             model_roots: config.model_roots.clone(),
         },
     )?;
+    let rate = Arc::new(Mutex::new(RateMeter::default()));
     let (worker_metrics, grpc_metrics) =
-        metrics::WorkerMetrics::new(state.clone(), engine.pairs.clone());
+        metrics::WorkerMetrics::new(state.clone(), engine.pairs.clone(), rate.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = security::server_builder(
         &config.transport,
@@ -172,7 +172,6 @@ pub async fn run_with_meta(
     );
 
     let api = Arc::new(ApiTeacher::new(engine.pairs.clone()));
-    let rate = Arc::new(Mutex::new(RateMeter::default()));
     if let Some(addr) = config.metrics_listen {
         let bound =
             labelfleet_cluster::metrics::serve(addr, Arc::new(move || worker_metrics.render()))

@@ -63,7 +63,8 @@ pub struct WorkerMetrics {
     engine_pairs: Arc<AtomicU64>,
     pairs: Counter,
     pairs_seen: AtomicU64,
-    rate: Mutex<RateMeter>,
+    /// The pairs-per-second meter the heartbeats report from too.
+    rate: Arc<Mutex<RateMeter>>,
     pairs_per_second: GaugeF64,
     in_flight: GaugeF64,
     draining: GaugeF64,
@@ -71,7 +72,11 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     /// Registers the worker's metrics and its control server's gRPC calls (returned).
-    pub fn new(state: Arc<ControlState>, engine_pairs: Arc<AtomicU64>) -> (Self, GrpcMetrics) {
+    pub fn new(
+        state: Arc<ControlState>,
+        engine_pairs: Arc<AtomicU64>,
+        rate: Arc<Mutex<RateMeter>>,
+    ) -> (Self, GrpcMetrics) {
         let mut e = Exposition::new();
         let pairs = Counter::default();
         e.counter("labelfleet_worker_pairs_total", "Pairs graded", &pairs);
@@ -120,7 +125,7 @@ impl WorkerMetrics {
             engine_pairs,
             pairs,
             pairs_seen: AtomicU64::new(0),
-            rate: Mutex::default(),
+            rate,
         };
         (metrics, grpc)
     }
@@ -148,7 +153,7 @@ mod tests {
     fn tasks_pairs_and_state_are_exported() {
         let state = Arc::new(ControlState::default());
         let engine_pairs = Arc::new(AtomicU64::new(0));
-        let (m, _grpc) = WorkerMetrics::new(state.clone(), engine_pairs.clone());
+        let (m, _grpc) = WorkerMetrics::new(state.clone(), engine_pairs.clone(), Arc::default());
         state.tasks.observe(TaskKind::Grade as i32, true, 0.4);
         state.tasks.observe(TaskKind::Grade as i32, false, 2.0);
         state.checkpoints_installed.add(1);
