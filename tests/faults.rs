@@ -8,8 +8,8 @@
 mod harness;
 
 use harness::{cranfield_pairs, runtime, Cluster, Options};
-use labelfleet_proto::v1::job_service_client::JobServiceClient;
-use labelfleet_proto::v1::{GetJobRequest, JobState};
+use labelfleet_proto::v1::task_service_client::TaskServiceClient;
+use labelfleet_proto::v1::{JobState, LeaseTasksRequest};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -30,19 +30,21 @@ fn serves(cluster: &Cluster, i: usize) -> Result<bool, String> {
     let url = format!("http://127.0.0.1:{}", cluster.coordinator_ports[i]);
     runtime().block_on(async {
         let call = async {
-            let mut c = JobServiceClient::connect(url)
+            let mut c = TaskServiceClient::connect(url)
                 .await
                 .map_err(|e| e.to_string())?;
+            // TaskService is the leader's own (a standby forwards only JobService): the leader
+            // leases nothing for a request of 0 tasks, a standby answers UNAVAILABLE; anything
+            // else (a connection cut as the process exits) is no answer.
             let r = c
-                .get_job(GetJobRequest {
-                    job_id: String::new(),
+                .lease_tasks(LeaseTasksRequest {
+                    worker_id: "probe".into(),
+                    max_tasks: 0,
+                    kinds: vec![],
                 })
                 .await;
-            // The leader answers NOT_FOUND for the empty id, a standby UNAVAILABLE; anything
-            // else (a connection cut as the process exits) is no answer.
             match r {
                 Ok(_) => Ok(true),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(true),
                 Err(s) if s.code() == tonic::Code::Unavailable => Ok(false),
                 Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
             }
