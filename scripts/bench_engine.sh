@@ -26,7 +26,7 @@ for spec in "minilm:${1:-500}:32:int8" "smollm2:${2:-120}:16:fp32"; do
   "$BIN" bench --model "$model" --input "$WORK/pairs.jsonl" --limit "$n" --threads "$THREADS" \
     --dtype "$dtype" --out "$OUT" --dump "$WORK/$model" --label "$LABEL"
   "$PY" "$REPO/scripts/bench_python.py" "$WORK/$model" --threads "$THREADS" --batch-size "$batch" \
-    --label "$LABEL" 2>/dev/null | sed "s/^{/{\"model\": \"$model\", /" >> "$OUT"
+    --label "$LABEL" --model-name "$model" 2>/dev/null | grep "^{" >> "$OUT"
 done
 "$PY" "$REPO/scripts/bench_table.py" "$OUT"
 rm -rf "$WORK"

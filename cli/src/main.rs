@@ -246,6 +246,7 @@ fn parse_cli() -> Cli {
 }
 
 fn main() {
+    labelfleet_slm::device::configure_process();
     let cli = parse_cli();
     // `run` prints its own stages; the embedded cluster's routine logs would drown them
     let default_filter = match cli.command {
