@@ -3,11 +3,13 @@
 //! - `libtorch_cuda` kept with --no-as-needed when it exists: nothing references its symbols
 //!   directly, so the linker would drop it and CUDA would never be seen at run time.
 //!
-//! It also compiles `csrc/int8.cpp`, the int8 linear layers (libtorch's fbgemm ops, which `tch`
-//! does not wrap), against the same libtorch headers and C++ ABI as `torch-sys`.
+//! It also compiles, against the same libtorch headers and C++ ABI as `torch-sys`, the libtorch
+//! ops `tch` does not wrap: `csrc/int8.cpp` (int8 linear layers through fbgemm) and
+//! `csrc/onednn.cpp` (fp32 linear layers through oneDNN with packed weights).
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc/int8.cpp");
+    println!("cargo:rerun-if-changed=csrc/onednn.cpp");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
@@ -28,7 +30,8 @@ fn main() {
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .flag("-DGLOG_USE_GLOG_EXPORT")
             .file("csrc/int8.cpp")
-            .compile("labelfleet_int8");
+            .file("csrc/onednn.cpp")
+            .compile("labelfleet_torch_ops");
         println!("cargo:rustc-link-lib=dylib=torch_cpu");
         println!("cargo:rustc-link-lib=dylib=c10");
         println!("cargo:rustc-link-search=native={lib}");

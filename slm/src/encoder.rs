@@ -6,6 +6,7 @@ use crate::config::EncoderConfig;
 use crate::device::Placement;
 use crate::error::{Result, SlmError};
 use crate::layers::{LayerNorm, Linear};
+use crate::onednn::Fused;
 use crate::weights;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -280,10 +281,14 @@ impl CrossEncoder {
             x = l
                 .attn_norm
                 .forward(&(l.attn_out.forward(&a).dropout(p, train) + &x));
-            let i = l
-                .intermediate
-                .forward(&x)
-                .gelu(if gelu_tanh { "tanh" } else { "none" });
+            let i = l.intermediate.forward_fused(
+                &x,
+                if gelu_tanh {
+                    Fused::GeluTanh
+                } else {
+                    Fused::Gelu
+                },
+            );
             x = l
                 .out_norm
                 .forward(&(l.output.forward(&i).dropout(p, train) + &x));

@@ -31,7 +31,7 @@ extern "C" {
     ) -> *mut C_tensor;
 }
 
-fn message(buf: &[c_char]) -> String {
+pub(crate) fn message(buf: &[c_char]) -> String {
     // SAFETY: the C++ side always NUL-terminates within the buffer (it was zeroed, too).
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()

@@ -15,6 +15,7 @@ pub mod grading;
 pub mod host;
 pub mod int8;
 pub mod layers;
+pub mod onednn;
 pub mod querygen;
 pub mod tokenizer;
 pub mod train;
