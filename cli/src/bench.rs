@@ -7,6 +7,7 @@ use crate::{jsonl, progress, EngineArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_slm::grading::{default_grade_labels, document_text, grade, load_grader};
+use labelfleet_slm::layers::Linear;
 use labelfleet_slm::{
     DecoderConfig, DecoderGrader, DecoderLm, EncodedPair, Grader, Grading, Pair, Placement,
     TextTokenizer,
@@ -45,15 +46,19 @@ pub struct BenchArgs {
     rounds: usize,
 }
 
-/// fp32 (or the model dtype) matmul rate in GFLOP/s: the roofline the engine is held to.
+/// fp32 (or the model dtype) matmul rate in GFLOP/s: the roofline the engine is held to. It is
+/// timed through the engine's own linear layer, so on the CPU it is oneDNN's packed GEMM, the
+/// fastest one libtorch offers there (MKL's is slower on AMD processors).
 fn matmul_gflops(device: tch::Device, kind: Kind) -> f64 {
     let n = if device.is_cuda() { 8192 } else { 2048 };
+    let mut vs = tch::nn::VarStore::new(device);
+    let layer = Linear::new(vs.root(), n as usize, n as usize, false, 1.0);
+    vs.set_kind(kind);
     let a = Tensor::randn([n, n], (kind, device));
-    let b = Tensor::randn([n, n], (kind, device));
     let run = |iters: usize| {
         let start = Instant::now();
         for _ in 0..iters {
-            let _c = a.matmul(&b);
+            let _c = tch::no_grad(|| layer.forward(&a));
         }
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
