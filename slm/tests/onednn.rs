@@ -83,3 +83,31 @@ fn a_changed_weight_is_packed_again() {
     assert!(max_diff(&after, &want) < 1e-4, "stale packed weight");
     assert!(max_diff(&after, &before) > 1.0);
 }
+
+#[test]
+fn an_optimizer_step_is_seen_by_the_next_graded_call() {
+    use tch::nn::OptimizerConfig;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let lin = layer(&vs);
+    let mut opt = nn::AdamW::default().build(&vs, 1e-2).unwrap();
+    let x = Tensor::randn([8, 384], (Kind::Float, Device::Cpu));
+    let before = tch::no_grad(|| lin.forward(&x)); // packs the weight
+    for _ in 0..3 {
+        opt.zero_grad();
+        lin.forward(&x)
+            .pow_tensor_scalar(2)
+            .sum(Kind::Float)
+            .backward();
+        opt.step();
+    }
+    let after = tch::no_grad(|| lin.forward(&x));
+    let want = tch::no_grad(|| x.linear(&lin.weight, lin.bias.as_ref()));
+    assert!(
+        max_diff(&after, &want) < 1e-4,
+        "stale packed weight after AdamW steps"
+    );
+    assert!(
+        max_diff(&after, &before) > 1e-2,
+        "the steps moved the weight"
+    );
+}
