@@ -31,11 +31,24 @@ extern "C" {
     ) -> *mut C_tensor;
 }
 
-pub(crate) fn message(buf: &[c_char]) -> String {
+fn message(buf: &[c_char]) -> String {
     // SAFETY: the C++ side always NUL-terminates within the buffer (it was zeroed, too).
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// Takes ownership of a tensor a shim function returned, or turns its null result into an error
+/// that names `what` and carries the shim's message from `err`.
+pub(crate) fn owned_tensor(ptr: *mut C_tensor, err: &[c_char], what: &str) -> Result<Tensor> {
+    if ptr.is_null() {
+        return Err(SlmError::Argument(format!(
+            "{what} failed: {}",
+            message(err)
+        )));
+    }
+    // SAFETY: a non-null result of the shim is a fresh `at::Tensor*` owned from here on.
+    Ok(unsafe { Tensor::from_ptr(ptr) })
 }
 
 /// A linear layer's weight in fbgemm's int8 form, with its fp32 bias.
@@ -121,13 +134,6 @@ impl Int8Linear {
                 err.len(),
             )
         };
-        if y.is_null() {
-            return Err(SlmError::Argument(format!(
-                "int8 linear failed: {}",
-                message(&err)
-            )));
-        }
-        // SAFETY: non-null fresh tensor owned from here on.
-        Ok(unsafe { Tensor::from_ptr(y) })
+        owned_tensor(y, &err, "int8 linear")
     }
 }

@@ -12,7 +12,7 @@
 //! every in-place update: optimizer steps, loading), so training never sees a stale copy.
 
 use crate::error::{Result, SlmError};
-use crate::int8::message;
+use crate::int8::owned_tensor;
 use std::ffi::{c_char, CString};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
@@ -78,15 +78,8 @@ impl PackedLinear {
         let mut err = vec![0 as c_char; 512];
         // SAFETY: `weight` is live for the call; a non-null result is a fresh tensor.
         let p = unsafe { lf_onednn_pack(weight.as_ptr(), err.as_mut_ptr(), err.len()) };
-        if p.is_null() {
-            return Err(SlmError::Argument(format!(
-                "packing a weight for oneDNN failed: {}",
-                message(&err)
-            )));
-        }
         Ok(PackedLinear {
-            // SAFETY: non-null fresh tensor owned from here on.
-            packed: unsafe { Tensor::from_ptr(p) },
+            packed: owned_tensor(p, &err, "packing a weight for oneDNN")?,
             source_ptr: weight.data_ptr() as usize,
             source_version: weight.internal_version(),
         })
@@ -135,14 +128,7 @@ impl PackedLinear {
                 err.len(),
             )
         };
-        if y.is_null() {
-            return Err(SlmError::Argument(format!(
-                "oneDNN linear failed: {}",
-                message(&err)
-            )));
-        }
-        // SAFETY: non-null fresh tensor owned from here on.
-        let y = unsafe { Tensor::from_ptr(y) };
+        let y = owned_tensor(y, &err, "oneDNN linear")?;
         let out = y.size()[1];
         let mut shape = lead.to_vec();
         shape.push(out);
