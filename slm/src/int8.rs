@@ -3,7 +3,8 @@
 //! do the work (`csrc/int8.cpp`; `tch` does not wrap them).
 
 use crate::error::{Result, SlmError};
-use std::ffi::{c_char, CStr};
+use crate::shim::{error_buffer, message, owned_tensor};
+use std::ffi::c_char;
 use tch::{Kind, Tensor};
 use torch_sys::C_tensor;
 
@@ -31,26 +32,6 @@ extern "C" {
     ) -> *mut C_tensor;
 }
 
-fn message(buf: &[c_char]) -> String {
-    // SAFETY: the C++ side always NUL-terminates within the buffer (it was zeroed, too).
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Takes ownership of a tensor a shim function returned, or turns its null result into an error
-/// that names `what` and carries the shim's message from `err`.
-pub(crate) fn owned_tensor(ptr: *mut C_tensor, err: &[c_char], what: &str) -> Result<Tensor> {
-    if ptr.is_null() {
-        return Err(SlmError::Argument(format!(
-            "{what} failed: {}",
-            message(err)
-        )));
-    }
-    // SAFETY: a non-null result of the shim is a fresh `at::Tensor*` owned from here on.
-    Ok(unsafe { Tensor::from_ptr(ptr) })
-}
-
 /// A linear layer's weight in fbgemm's int8 form, with its fp32 bias.
 #[derive(Debug)]
 pub struct Int8Linear {
@@ -68,7 +49,7 @@ impl Int8Linear {
         if weight.device() != tch::Device::Cpu {
             return Err(SlmError::Argument("int8 weights must be on the CPU".into()));
         }
-        let mut err = vec![0 as c_char; 512];
+        let mut err = error_buffer();
         let (mut q, mut co, mut packed) = (
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -119,7 +100,7 @@ impl Int8Linear {
     }
 
     pub fn try_forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut err = vec![0 as c_char; 512];
+        let mut err = error_buffer();
         // SAFETY: all tensors are live for the call; a non-null result is a fresh tensor.
         let y = unsafe {
             lf_int8_linear(

@@ -17,6 +17,7 @@ pub mod int8;
 pub mod layers;
 pub mod onednn;
 pub mod querygen;
+mod shim;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -12,8 +12,8 @@
 //! every in-place update: optimizer steps, loading), so training never sees a stale copy.
 
 use crate::error::{Result, SlmError};
-use crate::int8::owned_tensor;
-use std::ffi::{c_char, CString};
+use crate::shim::{error_buffer, owned_tensor};
+use std::ffi::{c_char, CStr};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -41,6 +41,17 @@ pub enum Fused {
     Gelu,
     /// GELU, tanh approximation.
     GeluTanh,
+}
+
+impl Fused {
+    /// oneDNN's post-op name and its algorithm, as `_linear_pointwise` takes them.
+    fn onednn_attr(self) -> (&'static CStr, &'static CStr) {
+        match self {
+            Fused::None => (c"none", c"none"),
+            Fused::Gelu => (c"gelu", c"none"),
+            Fused::GeluTanh => (c"gelu", c"tanh"),
+        }
+    }
 }
 
 /// Whether this libtorch has oneDNN's linear ops (checked once).
@@ -75,7 +86,7 @@ pub struct PackedLinear {
 
 impl PackedLinear {
     pub fn pack(weight: &Tensor) -> Result<Self> {
-        let mut err = vec![0 as c_char; 512];
+        let mut err = error_buffer();
         // SAFETY: `weight` is live for the call; a non-null result is a fresh tensor.
         let p = unsafe { lf_onednn_pack(weight.as_ptr(), err.as_mut_ptr(), err.len()) };
         Ok(PackedLinear {
@@ -107,14 +118,8 @@ impl PackedLinear {
             SlmError::Argument("a linear layer's input needs at least one dimension".into())
         })?;
         let rows = x.reshape([-1, *last]).contiguous();
-        let (act, algorithm) = match act {
-            Fused::None => ("none", "none"),
-            Fused::Gelu => ("gelu", "none"),
-            Fused::GeluTanh => ("gelu", "tanh"),
-        };
-        let act = CString::new(act).expect("no NUL in a literal");
-        let algorithm = CString::new(algorithm).expect("no NUL in a literal");
-        let mut err = vec![0 as c_char; 512];
+        let (act, algorithm) = act.onednn_attr();
+        let mut err = error_buffer();
         // SAFETY: every tensor is live for the call; a null bias means none; a non-null result
         // is a fresh tensor.
         let y = unsafe {
