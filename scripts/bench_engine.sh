@@ -57,7 +57,10 @@ secs = float(end) - float(start)
 graded = sum(1 for _ in open(grades))
 print(json.dumps({"model": "smollm2", "impl": "llama.cpp llama-server (Q4_1 GGUF, 4 slots) via score --api-base",
                   "label": label, "pairs": graded, "seconds": secs, "pairs_per_s": graded / secs,
-                  "threads": int(threads), "device": "cpu"}))
+                  "threads": int(threads), "device": "cpu",
+                  # other weights (Q4_1) and read-out (the generated grade token): no grade
+                  # distribution to set beside the engine's
+                  "max_abs_diff_vs_engine": None}))
 PY
 }
 

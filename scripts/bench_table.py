@@ -33,7 +33,7 @@ print("|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     e = best.get(r["short"])
     speed = f"{e['pairs_per_s'] / r['pairs_per_s']:.2f}x" if e and not r["impl"].startswith("labelfleet") else "-"
-    diff = f"{r['max_abs_diff_vs_engine']:.1e}" if "max_abs_diff_vs_engine" in r else "-"
+    diff = f"{r['max_abs_diff_vs_engine']:.1e}" if r.get("max_abs_diff_vs_engine") is not None else "-"
     if "fraction_of_flop_limit" in r:
         limit = f"{100 * r['fraction_of_flop_limit']:.1f}%"
     elif e:
