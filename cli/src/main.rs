@@ -140,7 +140,7 @@ pub struct EngineArgs {
     /// Intra-op threads for libtorch (default: all cores).
     #[arg(long)]
     threads: Option<i32>,
-    /// Padded tokens per forward pass (default: 8192 on CPU, 65536 on GPU).
+    /// Padded tokens per forward pass (default: 2048 on CPU, 65536 on GPU).
     #[arg(long)]
     token_budget: Option<usize>,
 }

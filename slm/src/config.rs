@@ -310,6 +310,11 @@ impl EncoderConfig {
                 r.hidden_size, r.num_attention_heads
             )));
         }
+        if r.num_hidden_layers == 0 {
+            return Err(err(
+                "num_hidden_layers is 0: an encoder needs at least one layer".into(),
+            ));
+        }
         let is_classifier = r
             .architectures
             .as_ref()
@@ -345,9 +350,25 @@ impl EncoderConfig {
         self.num_layers * (4 * h * h + 2 * h * self.intermediate_size)
     }
 
+    /// Forward FLOPs of every layer on all `len` tokens (what a full encoder pass runs).
     pub fn forward_flops(&self, len: usize) -> f64 {
         let dense = 2.0 * self.non_embedding_params() as f64 * len as f64;
         let attn = 2.0 * 2.0 * (len * len) as f64 * self.hidden_size as f64;
         dense + attn * self.num_layers as f64
+    }
+
+    /// Forward FLOPs of the first token's hidden state (`CrossEncoder::encode_cls`): every layer
+    /// but the top on all `len` tokens; the top layer's keys and values on all tokens, the rest
+    /// of it for one row.
+    pub fn cls_forward_flops(&self, len: usize) -> f64 {
+        let h = self.hidden_size as f64;
+        let layer = |rows: f64, keys: f64| {
+            let kv = 2.0 * 2.0 * h * h * keys;
+            let rest = 2.0 * (2.0 * h * h + 2.0 * h * self.intermediate_size as f64) * rows;
+            let attn = 2.0 * 2.0 * rows * keys * h;
+            kv + rest + attn
+        };
+        let n = len as f64;
+        layer(n, n) * self.num_layers.saturating_sub(1) as f64 + layer(1.0, n)
     }
 }

@@ -4,6 +4,7 @@
 //! checkpoints load back in Python `transformers`, and the engine thread that hosts the models
 //! for a server role. No networking here.
 
+pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod device;

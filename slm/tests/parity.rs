@@ -173,6 +173,66 @@ fn minilm_hidden_states_match_transformers_within_1e3() {
 }
 
 #[test]
+fn minilm_first_token_path_matches_the_full_encoder_on_a_padded_batch() {
+    let (_, meta) = reference("minilm");
+    let dir = model_dir("minilm");
+    let enc = CrossEncoder::load(&dir, 4, Placement::cpu()).unwrap();
+    let grader = EncoderGrader::load(
+        &dir,
+        &labelfleet_slm::grading::default_grade_labels(),
+        Placement::cpu(),
+        512,
+    )
+    .unwrap();
+    let encoded: Vec<_> = meta["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            grader
+                .encode_pair(&Pair {
+                    id: format!("pair{i}"),
+                    query: pair[0].as_str().unwrap().into(),
+                    title: None,
+                    body: pair[1].as_str().unwrap().into(),
+                    metadata: Default::default(),
+                })
+                .unwrap()
+        })
+        .collect();
+    let t = encoded.iter().map(|e| e.ids.len()).max().unwrap();
+    let lens: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    assert!(
+        lens.iter().any(|&l| l < t),
+        "the batch needs padding: {lens:?}"
+    );
+    let pad = |rows: Vec<Vec<i64>>| {
+        let flat: Vec<i64> = rows
+            .into_iter()
+            .flat_map(|mut r| {
+                r.resize(t, 0);
+                r
+            })
+            .collect();
+        Tensor::from_slice(&flat).view([-1, t as i64])
+    };
+    let ids = pad(encoded.iter().map(|e| e.ids.clone()).collect());
+    let types = pad(encoded.iter().map(|e| e.type_ids.clone()).collect());
+    let mask = pad(encoded.iter().map(|e| vec![1; e.ids.len()]).collect());
+    let (full, cls) = tch::no_grad(|| {
+        (
+            enc.encode(&ids, &types, &mask, false).unwrap().select(1, 0),
+            enc.encode_cls(&ids, &types, &mask, false).unwrap(),
+        )
+    });
+    assert_eq!(cls.size(), full.size());
+    let diff = max_abs_diff(&cls, &full);
+    println!("first-token path vs full encoder: max |diff| = {diff:.2e} over lengths {lens:?}");
+    assert!(diff <= 1e-5, "first-token path differs by {diff}");
+}
+
+#[test]
 fn smollm2_grader_prefix_cache_matches_full_forward() {
     // Inference reuses the keys/values of the shared system prompt; the grades must equal a
     // full forward over every token.
