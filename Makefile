@@ -8,7 +8,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 BIN := target/release/labelfleet
 
-.PHONY: setup setup-tests build run test bench fmt clippy
+.PHONY: setup setup-tests build run test bench bench-int8-quality fmt clippy
 # what the main job needs; the tests also need etcd, llama-server and reference outputs
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,10 @@ test: setup-tests
 bench: setup-tests build
 	bash scripts/bench_engine.sh
 	bash scripts/bench_dispatch.sh
+
+# int8 against fp32 on the human grades: needs the student `make run` writes to out/run/student
+bench-int8-quality: build
+	bash scripts/bench_int8_quality.sh
 
 clippy: setup
 	$(CARGO) clippy --release --workspace --all-targets

@@ -131,7 +131,8 @@ pub struct EngineArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// auto (fp32 on CPU, bf16 on CUDA), fp32, bf16, fp16.
+    /// auto (fp32 on CPU, bf16 on CUDA), fp32, bf16, fp16, or int8 (CPU, cross-encoders only:
+    /// int8 linear layers, fp32 activations).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Longest prompt in tokens; longer documents are truncated (the query is kept).
