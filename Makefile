@@ -8,7 +8,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 BIN := target/release/labelfleet
 
-.PHONY: setup setup-tests build run test bench bench-int8-quality fmt clippy
+.PHONY: setup setup-tests build run test bench bench-int8-quality bench-quality fmt clippy
 # what the main job needs; the tests also need etcd, llama-server and reference outputs
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,11 @@ bench: setup-tests build
 # int8 against fp32 on the human grades: needs the student `make run` writes to out/run/student
 bench-int8-quality: build
 	bash scripts/bench_int8_quality.sh
+
+# every labeler against Cranfield's human grades, even-numbered queries (not the main job, not
+# CI; about 25 minutes on 2 cores): needs the student `make run` writes to out/run/student
+bench-quality: build
+	python scripts/bench_quality.py
 
 clippy: setup
 	$(CARGO) clippy --release --workspace --all-targets

@@ -3,14 +3,17 @@ every query, its judged documents plus the top-10 BM25 documents that are not ju
 evaluation counts as grade 0). Text only: grades stay in qrels.txt (evaluation only, never
 training). BM25 (k1 1.2, b 0.75) over title, body and author, in Python.
 
-Pair ids are `q{qid}-d{docid}`; each pair also carries `query_id` and `doc_id`.
+Pair ids are `q{qid}-d{docid}`; each pair also carries `query_id`, `doc_id` and the document's
+BM25 score and rank. A second rule draws the grade-0 documents from BM25's ranks 1-100 instead
+of its top 10 (`ranks100`).
 
-usage: cranfield_pool.py DATA_DIR OUT.jsonl [all|odd|even]
+usage: cranfield_pool.py DATA_DIR OUT.jsonl [all|odd|even] [top10|ranks100]
 """
 import collections
 import json
 import math
 import pathlib
+import random
 import re
 import sys
 
@@ -33,7 +36,7 @@ class Bm25:
         self.avg = sum(self.length.values()) / len(self.ids)
         self.df = collections.Counter(t for c in self.tf.values() for t in c)
 
-    def ranking(self, query: str) -> list[str]:
+    def scores(self, query: str) -> dict[str, float]:
         n = len(self.ids)
         terms = tokens(query)
         scores = {}
@@ -46,12 +49,11 @@ class Bm25:
                     idf = math.log(1 + (n - self.df[t] + 0.5) / (self.df[t] + 0.5))
                     s += idf * f * (K1 + 1) / (f + norm)
             scores[i] = s
-        return sorted(self.ids, key=lambda i: (-scores[i], int(i)))
+        return scores
 
 
-def main() -> None:
-    data, out = pathlib.Path(sys.argv[1]) / "cranfield", pathlib.Path(sys.argv[2])
-    which = sys.argv[3] if len(sys.argv) > 3 else "all"
+def load(data: pathlib.Path):
+    """Documents with text, queries and the judged documents of each query."""
     docs = {}
     for line in (data / "corpus.jsonl").open():
         d = json.loads(line)
@@ -62,22 +64,46 @@ def main() -> None:
     for line in (data / "qrels.txt").open():
         qid, _, did, _ = line.split()
         judged[qid].add(did)
+    return docs, queries, judged
+
+
+def pool(data: pathlib.Path, which: str = "all", negatives: str = "top10") -> list[dict]:
+    """The pool's pairs, with each document's BM25 score and rank. `which`: all, odd or even
+    query numbers. `negatives`: `top10` (the documented rule: the top-10 unjudged by BM25) or
+    `ranks100` (10 unjudged drawn at random from BM25's ranks 1-100, seeded by the query)."""
+    docs, queries, judged = load(data)
     bm25 = Bm25(docs)
-    pairs = 0
+    out = []
+    for qid in sorted(judged, key=int):
+        if which != "all" and (int(qid) % 2 == 1) != (which == "odd"):
+            continue
+        scores = bm25.scores(queries[qid])
+        ranking = sorted(bm25.ids, key=lambda i: (-scores[i], int(i)))
+        rank = {d: r + 1 for r, d in enumerate(ranking)}
+        unjudged = [d for d in ranking if d not in judged[qid]]
+        if negatives == "top10":
+            grade0 = unjudged[:UNJUDGED_PER_QUERY]
+        else:
+            top = [d for d in unjudged if rank[d] <= 100]
+            grade0 = sorted(random.Random(int(qid)).sample(top, UNJUDGED_PER_QUERY), key=rank.get)
+        for did in sorted(d for d in judged[qid] if d in docs) + grade0:
+            d = docs[did]
+            meta = {k: d[k] for k in ("author", "source") if d.get(k)}
+            out.append({"id": f"q{qid}-d{did}", "query_id": qid, "doc_id": did, "query": queries[qid],
+                        "title": d.get("title"), "body": d["body"], "metadata": meta,
+                        "bm25": scores[did], "bm25_rank": rank[did]})
+    return out
+
+
+def main() -> None:
+    data, out = pathlib.Path(sys.argv[1]) / "cranfield", pathlib.Path(sys.argv[2])
+    which = sys.argv[3] if len(sys.argv) > 3 else "all"
+    negatives = sys.argv[4] if len(sys.argv) > 4 else "top10"
+    pairs = pool(data, which, negatives)
     with out.open("w") as f:
-        for qid in sorted(judged, key=int):
-            if which != "all" and (int(qid) % 2 == 1) != (which == "odd"):
-                continue
-            pool = sorted(d for d in judged[qid] if d in docs)
-            pool += [d for d in bm25.ranking(queries[qid]) if d not in judged[qid]][:UNJUDGED_PER_QUERY]
-            for did in pool:
-                d = docs[did]
-                meta = {k: d[k] for k in ("author", "source") if d.get(k)}
-                f.write(json.dumps({"id": f"q{qid}-d{did}", "query_id": qid, "doc_id": did,
-                                    "query": queries[qid], "title": d.get("title"), "body": d["body"],
-                                    "metadata": meta}) + "\n")
-                pairs += 1
-    print(f"{pairs} pairs", file=sys.stderr)
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    print(f"{len(pairs)} pairs", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,10 @@ fn twenty_random_faults_in_one_job_lose_nothing() {
         max_attempts: 100,
         ..Options::default()
     });
-    let n = 12_000;
+    // Enough pairs that the job outlasts the twenty faults (about two minutes of them): three
+    // CPU workers grade MiniLM at about 110 pairs/s here, so 12,000 pairs ran out before the
+    // last faults once the engine got faster.
+    let n = 30_000;
     let (corpus, pairs) = cranfield_pairs(cluster.dir.path(), n, &[]);
     let job_id = cluster.submit(&corpus, &pairs, 50);
     cluster.wait_progress(&job_id, 0.05, TIMEOUT);

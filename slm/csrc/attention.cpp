@@ -271,6 +271,7 @@ at::Tensor* lf_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v, at::Tensor
     if (key_mask != nullptr) {
       TORCH_CHECK(key_mask->dim() == 2 && key_mask->size(0) == batch && key_mask->size(1) == seq,
                   "key_mask ", key_mask->sizes(), " is not [", batch, ", ", seq, "]");
+      TORCH_CHECK(key_mask->device().is_cpu(), "key_mask must be on the CPU");
       mask = key_mask->to(at::kBool).contiguous();
     }
     for (int64_t b = 0; b < batch; ++b) {

@@ -1,0 +1,78 @@
+"""Issue 11 exploration: all-MiniLM-L6-v2 cosine with pseudo-relevance feedback in embedding space
+(Rocchio: the query's vector moved toward the mean of its top-k documents by cosine over the
+whole corpus), and with cluster smoothing (a document's cosine plus its mean cosine to the
+query's top-k documents). No training, no labels: k and the weights are a small fixed grid,
+read on the odd-numbered queries only (the decision split).
+
+Writes one row per pool pair with `q`, `d`, `grade` (for judges_metrics.py) and a score column
+per variant.
+
+usage: prf_cosine.py OUT.jsonl [odd]
+then:  judges_metrics.py OUT.jsonl cos,prf_k3_a0.5,...
+"""
+import json
+import os
+import pathlib
+import sys
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import cranfield_pool  # noqa: E402
+
+HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
+DATA = pathlib.Path(os.environ.get("LABELFLEET_DATA", REPO.parent / "shared" / "data")) / "cranfield"
+KS = (3, 5, 10)
+ALPHAS = (0.5, 1.0)
+BETAS = (0.5, 1.0)
+
+
+def main() -> None:
+    out, which = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "odd"
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = HOME / "models" / "all-minilm-l6-v2"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    def embed(texts):
+        vecs = []
+        for i in range(0, len(texts), 32):
+            batch = tok(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vecs.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(vecs)
+
+    docs, queries, _ = cranfield_pool.load(DATA)
+    ids = list(docs)
+    index = {d: i for i, d in enumerate(ids)}
+    doc_vecs = embed([docs[d]["body"] for d in ids])
+    qrels = {}
+    for line in (DATA / "qrels.txt").open():
+        q, _, d, g = line.split()
+        qrels[(q, d)] = int(g)
+    pairs = cranfield_pool.pool(DATA, which, "top10")
+    qids = sorted({p["query_id"] for p in pairs}, key=int)
+    q_vecs = dict(zip(qids, embed([queries[q] for q in qids])))
+    with open(out, "w") as f:
+        for p in pairs:
+            q, d = p["query_id"], p["doc_id"]
+            qv, dv = q_vecs[q], doc_vecs[index[d]]
+            corpus_cos = doc_vecs @ qv
+            row = {"q": q, "d": d, "grade": qrels.get((q, d), 0), "cos": float(dv @ qv), "bm25": p["bm25"]}
+            for k in KS:
+                top = doc_vecs[corpus_cos.topk(k).indices]
+                centroid = top.mean(0)
+                for a in ALPHAS:
+                    moved = torch.nn.functional.normalize(qv + a * centroid, dim=0)
+                    row[f"prf_k{k}_a{a}"] = float(dv @ moved)
+                for b in BETAS:
+                    row[f"smooth_k{k}_b{b}"] = float(dv @ qv + b * (top @ dv).mean())
+            f.write(json.dumps(row) + "\n")
+    print(f"{len(pairs)} pairs, {len(qids)} queries", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Label quality on Cranfield (issue 11): every labeler against the human grades, with 95%
+intervals, and the student against its teacher (non-inferiority, margin 0.05).
+
+The report covers the **even-numbered** queries only. The odd-numbered ones are for making
+decisions (prompts, judges, weights): `cranfield_pool.py DATA OUT odd` builds their pool.
+The human grades are only read here, by `labelfleet eval`; nothing is trained or tuned on them.
+
+Two pools, each over the even-numbered queries:
+- `top10`, the documented rule: the judged documents plus the top-10 BM25 documents not
+  judged, as grade 0. Report: bench/results/quality-cranfield.json.
+- `ranks100`: the judged documents plus 10 unjudged documents drawn from BM25's ranks 1-100.
+  Report: bench/results/quality-cranfield-ranks100.json.
+
+Labelers:
+- `teacher`: the main job's teacher (`labelfleet score --model smollm2`, prompt grade-v1);
+- `student`: the student the main job distilled (out/run/student unless given);
+- `encoder-cosine`: all-MiniLM-L6-v2 zero-shot, the cosine of the mean-pooled query and body;
+- `bm25`: the pool's BM25 score.
+The last two are scores, not grades: they are given the grade of their within-query min-max
+scaled score (0-3), so only their orderings (pairwise accuracy, NDCG@10) mean anything.
+
+usage: bench_quality.py [--student DIR] [--pools top10,ranks100]
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import cranfield_pool  # noqa: E402
+
+HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
+DATA = pathlib.Path(os.environ.get("LABELFLEET_DATA", REPO.parent / "shared" / "data"))
+BIN = REPO / "target" / "release" / "labelfleet"
+REPORTS = {"top10": "quality-cranfield.json", "ranks100": "quality-cranfield-ranks100.json"}
+
+
+def write_jsonl(path: pathlib.Path, rows) -> None:
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def scaled_grades(pairs: list[dict], score: str) -> list[dict]:
+    """Labels of a score: the score orders, and its within-query min-max scaling gives a grade."""
+    by_query = {}
+    for p in pairs:
+        by_query.setdefault(p["query_id"], []).append(p[score])
+    out = []
+    for p in pairs:
+        lo, hi = min(by_query[p["query_id"]]), max(by_query[p["query_id"]])
+        grade = round(3 * (p[score] - lo) / (hi - lo)) if hi > lo else 0
+        out.append({"query_id": p["query_id"], "doc_id": p["doc_id"], "grade": grade, "expected": p[score]})
+    return out
+
+
+def encoder_cosine(pairs: list[dict]) -> None:
+    """Adds `cosine`: all-MiniLM-L6-v2, mean pooling over 256 tokens, query against body."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = HOME / "models" / "all-minilm-l6-v2"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    def embed(texts):
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    for i in range(0, len(pairs), 32):
+        chunk = pairs[i:i + 32]
+        sims = (embed([p["query"] for p in chunk]) * embed([p["body"] for p in chunk])).sum(-1)
+        for p, s in zip(chunk, sims.tolist()):
+            p["cosine"] = s
+
+
+def engine_labels(model: str, pool_file: pathlib.Path, work: pathlib.Path, name: str) -> pathlib.Path:
+    """Grades the pool with `labelfleet score` and returns the labels file."""
+    grades = work / f"grades-{name}.jsonl"
+    subprocess.run([str(BIN), "score", "--model", model, "--device", "cpu", "--input", str(pool_file),
+                    "--output", str(grades)], check=True)
+    labels = work / f"labels-{name}.jsonl"
+    rows = []
+    for line in grades.open():
+        g = json.loads(line)
+        q, d = g["id"][1:].split("-d", 1)
+        rows.append({"query_id": q, "doc_id": d, "grade": g["grade"], "expected": g["expected"],
+                     "model": g["model"]})
+    write_jsonl(labels, rows)
+    return labels
+
+
+def run_pool(negatives: str, student: pathlib.Path, work: pathlib.Path) -> None:
+    pairs = cranfield_pool.pool(DATA / "cranfield", "even", negatives)
+    print(f"== pool {negatives}: {len(pairs)} pairs over "
+          f"{len({p['query_id'] for p in pairs})} even-numbered queries", file=sys.stderr, flush=True)
+    pool_file = work / f"pool-{negatives}.jsonl"
+    write_jsonl(pool_file, pairs)
+    encoder_cosine(pairs)
+    labels = {
+        "teacher": engine_labels("smollm2", pool_file, work, f"teacher-{negatives}"),
+        "student": engine_labels(str(student), pool_file, work, f"student-{negatives}"),
+    }
+    for name, score in [("encoder-cosine", "cosine"), ("bm25", "bm25")]:
+        labels[name] = work / f"labels-{name}-{negatives}.jsonl"
+        write_jsonl(labels[name], scaled_grades(pairs, score))
+    report = REPO / "bench" / "results" / REPORTS[negatives]
+    cmd = [str(BIN), "eval", "--qrels", str(DATA / "cranfield" / "qrels.txt"), "--unjudged-as-zero",
+           "--baseline", "teacher", "--json", str(report)]
+    for name, path in labels.items():
+        cmd += ["--labels", str(path), "--name", name]
+    subprocess.run(cmd, check=True)
+    record = json.loads(report.read_text())
+    record["pool"] = {"queries": "even-numbered", "negatives": negatives, "pairs": len(pairs),
+                      "student": str(student), "command": "make bench-quality"}
+    report.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"written: {report}", file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", type=pathlib.Path, default=REPO / "out" / "run" / "student")
+    ap.add_argument("--pools", default="top10,ranks100")
+    args = ap.parse_args()
+    if not (args.student / "labelfleet.json").exists():
+        sys.exit(f"no student checkpoint at {args.student}: run 'make run' first (it writes out/run/student)")
+    with tempfile.TemporaryDirectory() as work:
+        for negatives in args.pools.split(","):
+            run_pool(negatives, args.student, pathlib.Path(work))
+
+
+if __name__ == "__main__":
+    main()
