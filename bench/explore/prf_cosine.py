@@ -1,14 +1,14 @@
 """Issue 11 exploration: all-MiniLM-L6-v2 cosine with pseudo-relevance feedback in embedding space
 (Rocchio: the query's vector moved toward the mean of its top-k documents by cosine over the
-whole corpus), and with cluster smoothing (a document's cosine plus its mean cosine to the
-query's top-k documents). No training, no labels: k and the weights are a small fixed grid,
-read on the odd-numbered queries only (the decision split).
+whole corpus). Within a query this orders documents as cluster smoothing does (a document's
+cosine plus alpha times its mean cosine to those top-k documents). No training, no labels: k
+and alpha are a small fixed grid, read on the odd-numbered queries only (the decision split).
 
 Writes one row per pool pair with `q`, `d`, `grade` (for judges_metrics.py) and a score column
 per variant.
 
 usage: prf_cosine.py OUT.jsonl [odd]
-then:  judges_metrics.py OUT.jsonl cos,prf_k3_a0.5,...
+then:  judges_metrics.py OUT.jsonl cos,bm25,prf_k3_a0.5,prf_k3_a1.0,...
 """
 import json
 import os
@@ -26,7 +26,6 @@ HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".ca
 DATA = pathlib.Path(os.environ.get("LABELFLEET_DATA", REPO.parent / "shared" / "data")) / "cranfield"
 KS = (3, 5, 10)
 ALPHAS = (0.5, 1.0)
-BETAS = (0.5, 1.0)
 
 
 def main() -> None:
@@ -68,8 +67,6 @@ def main() -> None:
                 for a in ALPHAS:
                     moved = torch.nn.functional.normalize(qv + a * centroid, dim=0)
                     row[f"prf_k{k}_a{a}"] = float(dv @ moved)
-                for b in BETAS:
-                    row[f"smooth_k{k}_b{b}"] = float(dv @ qv + b * (top @ dv).mean())
             f.write(json.dumps(row) + "\n")
     print(f"{len(pairs)} pairs, {len(qids)} queries", file=sys.stderr)
 

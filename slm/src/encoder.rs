@@ -250,8 +250,8 @@ impl CrossEncoder {
     /// The hidden state of the first (`[CLS]`) token, `[B, hidden]`: the same values as
     /// `encode(..).select(1, 0)`, computed for less. Nothing above the top layer reads the other
     /// tokens, so the top layer projects keys and values for every token but runs its query,
-    /// attention output, feed-forward and norms for the first token only: on MiniLM-L6 that is
-    /// about a sixth of the encoder's work, on a 3-layer student more than a quarter.
+    /// attention output, feed-forward and norms for the first token only. That saves 14% of
+    /// MiniLM-L6's FLOPs on 258-token pairs, and 28% of a 3-layer student's.
     pub fn encode_cls(
         &self,
         ids: &Tensor,
