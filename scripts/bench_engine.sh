@@ -10,11 +10,7 @@
 #
 # usage: scripts/bench_engine.sh [MINILM_PAIRS] [SMOLLM2_PAIRS]   (defaults 500 and 120)
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HOME_DIR="${LABELFLEET_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/labelfleet}"
-PY="$HOME_DIR/venv/bin/python"
-DATA="${LABELFLEET_DATA:-$REPO/../shared/data}"
-BIN="$REPO/target/release/labelfleet"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 THREADS="${THREADS:-$(nproc)}"
 LABEL="${LABEL:-cpu-$(nproc)core}"
 WORK="$(mktemp -d)"

@@ -8,11 +8,7 @@
 #
 # usage: scripts/bench_int8_quality.sh [STUDENT_DIR]   (default: out/run/student, from `make run`)
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HOME_DIR="${LABELFLEET_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/labelfleet}"
-PY="$HOME_DIR/venv/bin/python"
-DATA="${LABELFLEET_DATA:-$REPO/../shared/data}"
-BIN="$REPO/target/release/labelfleet"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STUDENT="${1:-$REPO/out/run/student}"
 OUT="$REPO/bench/results/int8-quality-cranfield.json"
 if [[ ! -f "$STUDENT/labelfleet.json" ]]; then

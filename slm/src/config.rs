@@ -357,7 +357,7 @@ impl EncoderConfig {
         dense + attn * self.num_layers as f64
     }
 
-    /// Forward FLOPs of the first token's hidden state (`CrossEncoder::encode_cls`): every layer
+    /// Forward FLOPs of the first token's hidden state (`TopRows::First`): every layer
     /// but the top on all `len` tokens; the top layer's keys and values on all tokens, the rest
     /// of it for one row.
     pub fn cls_forward_flops(&self, len: usize) -> f64 {

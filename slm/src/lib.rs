@@ -26,7 +26,7 @@ pub mod weights;
 pub use config::{DecoderConfig, EncoderConfig};
 pub use decoder::DecoderLm;
 pub use device::Placement;
-pub use encoder::CrossEncoder;
+pub use encoder::{CrossEncoder, TopRows};
 pub use error::{Result, SlmError};
 pub use grading::{DecoderGrader, EncodedPair, EncoderGrader, Grader, Grading, Pair};
 pub use tokenizer::{ChatMessage, ChatTemplate, TextTokenizer};

@@ -8,6 +8,7 @@ use labelfleet_slm::decoder::Attention;
 use labelfleet_slm::generate::{generate, SamplingParams};
 use labelfleet_slm::{
     ChatMessage, CrossEncoder, DecoderLm, EncoderGrader, Grader, Pair, Placement, TextTokenizer,
+    TopRows,
 };
 use tch::{Kind, Tensor};
 
@@ -122,17 +123,21 @@ fn smollm2_batched_greedy_generation_matches_transformers() {
     }
 }
 
-#[test]
-fn minilm_hidden_states_match_transformers_within_1e3() {
-    let (tensors, meta) = reference("minilm");
-    let dir = model_dir("minilm");
-    let grader = EncoderGrader::load(
-        &dir,
+fn minilm_grader(dir: &std::path::Path) -> EncoderGrader {
+    EncoderGrader::load(
+        dir,
         &labelfleet_slm::grading::default_grade_labels(),
         Placement::cpu(),
         512,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn minilm_hidden_states_match_transformers_within_1e3() {
+    let (tensors, meta) = reference("minilm");
+    let dir = model_dir("minilm");
+    let grader = minilm_grader(&dir);
     let enc = CrossEncoder::load(&dir, 4, Placement::cpu()).unwrap();
     assert!(enc
         .initialized
@@ -161,8 +166,11 @@ fn minilm_hidden_states_match_transformers_within_1e3() {
         let ids = Tensor::from_slice(&e.ids).unsqueeze(0);
         let types = Tensor::from_slice(&e.type_ids).unsqueeze(0);
         let mask = ids.ones_like().to_kind(Kind::Int64);
-        let hidden =
-            tch::no_grad(|| enc.encode(&ids, &types, &mask, false).unwrap()).squeeze_dim(0);
+        let hidden = tch::no_grad(|| {
+            enc.encode(&ids, &types, &mask, false, TopRows::All)
+                .unwrap()
+        })
+        .squeeze_dim(0);
         worst = worst.max(max_abs_diff(&hidden, &tensors[&format!("hidden_{i}")]));
     }
     println!("minilm max |hidden diff| = {worst:.2e}");
@@ -177,13 +185,7 @@ fn minilm_first_token_path_matches_the_full_encoder_on_a_padded_batch() {
     let (_, meta) = reference("minilm");
     let dir = model_dir("minilm");
     let enc = CrossEncoder::load(&dir, 4, Placement::cpu()).unwrap();
-    let grader = EncoderGrader::load(
-        &dir,
-        &labelfleet_slm::grading::default_grade_labels(),
-        Placement::cpu(),
-        512,
-    )
-    .unwrap();
+    let grader = minilm_grader(&dir);
     let encoded: Vec<_> = meta["pairs"]
         .as_array()
         .unwrap()
@@ -222,8 +224,12 @@ fn minilm_first_token_path_matches_the_full_encoder_on_a_padded_batch() {
     let mask = pad(encoded.iter().map(|e| vec![1; e.ids.len()]).collect());
     let (full, cls) = tch::no_grad(|| {
         (
-            enc.encode(&ids, &types, &mask, false).unwrap().select(1, 0),
-            enc.encode_cls(&ids, &types, &mask, false).unwrap(),
+            enc.encode(&ids, &types, &mask, false, TopRows::All)
+                .unwrap()
+                .select(1, 0),
+            enc.encode(&ids, &types, &mask, false, TopRows::First)
+                .unwrap()
+                .squeeze_dim(1),
         )
     });
     assert_eq!(cls.size(), full.size());
