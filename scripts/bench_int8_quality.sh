@@ -24,16 +24,15 @@ for dtype in fp32 int8; do
   "$BIN" score --model "$STUDENT" --device cpu --dtype "$dtype" \
     --input "$WORK/pool.jsonl" --output "$WORK/grades-$dtype.jsonl"
 done
-"$PY" - "$WORK" <<'PY'
+"$PY" - "$REPO/scripts" "$WORK" <<'PY'
 import json, pathlib, sys
-work = pathlib.Path(sys.argv[1])
+sys.path.insert(0, sys.argv[1])
+from cranfield_pool import labels_from_grades
+work = pathlib.Path(sys.argv[2])
 for dtype in ("fp32", "int8"):
     with (work / f"labels-{dtype}.jsonl").open("w") as f:
-        for line in (work / f"grades-{dtype}.jsonl").open():
-            g = json.loads(line)
-            q, d = g["id"][1:].split("-d", 1)
-            f.write(json.dumps({"query_id": q, "doc_id": d, "grade": g["grade"], "expected": g["expected"],
-                                "distribution": g["distribution"]}) + "\n")
+        for row in labels_from_grades(work / f"grades-{dtype}.jsonl"):
+            f.write(json.dumps(row) + "\n")
 PY
 "$BIN" eval --qrels "$DATA/cranfield/qrels.txt" --unjudged-as-zero --margin 0.01 \
   --labels "$WORK/labels-fp32.jsonl" --name fp32 --labels "$WORK/labels-int8.jsonl" --name int8 \

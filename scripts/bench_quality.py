@@ -58,8 +58,9 @@ def scaled_grades(pairs: list[dict], score: str) -> list[dict]:
     return out
 
 
-def encoder_cosine(pairs: list[dict]) -> None:
-    """Adds `cosine`: all-MiniLM-L6-v2, mean pooling over 256 tokens, query against body."""
+def minilm_embedder():
+    """all-MiniLM-L6-v2 as a sentence encoder: texts in, mean-pooled unit vectors out (256 tokens,
+    batches of 32)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
     torch.set_num_threads(os.cpu_count() or 1)
@@ -67,17 +68,24 @@ def encoder_cosine(pairs: list[dict]) -> None:
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
     def embed(texts):
-        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        vecs = []
+        for i in range(0, len(texts), 32):
+            batch = tok(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vecs.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(vecs)
 
-    for i in range(0, len(pairs), 32):
-        chunk = pairs[i:i + 32]
-        sims = (embed([p["query"] for p in chunk]) * embed([p["body"] for p in chunk])).sum(-1)
-        for p, s in zip(chunk, sims.tolist()):
-            p["cosine"] = s
+    return embed
+
+
+def encoder_cosine(pairs: list[dict]) -> None:
+    """Adds `cosine`: all-MiniLM-L6-v2, query against body."""
+    embed = minilm_embedder()
+    sims = (embed([p["query"] for p in pairs]) * embed([p["body"] for p in pairs])).sum(-1)
+    for p, s in zip(pairs, sims.tolist()):
+        p["cosine"] = s
 
 
 def engine_labels(model: str, pool_file: pathlib.Path, work: pathlib.Path, name: str) -> pathlib.Path:
@@ -86,13 +94,7 @@ def engine_labels(model: str, pool_file: pathlib.Path, work: pathlib.Path, name:
     subprocess.run([str(BIN), "score", "--model", model, "--device", "cpu", "--input", str(pool_file),
                     "--output", str(grades)], check=True)
     labels = work / f"labels-{name}.jsonl"
-    rows = []
-    for line in grades.open():
-        g = json.loads(line)
-        q, d = g["id"][1:].split("-d", 1)
-        rows.append({"query_id": q, "doc_id": d, "grade": g["grade"], "expected": g["expected"],
-                     "model": g["model"]})
-    write_jsonl(labels, rows)
+    write_jsonl(labels, cranfield_pool.labels_from_grades(grades))
     return labels
 
 

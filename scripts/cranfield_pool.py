@@ -95,6 +95,19 @@ def pool(data: pathlib.Path, which: str = "all", negatives: str = "top10") -> li
     return out
 
 
+def labels_from_grades(grades: pathlib.Path) -> list[dict]:
+    """`labelfleet score` output for a pool's pairs as labels `labelfleet eval` reads: the pair id
+    `q{qid}-d{docid}` split into `query_id` and `doc_id`, with the grade, the expected grade
+    (which orders documents) and the distribution."""
+    rows = []
+    for line in grades.open():
+        g = json.loads(line)
+        qid, did = g["id"][1:].split("-d", 1)
+        rows.append({"query_id": qid, "doc_id": did, "grade": g["grade"], "expected": g["expected"],
+                     "distribution": g["distribution"], "model": g["model"]})
+    return rows
+
+
 def main() -> None:
     data, out = pathlib.Path(sys.argv[1]) / "cranfield", pathlib.Path(sys.argv[2])
     which = sys.argv[3] if len(sys.argv) > 3 else "all"

@@ -16,13 +16,12 @@ import pathlib
 import sys
 
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 import cranfield_pool  # noqa: E402
+from bench_quality import minilm_embedder  # noqa: E402
 
-HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
 DATA = pathlib.Path(os.environ.get("LABELFLEET_DATA", REPO.parent / "shared" / "data")) / "cranfield"
 KS = (3, 5, 10)
 ALPHAS = (0.5, 1.0)
@@ -30,19 +29,7 @@ ALPHAS = (0.5, 1.0)
 
 def main() -> None:
     out, which = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "odd"
-    torch.set_num_threads(os.cpu_count() or 1)
-    path = HOME / "models" / "all-minilm-l6-v2"
-    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-    def embed(texts):
-        vecs = []
-        for i in range(0, len(texts), 32):
-            batch = tok(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            vecs.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-        return torch.cat(vecs)
+    embed = minilm_embedder()
 
     docs, queries, _ = cranfield_pool.load(DATA)
     ids = list(docs)

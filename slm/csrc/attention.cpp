@@ -280,7 +280,10 @@ at::Tensor* lf_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v, at::Tensor
       for (int64_t j = 0; j < seq; ++j)
         if (m == nullptr || m[j]) keys[b].push_back(static_cast<int32_t>(j));
     }
-    at::Tensor out = at::zeros({batch, rows, width}, q->options());
+    // every row of a sequence with keys is written below; only keyless sequences need zeros
+    at::Tensor out = at::empty({batch, rows, width}, q->options());
+    for (int64_t b = 0; b < batch; ++b)
+      if (keys[b].empty()) out[b].zero_();
     const float* qp = q->data_ptr<float>();
     const float* kp = k->data_ptr<float>();
     const float* vp = v->data_ptr<float>();

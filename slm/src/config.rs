@@ -1,5 +1,6 @@
 //! Model configurations read from a Hugging Face `config.json`.
 
+use crate::encoder::TopRows;
 use crate::error::{Result, SlmError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -350,17 +351,10 @@ impl EncoderConfig {
         self.num_layers * (4 * h * h + 2 * h * self.intermediate_size)
     }
 
-    /// Forward FLOPs of every layer on all `len` tokens (what a full encoder pass runs).
-    pub fn forward_flops(&self, len: usize) -> f64 {
-        let dense = 2.0 * self.non_embedding_params() as f64 * len as f64;
-        let attn = 2.0 * 2.0 * (len * len) as f64 * self.hidden_size as f64;
-        dense + attn * self.num_layers as f64
-    }
-
-    /// Forward FLOPs of the first token's hidden state (`TopRows::First`): every layer
-    /// but the top on all `len` tokens; the top layer's keys and values on all tokens, the rest
-    /// of it for one row.
-    pub fn cls_forward_flops(&self, len: usize) -> f64 {
+    /// Forward FLOPs for one sequence of `len` tokens: every layer but the top on all tokens;
+    /// the top layer's keys and values on all tokens, the rest of it on the rows `top` asks for
+    /// (all, or the first: what `CrossEncoder::encode` runs).
+    pub fn forward_flops(&self, len: usize, top: TopRows) -> f64 {
         let h = self.hidden_size as f64;
         let layer = |rows: f64, keys: f64| {
             let kv = 2.0 * 2.0 * h * h * keys;
@@ -369,6 +363,10 @@ impl EncoderConfig {
             kv + rest + attn
         };
         let n = len as f64;
-        layer(n, n) * self.num_layers.saturating_sub(1) as f64 + layer(1.0, n)
+        let top_rows = match top {
+            TopRows::All => n,
+            TopRows::First => 1.0,
+        };
+        layer(n, n) * self.num_layers.saturating_sub(1) as f64 + layer(top_rows, n)
     }
 }

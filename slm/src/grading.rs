@@ -7,7 +7,7 @@
 
 use crate::decoder::{Attention, DecoderLm, KvCache};
 use crate::device::Placement;
-use crate::encoder::CrossEncoder;
+use crate::encoder::{CrossEncoder, TopRows};
 use crate::error::{Result, SlmError};
 use crate::tokenizer::TextTokenizer;
 use labelfleet_types::prompt::grade_messages_with_body;
@@ -644,7 +644,7 @@ impl Grader for EncoderGrader {
     }
 
     fn flops(&self, len: usize) -> f64 {
-        self.model.config.cls_forward_flops(len)
+        self.model.config.forward_flops(len, TopRows::First)
     }
 
     fn save(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
