@@ -3,7 +3,10 @@
 Writes $LABELFLEET_HOME/reference/{smollm2,minilm}.safetensors and .json:
   - SmolLM2: chat prompts rendered by `apply_chat_template`, their token ids, fp32 logits at
     every position, and greedy generations (`generate(do_sample=False)`, one prompt at a time);
-  - MiniLM: (query, document) pair encodings by the HF tokenizer and `BertModel` hidden states.
+  - MiniLM: (query, document) pair encodings by the HF tokenizer and `BertModel` hidden states;
+    sentence embeddings by `sentence_transformers.SentenceTransformer.encode` (mean pooling, unit
+    length), one text at a time, of every query and document of the pairs and of a text longer
+    than the encoder's 256 tokens.
 
 usage: make_reference.py MODELS_DIR OUT_DIR
 """
@@ -13,6 +16,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 torch.manual_seed(0)
@@ -34,6 +38,9 @@ PAIRS = [
     ("who wrote the expense policy", "Expense policy v3 — author: finance team. Meals are reimbursed up to 50 EUR."),
     ("kubernetes gpu scheduling", "Déjà vu: naïve café owners schedule GPUs with Kubernetes device plugins. 🚀"),
 ]
+
+# over MiniLM's 256 tokens: the sentence encoder must cut it where sentence-transformers does
+LONG_TEXT = " ".join(f"section {i}: the wing's lift rises with the angle of attack." for i in range(40))
 
 
 def smollm2(models: pathlib.Path, out: pathlib.Path) -> None:
@@ -71,8 +78,15 @@ def minilm(models: pathlib.Path, out: pathlib.Path) -> None:
         tensors[f"ids_{i}"] = enc.input_ids[0].contiguous()
         tensors[f"type_ids_{i}"] = enc.token_type_ids[0].contiguous()
         tensors[f"hidden_{i}"] = hidden.contiguous()
+    sentences = [t for pair in PAIRS for t in pair] + [LONG_TEXT]
+    encoder = SentenceTransformer(str(d), device="cpu")
+    with torch.no_grad():
+        tensors["sentences"] = torch.stack(
+            [encoder.encode(s, convert_to_tensor=True, normalize_embeddings=True) for s in sentences]
+        ).contiguous()
     save_file(tensors, out / "minilm.safetensors")
-    (out / "minilm.json").write_text(json.dumps({"pairs": PAIRS}, indent=1, ensure_ascii=False))
+    meta = {"pairs": PAIRS, "sentences": sentences}
+    (out / "minilm.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
 
 
 def main() -> None:

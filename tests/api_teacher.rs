@@ -97,13 +97,7 @@ fn stored_batches(cluster: &Cluster, job_id: &str) -> Vec<ResultBatch> {
 }
 
 fn submit(cluster: &Cluster, spec: JobSpec) -> String {
-    let endpoints = labelfleet_client::endpoints(&cluster.coordinator_list());
-    harness::runtime().block_on(async {
-        let mut client = labelfleet_client::Client::connect(endpoints, Duration::from_secs(30))
-            .await
-            .expect("client");
-        client.submit(spec, "").await.expect("submit").job_id
-    })
+    cluster.submit_spec(spec).expect("submit")
 }
 
 #[test]

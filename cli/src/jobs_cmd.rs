@@ -534,6 +534,16 @@ struct LabelRecord<'a> {
     model: &'a str,
     checkpoint_id: &'a str,
     prompt_version: &'a str,
+    /// A committee's judges, each with its own distribution.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    judges: Vec<JudgeRecord<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JudgeRecord<'a> {
+    judge: &'a str,
+    model: &'a str,
+    distribution: &'a [f32],
 }
 
 /// Writes a job's results as they arrive (labels JSONL, optional qrels; queries for a
@@ -595,6 +605,15 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
                     model: &l.model,
                     checkpoint_id: &l.checkpoint_id,
                     prompt_version: &l.prompt_version,
+                    judges: l
+                        .judges
+                        .iter()
+                        .map(|j| JudgeRecord {
+                            judge: &j.judge,
+                            model: &j.model,
+                            distribution: &j.distribution,
+                        })
+                        .collect(),
                 })?;
                 match qrels.as_mut() {
                     Some(_) if l.query_id.is_empty() => no_query_id += 1,

@@ -15,6 +15,7 @@ mod progress;
 mod run;
 mod security_cmd;
 mod settings;
+mod similarity_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -197,6 +198,8 @@ struct ScoreArgs {
     /// Where rejected records go, with the reason (default: only reported on stderr).
     #[arg(long)]
     rejects: Option<PathBuf>,
+    #[command(flatten)]
+    similarity: similarity_cmd::SimilarityArgs,
 }
 
 #[derive(Args)]
@@ -308,17 +311,23 @@ pub struct JobNotSucceeded {
 pub struct Rejected(pub usize);
 
 #[derive(serde::Serialize)]
-struct ScoredPair<'a> {
+pub(crate) struct ScoredPair<'a> {
     id: &'a str,
     grade: usize,
     expected: f32,
     distribution: &'a [f32],
     truncated: bool,
     model: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     prompt_version: &'a str,
     /// How an API grade was read: "logprobs" or "parsed" (absent for local models).
     #[serde(skip_serializing_if = "Option::is_none")]
     grade_source: Option<&'a str>,
+    /// The similarity judge's cosine and its z-score among the corpus (absent for graders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    similarity: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    z: Option<f32>,
 }
 
 fn report_reject(
@@ -336,9 +345,63 @@ fn report_reject(
     Ok(())
 }
 
+/// The records of a pairs file that parse and pass `check`, with what `check` made of each.
+pub(crate) struct AcceptedPairs<T> {
+    pub pairs: Vec<Pair>,
+    /// Each pair's line in the input.
+    pub lines: Vec<usize>,
+    pub checked: Vec<T>,
+}
+
+impl ScoreArgs {
+    pub(crate) fn rejects_writer(&self) -> Result<Option<jsonl::Writer>> {
+        self.rejects
+            .as_deref()
+            .map(jsonl::Writer::create)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Reads `--input`: a malformed line, or a pair `check` refuses, is rejected by file and
+    /// line; the rest are kept in input order.
+    pub(crate) fn read_pairs<T, E: std::fmt::Display>(
+        &self,
+        rejects: &mut Option<jsonl::Writer>,
+        rejected: &mut usize,
+        check: impl Fn(&Pair) -> std::result::Result<T, E>,
+    ) -> Result<AcceptedPairs<T>> {
+        let mut accepted = AcceptedPairs {
+            pairs: vec![],
+            lines: vec![],
+            checked: vec![],
+        };
+        for r in jsonl::read::<Pair>(&self.input)? {
+            match r {
+                Err(e) => report_reject(rejects, rejected, e.to_string())?,
+                Ok(line) => match check(&line.value) {
+                    Ok(c) => {
+                        accepted.pairs.push(line.value);
+                        accepted.lines.push(line.line);
+                        accepted.checked.push(c);
+                    }
+                    Err(e) => report_reject(
+                        rejects,
+                        rejected,
+                        format!("{}:{}: {e}", self.input.display(), line.line),
+                    )?,
+                },
+            }
+        }
+        Ok(accepted)
+    }
+}
+
 fn score(a: ScoreArgs) -> Result<()> {
     if let Some(client) = a.api.client()? {
         return score_api(&a, client);
+    }
+    if a.similarity.corpus.is_some() {
+        return similarity_cmd::score(&a);
     }
     let placement = a.engine.placement()?;
     let dir = labelfleet_slm::resolve_model(&a.engine.model);
@@ -350,31 +413,10 @@ fn score(a: ScoreArgs) -> Result<()> {
         seconds = loading.elapsed().as_secs_f64(),
         "model loaded"
     );
-    let records = jsonl::read::<Pair>(&a.input)?;
-    let mut rejects = a
-        .rejects
-        .as_deref()
-        .map(jsonl::Writer::create)
-        .transpose()?;
+    let mut rejects = a.rejects_writer()?;
     let mut rejected = 0;
-    let mut pairs = vec![];
-    let mut encoded = vec![];
-    for r in records {
-        match r {
-            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
-            Ok(line) => match grader.encode_pair(&line.value) {
-                Ok(e) => {
-                    pairs.push(line.value);
-                    encoded.push(e);
-                }
-                Err(e) => report_reject(
-                    &mut rejects,
-                    &mut rejected,
-                    format!("{}:{}: {e}", a.input.display(), line.line),
-                )?,
-            },
-        }
-    }
+    let accepted = a.read_pairs(&mut rejects, &mut rejected, |p| grader.encode_pair(p))?;
+    let (pairs, encoded) = (accepted.pairs, accepted.checked);
     let pb = progress::bar(encoded.len() as u64, "grading");
     let start = std::time::Instant::now();
     let grades = grade(
@@ -397,6 +439,8 @@ fn score(a: ScoreArgs) -> Result<()> {
             model: &model,
             prompt_version: GRADE_PROMPT_VERSION,
             grade_source: None,
+            similarity: None,
+            z: None,
         })?;
     }
     out.finish()?;
@@ -516,37 +560,19 @@ fn api_runtime() -> Result<tokio::runtime::Runtime> {
 /// `score` through an OpenAI-compatible API: the same input, output and bad-record rules as
 /// the local path; a pair the API fails on is rejected by name, the others are written.
 fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> {
-    let mut rejects = a
-        .rejects
-        .as_deref()
-        .map(jsonl::Writer::create)
-        .transpose()?;
+    let mut rejects = a.rejects_writer()?;
     let mut rejected = 0;
-    let mut pairs = vec![];
-    let mut lines = vec![];
     let config = client.config();
-    for r in jsonl::read::<Pair>(&a.input)? {
-        match r {
-            Err(e) => report_reject(&mut rejects, &mut rejected, e.to_string())?,
-            // bad input is named in input order, as locally; API failures come after grading
-            Ok(line) => match labelfleet_openai::grading::grade_request_messages(
-                &line.value,
-                config.grade_prompt,
-                config.num_grades,
-                config.max_document_bytes,
-            ) {
-                Ok(_) => {
-                    lines.push(line.line);
-                    pairs.push(line.value);
-                }
-                Err(e) => report_reject(
-                    &mut rejects,
-                    &mut rejected,
-                    format!("{}:{}: {e}", a.input.display(), line.line),
-                )?,
-            },
-        }
-    }
+    // bad input is named in input order, as locally; API failures come after grading
+    let accepted = a.read_pairs(&mut rejects, &mut rejected, |p| {
+        labelfleet_openai::grading::grade_request_messages(
+            p,
+            config.grade_prompt,
+            config.num_grades,
+            config.max_document_bytes,
+        )
+    })?;
+    let (pairs, lines) = (accepted.pairs, accepted.lines);
     let pb = progress::bar(pairs.len() as u64, "grading");
     let start = std::time::Instant::now();
     let results = api_runtime()?.block_on(client.grade_pairs(&pairs, &|| pb.inc(1)));
@@ -567,6 +593,8 @@ fn score_api(a: &ScoreArgs, client: labelfleet_openai::ApiClient) -> Result<()> 
                     model: &model,
                     prompt_version: client.config().grade_prompt.version(),
                     grade_source: Some(g.source.as_str()),
+                    similarity: None,
+                    z: None,
                 })?;
                 graded.push(g.grading.grade);
             }

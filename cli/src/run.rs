@@ -44,6 +44,17 @@ pub struct RunArgs {
     /// the teacher, and redoes only what depends on the grades.
     #[arg(long, default_value = GRADE_PROMPT_VERSION)]
     teacher_prompt: String,
+    /// Who grades the pairs: a committee of judges, each `name` or `name=weight`,
+    /// comma-separated: `similarity` (the sentence encoder's similarity, with feedback from the
+    /// corpus and graded by where a pair stands among the corpus's documents) and `decoder` (the
+    /// local --teacher read out with --teacher-prompt). The labels keep each judge's
+    /// distribution. `teacher`: the teacher grades alone. Default: `similarity` with a local
+    /// teacher (SmolLM2's own grades are at chance: BENCHMARKS.md), `teacher` with an API one.
+    #[arg(long)]
+    judges: Option<String>,
+    /// The similarity judge's sentence encoder.
+    #[arg(long, default_value = "minilm")]
+    judge_encoder: String,
     /// Student model to distil into (BERT-family cross-encoder).
     #[arg(long, default_value = "minilm")]
     student: String,
@@ -140,11 +151,86 @@ fn run_model_roots(cfg: &Config) -> Vec<std::path::PathBuf> {
     if cfg.teacher_api.is_none() {
         roots.push(labelfleet_slm::resolve_model(&cfg.teacher));
     }
+    for j in cfg.committee.iter().flat_map(|c| &c.judges) {
+        if let Some(proto::judge::Kind::Similarity(s)) = &j.kind {
+            roots.push(labelfleet_slm::resolve_model(&s.encoder));
+        }
+    }
     roots
+}
+
+/// The committee `--judges` names (None: the teacher grades alone). Its similarity judges read
+/// the corpus uploaded as `corpus_id`.
+fn committee(
+    judges: Option<&str>,
+    encoder: &str,
+    cfg: &Config,
+    corpus_id: &str,
+) -> Result<Option<proto::Committee>> {
+    let judges = match judges {
+        Some(j) => j.trim(),
+        None if cfg.teacher_api.is_some() => "teacher",
+        None => "similarity",
+    };
+    if judges == "teacher" {
+        return Ok(None);
+    }
+    let mut committee = proto::Committee::default();
+    for item in judges.split(',').map(str::trim) {
+        let (name, weight) = match item.split_once('=') {
+            Some((n, w)) => (
+                n.trim(),
+                w.trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("--judges: `{item}`: the weight is not a number"))?,
+            ),
+            None => (item, 1.0),
+        };
+        let kind = match name {
+            "similarity" => {
+                let feedback = labelfleet_slm::similarity::Feedback::default();
+                proto::judge::Kind::Similarity(proto::SimilarityJudge {
+                    encoder: encoder.to_string(),
+                    corpus_id: corpus_id.to_string(),
+                    feedback_depth: feedback.depth as u32,
+                    feedback_weight: feedback.weight,
+                })
+            }
+            "decoder" if cfg.teacher_api.is_some() => anyhow::bail!(
+                "--judges: `decoder` is the local --teacher, and this run's teacher is an API"
+            ),
+            "decoder" => proto::judge::Kind::LocalPath(cfg.teacher.clone()),
+            other => anyhow::bail!(
+                "--judges: `{other}`: expected similarity, decoder (each with an optional \
+                 =weight), or teacher alone"
+            ),
+        };
+        committee.judges.push(proto::Judge {
+            name: name.to_string(),
+            weight,
+            kind: Some(kind),
+        });
+    }
+    // the corpus id is known once uploaded; a placeholder passes the same checks
+    let at = if corpus_id.is_empty() { "-" } else { corpus_id };
+    let mut checked = committee.clone();
+    for j in &mut checked.judges {
+        if let Some(proto::judge::Kind::Similarity(s)) = &mut j.kind {
+            s.corpus_id = at.to_string();
+        }
+    }
+    labelfleet_cluster::committee::check("--judges", &checked).map_err(anyhow::Error::msg)?;
+    Ok(Some(committee))
 }
 
 impl RunArgs {
     fn config(&self) -> Result<Config> {
+        let mut cfg = self.config_without_committee()?;
+        cfg.committee = committee(self.judges.as_deref(), &self.judge_encoder, &cfg, "")?;
+        Ok(cfg)
+    }
+
+    fn config_without_committee(&self) -> Result<Config> {
         Ok(Config {
             corpus: self.corpus.clone(),
             // known once the corpus is uploaded; the spec carries it
@@ -154,6 +240,7 @@ impl RunArgs {
             teacher: self.teacher.clone(),
             teacher_api: self.teacher_endpoint(),
             teacher_prompt: GradePrompt::parse(&self.teacher_prompt).context("--teacher-prompt")?,
+            committee: None,
             student: self.student.clone(),
             student_layers: self.student_layers,
             student_max_len: self.student_max_len,
@@ -210,7 +297,7 @@ impl RunArgs {
         Ok(JobSpec {
             kind: JobKind::Corpus as i32,
             name: format!("run {}", cfg.corpus.display()),
-            corpus_id,
+            corpus_id: corpus_id.clone(),
             seed_documents: cfg.seed_docs as u32,
             queries_per_document: cfg.queries_per_doc as u32,
             metadata_queries_per_document: cfg.metadata_queries_per_doc as u32,
@@ -236,6 +323,7 @@ impl RunArgs {
             label_queries_sample: cfg.eval_sample as u32,
             label_candidates_per_query: cfg.pool_k as u32,
             human_judgments,
+            committee: committee(self.judges.as_deref(), &self.judge_encoder, cfg, &corpus_id)?,
             ..Default::default()
         })
     }

@@ -7,6 +7,7 @@
 //! - [`metrics`]: Prometheus text exposition;
 //! - [`layout`]: where a corpus's shards and their BM25 indexes are in the object store;
 //! - [`checkpoint`]: the checkpoint folder's digest and the chunked push to a worker;
+//! - [`committee`]: a committee teacher's rules and how its judges' distributions are pooled;
 //! - [`security`]: TLS, the role in each certificate and the servers' checks on callers;
 //!   [`certs`] makes the certificates, [`tokens`] holds clients' bearer tokens;
 //! - [`ids`] and [`limits`]: what an id may look like, and the servers' limits.
@@ -14,6 +15,7 @@
 pub mod blobs;
 pub mod certs;
 pub mod checkpoint;
+pub mod committee;
 pub mod error;
 pub mod ids;
 pub mod layout;

@@ -334,7 +334,13 @@ pub fn validate(spec: &JobSpec) -> Result<()> {
             return invalid("spec.teacher: a teacher is a decoder (local_path) or an OpenAI endpoint, not a cross-encoder checkpoint".into())
         }
         Some(model_ref::Source::Openai(o)) => jobs::validate_endpoint("spec.teacher.openai", o)?,
+        Some(model_ref::Source::Committee(_)) => {
+            return invalid("spec.teacher: the teacher writes the queries, which a committee does not; put the committee in spec.committee".into())
+        }
         _ => {}
+    }
+    if let Some(c) = &spec.committee {
+        jobs::validate_committee("spec.committee", c, spec)?;
     }
     match spec.student.as_ref().and_then(|m| m.source.as_ref()) {
         Some(model_ref::Source::LocalPath(_)) | None => {}
@@ -730,6 +736,7 @@ fn config_of(
             _ => None,
         },
         teacher_prompt,
+        committee: spec.committee.clone(),
         student: local(&spec.student, DEFAULT_STUDENT),
         student_layers: spec.student_layers as usize,
         student_max_len: or(spec.student_max_tokens, DEFAULT_STUDENT_MAX_TOKENS) as usize,

@@ -7,7 +7,7 @@ use crate::search_job;
 use labelfleet_cluster::blobs::Blobs;
 pub use labelfleet_cluster::layout::{corpus_prefix, corpus_shard_key};
 use labelfleet_proto::v1::{
-    model_ref, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint, PairInput,
+    model_ref, Committee, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint, PairInput,
     Rejection, Task, TaskKind,
 };
 use prost::Message;
@@ -283,6 +283,7 @@ fn corpus_only_fields(spec: &JobSpec) -> Vec<&'static str> {
         ("label_queries", !spec.label_queries.is_empty()),
         ("label_queries_sample", spec.label_queries_sample != 0),
         ("human_judgments", !spec.human_judgments.is_empty()),
+        ("committee", spec.committee.is_some()),
         ("bm25_depth", spec.bm25_depth != 0),
         ("negatives_per_query", spec.negatives_per_query != 0),
         ("rank_sampling", spec.rank_sampling != 0),
@@ -339,10 +340,16 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
                 "spec.corpus_id: a synthesis job samples seed documents from a corpus".into(),
             );
         }
-        if let Some(model_ref::Source::Openai(o)) =
-            spec.teacher.as_ref().and_then(|m| m.source.as_ref())
-        {
-            validate_endpoint("spec.teacher.openai", o)?;
+        match spec.teacher.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(model_ref::Source::Openai(o)) => validate_endpoint("spec.teacher.openai", o)?,
+            Some(model_ref::Source::Committee(_)) => {
+                return invalid(
+                    "spec.teacher: a committee grades; it writes no queries (use a decoder or an \
+                     endpoint)"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         if spec.metadata_queries_per_document > 16 {
             return invalid(format!(
@@ -368,7 +375,21 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
             validate_endpoint("spec.student.openai", o)?;
             validate_api_grade_labels(spec)?;
         }
+        Some(model_ref::Source::Committee(c)) => validate_committee("spec.student.committee", c, spec)?,
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// A committee's rules, and the grade scale it grades on.
+pub fn validate_committee(field: &str, c: &Committee, spec: &JobSpec) -> Result<()> {
+    labelfleet_cluster::committee::check(field, c).map_err(CoordinatorError::Invalid)?;
+    let grades = labelfleet_cluster::committee::COMMITTEE_GRADES;
+    if !spec.grade_labels.is_empty() && spec.grade_labels.len() != grades {
+        return Err(CoordinatorError::Invalid(format!(
+            "spec.grade_labels: a committee grades on {grades} grades, not {}",
+            spec.grade_labels.len()
+        )));
     }
     Ok(())
 }

@@ -78,6 +78,7 @@ fn unused_fields(spec: &JobSpec) -> Vec<&'static str> {
         ("negatives_per_query", spec.negatives_per_query != 0),
         ("rank_sampling", spec.rank_sampling != 0),
         ("human_judgments", !spec.human_judgments.is_empty()),
+        ("committee", spec.committee.is_some()),
         ("label_queries_sample", spec.label_queries_sample != 0),
         (
             "label_candidates_per_query",

@@ -233,7 +233,7 @@ impl Cluster {
                 }
                 for l in batch.labels {
                     match l.pair_id.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
-                        Some(slot) => *slot = Some(Grading::from_distribution(l.distribution)),
+                        Some(slot) => *slot = Some(grading_of(l)),
                         None => bad = Some(l.pair_id),
                     }
                 }
@@ -581,4 +581,19 @@ mod tests {
         assert_eq!(got, [("a1", 1), ("b1", 2), ("a2", 3), ("a3", 4)]);
         assert!(merge_shards(vec![], 3).is_empty());
     }
+}
+
+/// A label's grading, with a committee's judges.
+fn grading_of(l: labelfleet_proto::v1::Label) -> Grading {
+    let mut g = Grading::from_distribution(l.distribution);
+    g.judges = l
+        .judges
+        .into_iter()
+        .map(|j| labelfleet_types::grading::JudgeGrading {
+            judge: j.judge,
+            model: j.model,
+            distribution: j.distribution,
+        })
+        .collect();
+    g
 }

@@ -95,6 +95,9 @@ pub struct Config {
     /// workers call it, each with its share of the endpoint's job-wide rate limits.
     pub teacher_api: Option<labelfleet_proto::v1::OpenAiEndpoint>,
     pub teacher_prompt: GradePrompt,
+    /// Judges that grade in the teacher's place (the candidates, and the teacher's column of
+    /// the report); the teacher then only writes the queries. None: the teacher grades.
+    pub committee: Option<labelfleet_proto::v1::Committee>,
     /// Student model to distil into (BERT-family cross-encoder).
     pub student: String,
     pub student_layers: usize,
@@ -134,7 +137,7 @@ pub fn run(cfg: &Config, cluster: &mut Cluster) -> Result<()> {
 
     ctx.cluster.stage("corpus")?;
     let corpus = stages::load_corpus(&cfg.corpus, &cfg.corpus_id)?;
-    let teacher = stages::Teacher::resolve(cfg)?;
+    let teacher = stages::Teacher::resolve(cfg, &corpus)?;
     let seeds = stages::sample_seeds(&corpus.docs, cfg.seed_docs, &mut rng);
     ctx.cluster.stage("queries")?;
     let queries = stages::synthesize_queries(&mut ctx, cfg, &teacher, &seeds)?;

@@ -8,9 +8,10 @@ use labelfleet_cache::{self as cache, Cache};
 use labelfleet_corpus::bm25::hard_negatives;
 use labelfleet_corpus::{ingest_path, Document, IngestLimits};
 use labelfleet_eval::{Judgment, Measure};
-use labelfleet_proto::v1::{model_ref, DistillRequest, ModelRef};
+use labelfleet_proto::v1::{judge, model_ref, Committee, DistillRequest, ModelRef};
 use labelfleet_types::card::{model_card, CardFigures};
 use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
+use labelfleet_types::grading::JudgeGrading;
 use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -127,11 +128,16 @@ pub fn pair_for(id: String, query: &str, d: &Document) -> Pair {
 }
 
 /// The teacher, run by the cluster's workers: a local decoder, or an OpenAI-compatible
-/// endpoint the workers call.
+/// endpoint the workers call, that writes the queries; and what grades the pairs: that model,
+/// or a committee of judges.
 pub struct Teacher {
-    /// The model its jobs name.
+    /// The model that writes the queries (and grades, without a committee).
     pub model: model_ref::Source,
-    /// Fingerprint of its weights (or of the endpoint's description): the caches' key.
+    /// Fingerprint of its weights (or of the endpoint's description): the query cache's key.
+    pub writer_fingerprint: String,
+    /// What grades: `model`, or the committee.
+    pub grader: model_ref::Source,
+    /// Fingerprint of the grader (its weights, or the committee's judges and corpus).
     pub fingerprint: String,
     /// Cache key of its grades: fingerprint and prompt version.
     pub id: String,
@@ -141,7 +147,7 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    pub fn resolve(cfg: &Config) -> Result<Teacher> {
+    pub fn resolve(cfg: &Config, corpus: &Corpus) -> Result<Teacher> {
         let prompt = cfg.teacher_prompt;
         let (model, fingerprint, name) = match &cfg.teacher_api {
             Some(endpoint) => {
@@ -163,14 +169,71 @@ impl Teacher {
                 )
             }
         };
+        let writer_fingerprint = fingerprint.clone();
+        let (grader, fingerprint, name) = match &cfg.committee {
+            None => (model.clone(), fingerprint, name),
+            Some(c) => (
+                model_ref::Source::Committee(c.clone()),
+                committee_fingerprint(c, corpus)?,
+                committee_name(c, prompt),
+            ),
+        };
         Ok(Teacher {
             id: format!("{fingerprint}:{}", prompt.version()),
             model,
+            writer_fingerprint,
+            grader,
             fingerprint,
             name,
             prompt,
         })
     }
+}
+
+/// A committee's fingerprint: its judges, their models' weights, and the corpus its similarity
+/// judges read (their feedback and calibration depend on every document).
+fn committee_fingerprint(c: &Committee, corpus: &Corpus) -> Result<String> {
+    let mut parts = vec![format!("{c:?}")];
+    for j in &c.judges {
+        let model = match &j.kind {
+            Some(judge::Kind::LocalPath(p)) => p,
+            Some(judge::Kind::Similarity(s)) => &s.encoder,
+            None => continue,
+        };
+        parts.push(fingerprint(&labelfleet_types::resolve_model(model), "judge")?);
+    }
+    if c
+        .judges
+        .iter()
+        .any(|j| matches!(j.kind, Some(judge::Kind::Similarity(_))))
+    {
+        let hashes: Vec<String> = corpus.docs.iter().map(|d| d.content_hash()).collect();
+        parts.push(cache::key(
+            &hashes.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+    }
+    Ok(cache::key(
+        &parts.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+}
+
+/// How a committee's labels name it: each judge, its model and weight.
+fn committee_name(c: &Committee, prompt: GradePrompt) -> String {
+    let judges: Vec<String> = c
+        .judges
+        .iter()
+        .map(|j| match &j.kind {
+            Some(judge::Kind::Similarity(s)) => format!(
+                "{}={}x(similarity:{} feedback={}x{})",
+                j.name, j.weight, s.encoder, s.feedback_depth, s.feedback_weight
+            ),
+            Some(judge::Kind::LocalPath(p)) => {
+                format!("{}={}x(grader:{p} prompt={})", j.name, j.weight, prompt.version())
+            }
+            None => format!("{}={}x(?)", j.name, j.weight),
+        })
+        .collect();
+    format!("committee:{}", judges.join(" + "))
 }
 
 /// What identifies a model folder's weights in the caches' keys. A folder this process
@@ -209,7 +272,7 @@ pub fn synthesize_queries(
     );
     let qkey = |d: &Document| {
         cache::key(&[
-            &teacher.fingerprint,
+            &teacher.writer_fingerprint,
             QUERY_PROMPT_VERSION,
             &sampling,
             &d.content_hash(),
@@ -371,7 +434,7 @@ impl Labeler {
     /// The teacher's labeling jobs (a local decoder, or the endpoint the workers call).
     fn teacher(teacher: &Teacher, max_len: usize) -> Labeler {
         Labeler {
-            model: teacher.model.clone(),
+            model: teacher.grader.clone(),
             prompt: teacher.prompt,
             max_len,
             what: "teacher",
@@ -1012,6 +1075,9 @@ struct LabelRecord<'a> {
     model: &'a str,
     checkpoint: &'a str,
     prompt_version: &'a str,
+    /// A committee's judges, each with its own distribution.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    judges: &'a [JudgeGrading],
 }
 
 fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
@@ -1044,6 +1110,7 @@ fn write_labels(
             model: from.model,
             checkpoint: from.checkpoint,
             prompt_version: from.prompt_version,
+            judges: &g.judges,
         })
         .collect();
     write_jsonl(path, &records)

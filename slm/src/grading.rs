@@ -65,7 +65,7 @@ fn check_text(record: &str, field: &str, text: &str, limits: &InputLimits) -> Re
     Ok(())
 }
 
-fn validate_pair(pair: &Pair, limits: &InputLimits) -> Result<()> {
+pub(crate) fn validate_pair(pair: &Pair, limits: &InputLimits) -> Result<()> {
     if pair.id.trim().is_empty() {
         return Err(SlmError::input("<no id>", "id", "empty"));
     }
@@ -92,7 +92,7 @@ fn validate_pair(pair: &Pair, limits: &InputLimits) -> Result<()> {
 
 /// Cuts text to at most `max_bytes` on a char boundary: a document is never tokenized past
 /// what can fit (no token is shorter than one byte).
-fn clip(text: &str, max_bytes: usize) -> &str {
+pub(crate) fn clip(text: &str, max_bytes: usize) -> &str {
     if text.len() <= max_bytes {
         return text;
     }
@@ -191,7 +191,7 @@ pub fn grade(
 
 /// A tokenizer belongs to a model when its vocabulary fills the embedding table: never larger,
 /// and at most ~10% smaller (tables are padded to a multiple of 64 or 128, not more).
-fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
+pub(crate) fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
     let n = tokenizer.vocab_size();
     if n > vocab_size || (n as f64) < 0.9 * vocab_size as f64 {
         return Err(SlmError::Tokenizer {
@@ -205,7 +205,7 @@ fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
 }
 
 /// Right-pads rows to one `[B, T]` int64 tensor.
-fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64>) {
+pub(crate) fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64>) {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut flat = Vec::with_capacity(rows.len() * t);
     let mut lens = Vec::with_capacity(rows.len());

@@ -11,6 +11,7 @@ use crate::grading::{
     Grading, Pair,
 };
 use crate::querygen::{prompt_ids, synthesize, GeneratedQuery, SeedDocument};
+use crate::similarity::{Calibration, DenseIndex, Feedback, SentenceEncoder, SimilarityJudge};
 use crate::{DecoderLm, Placement, TextTokenizer};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -64,6 +65,21 @@ pub struct Graded {
     pub model: String,
 }
 
+/// Judge `pairs` by the similarity of the sentence encoder in `encoder`, with feedback from and
+/// calibration against a corpus (see [`crate::similarity`]).
+#[derive(Clone)]
+pub struct SimilarityRequest {
+    pub encoder: PathBuf,
+    /// Names the corpus: the engine keeps the index it builds per encoder, corpus and length.
+    pub corpus_id: String,
+    /// The corpus documents' texts, read only when that index is not built yet.
+    pub corpus: Arc<Vec<String>>,
+    pub feedback: Feedback,
+    /// Longest input in tokens (texts are cut to fit).
+    pub max_len: usize,
+    pub pairs: Vec<Pair>,
+}
+
 /// Write queries for `seeds` with the decoder LM in `model`.
 #[derive(Debug, Clone)]
 pub struct SynthesisRequest {
@@ -81,6 +97,7 @@ type Reply<T> = oneshot::Sender<Result<T, EngineFailure>>;
 
 enum Work {
     Grade(GradeRequest, Reply<Graded>),
+    Judge(SimilarityRequest, Reply<Graded>),
     Synthesize(SynthesisRequest, Reply<Vec<GeneratedQuery>>),
 }
 
@@ -108,6 +125,7 @@ impl EngineThread {
                     placement,
                     graders: HashMap::new(),
                     generators: HashMap::new(),
+                    judges: HashMap::new(),
                 };
                 while let Some(work) = rx.blocking_recv() {
                     match work {
@@ -118,6 +136,14 @@ impl EngineThread {
                                 counter.fetch_add(n, Ordering::Relaxed);
                             }
                             let _ = reply.send(graded);
+                        }
+                        Work::Judge(req, reply) => {
+                            let n = req.pairs.len() as u64;
+                            let judged = host.judge(&req);
+                            if judged.is_ok() {
+                                counter.fetch_add(n, Ordering::Relaxed);
+                            }
+                            let _ = reply.send(judged);
                         }
                         Work::Synthesize(req, reply) => {
                             let _ = reply.send(host.synthesize(&req));
@@ -132,6 +158,12 @@ impl EngineThread {
     pub async fn grade(&self, req: GradeRequest) -> Result<Graded, EngineFailure> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Grade(req, reply), rx).await
+    }
+
+    /// Judges a request's pairs by similarity on the engine thread.
+    pub async fn judge(&self, req: SimilarityRequest) -> Result<Graded, EngineFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Judge(req, reply), rx).await
     }
 
     /// Writes queries for a request's seed documents on the engine thread.
@@ -158,7 +190,11 @@ struct Host {
     placement: Placement,
     graders: HashMap<(PathBuf, usize, GradePrompt), Box<dyn Grader>>,
     generators: HashMap<(PathBuf, usize), (DecoderLm, TextTokenizer)>,
+    judges: HashMap<JudgeKey, SimilarityJudge>,
 }
+
+/// A similarity judge's encoder, corpus, length and feedback (depth, weight's bits).
+type JudgeKey = (PathBuf, String, usize, usize, u64);
 
 impl Host {
     fn grader(&mut self, req: &GradeRequest) -> Result<&dyn Grader, EngineFailure> {
@@ -205,6 +241,63 @@ impl Host {
         Ok(Graded {
             gradings,
             model: grader.describe(),
+        })
+    }
+
+    fn similarity_judge(
+        &mut self,
+        req: &SimilarityRequest,
+    ) -> Result<&SimilarityJudge, EngineFailure> {
+        let f = req.feedback;
+        let key = (
+            req.encoder.clone(),
+            req.corpus_id.clone(),
+            req.max_len,
+            f.depth,
+            f.weight.to_bits(),
+        );
+        if !self.judges.contains_key(&key) {
+            let dir = &req.encoder;
+            let encoder = SentenceEncoder::load(dir, self.placement, req.max_len).map_err(|e| {
+                EngineFailure::transient(format!("loading encoder {}: {e}", dir.display()))
+            })?;
+            let texts: Vec<&str> = req.corpus.iter().map(String::as_str).collect();
+            let started = std::time::Instant::now();
+            let opts = BatchOptions::for_placement(self.placement);
+            let index = DenseIndex::build(&encoder, &texts, opts, &mut |_| {})
+                .map_err(|e| EngineFailure::bad_input(format!("corpus `{}`: {e}", req.corpus_id)))?;
+            let judge = SimilarityJudge::new(encoder, index, f, Calibration::default())
+                .map_err(|e| EngineFailure::bad_input(e.to_string()))?;
+            tracing::info!(
+                judge = %judge.describe(),
+                corpus = %req.corpus_id,
+                seconds = started.elapsed().as_secs_f64(),
+                "similarity judge ready"
+            );
+            // one corpus's judge at a time besides the one being built
+            if self.judges.len() >= 2 {
+                self.judges.clear();
+            }
+            self.judges.insert(key.clone(), judge);
+        }
+        Ok(&self.judges[&key])
+    }
+
+    fn judge(&mut self, req: &SimilarityRequest) -> Result<Graded, EngineFailure> {
+        let placement = self.placement;
+        let judge = self.similarity_judge(req)?;
+        for (i, pair) in req.pairs.iter().enumerate() {
+            judge
+                .check_pair(pair)
+                .map_err(|e| EngineFailure::bad_input(format!("pair `{}` (#{i}): {e}", pair.id)))?;
+        }
+        let opts = BatchOptions::for_placement(placement);
+        let judged = judge
+            .judge(&req.pairs, opts, &mut |_| {})
+            .map_err(|e| EngineFailure::transient(format!("similarity: {e}")))?;
+        Ok(Graded {
+            gradings: judged.into_iter().map(|j| j.grading).collect(),
+            model: judge.describe(),
         })
     }
 

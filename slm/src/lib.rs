@@ -19,6 +19,7 @@ pub mod layers;
 pub mod onednn;
 pub mod querygen;
 mod shim;
+pub mod similarity;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -761,6 +761,47 @@ impl Cluster {
         })
     }
 
+    /// Submits a job spec through the cluster client: the job id, or the refusal.
+    pub fn submit_spec(
+        &self,
+        spec: labelfleet_proto::v1::JobSpec,
+    ) -> Result<String, labelfleet_client::ClientError> {
+        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
+        runtime().block_on(async {
+            let mut client = labelfleet_client::Client::connect_with(
+                endpoints,
+                Duration::from_secs(30),
+                self.credentials(),
+            )
+            .await
+            .expect("client");
+            client.submit(spec, "").await.map(|job| job.job_id)
+        })
+    }
+
+    /// A job's results (labels, queries or hits) through the cluster client.
+    pub fn results(&self, job_id: &str, stage: &str) -> Vec<ResultBatch> {
+        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
+        runtime().block_on(async {
+            let mut client = labelfleet_client::Client::connect_with(
+                endpoints,
+                Duration::from_secs(30),
+                self.credentials(),
+            )
+            .await
+            .expect("client");
+            let mut batches = vec![];
+            client
+                .fetch(job_id, stage, |b| {
+                    batches.push(b);
+                    Ok(())
+                })
+                .await
+                .expect("fetch");
+            batches
+        })
+    }
+
     /// Waits until `done + failed` pairs reach `fraction` of the total.
     pub fn wait_progress(&self, job_id: &str, fraction: f64, timeout: Duration) -> Job {
         let deadline = Instant::now() + timeout;

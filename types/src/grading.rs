@@ -11,6 +11,19 @@ pub struct Grading {
     pub grade: usize,
     /// Sum of grade * probability.
     pub expected: f32,
+    /// A committee's judges, each with its own distribution (empty for a single grader).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judges: Vec<JudgeGrading>,
+}
+
+/// One judge's grading of a pair, kept in a committee's label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JudgeGrading {
+    /// The judge's name in its committee.
+    pub judge: String,
+    /// Its model, as the engine describes it.
+    pub model: String,
+    pub distribution: Vec<f32>,
 }
 
 impl Grading {
@@ -31,6 +44,7 @@ impl Grading {
             distribution,
             grade,
             expected,
+            judges: Vec::new(),
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The worker's side of the engine: a task becomes a request to the engine thread of the
 //! engine crate (`labelfleet_slm::host`), which owns the models; its answer becomes the task's
-//! labels or queries. Here live the task's model (a local folder or a pushed checkpoint) and
-//! the proto-to-engine conversions of pairs and seed documents.
+//! labels or queries. Here live the task's model (a local folder or a pushed checkpoint; a
+//! committee's judges run in `committee`) and the proto-to-engine conversions of pairs and seed
+//! documents.
 
 use labelfleet_proto::v1::{
     model_ref, pair_input, ApiUsage, Label, QueryHits, SyntheticQuery, Task, TaskKind,
 };
+use crate::committee::Corpora;
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_slm::grading::{GradePrompt, Grading, Pair};
 use labelfleet_slm::host::{EngineFailure, EngineThread, GradeRequest, SynthesisRequest};
 use labelfleet_slm::querygen::SeedDocument;
@@ -40,8 +43,10 @@ pub enum Outcome {
 /// Handle to the engine thread, with where the tasks' models come from.
 #[derive(Clone)]
 pub struct Engine {
-    thread: EngineThread,
-    sources: ModelSources,
+    pub(crate) thread: EngineThread,
+    pub(crate) sources: ModelSources,
+    /// Where a committee's similarity judges read their corpora (None: no object store).
+    pub(crate) corpora: Option<Arc<Corpora>>,
     /// Pairs graded since start (for metrics).
     pub pairs: Arc<AtomicU64>,
 }
@@ -93,17 +98,20 @@ fn failed(f: EngineFailure) -> Outcome {
 }
 
 impl Engine {
-    /// Starts the engine thread. `threads` caps libtorch's intra-op threads (0: its default).
+    /// Starts the engine thread. `threads` caps libtorch's intra-op threads (0: its default);
+    /// `store` is where a committee's similarity judges read their corpora.
     pub fn start(
         placement: Placement,
         threads: usize,
         sources: ModelSources,
+        store: Option<Blobs>,
     ) -> std::io::Result<Engine> {
         let thread = EngineThread::start(placement, threads)?;
         let pairs = thread.pairs.clone();
         Ok(Engine {
             thread,
             sources,
+            corpora: store.map(|b| Arc::new(Corpora::new(b))),
             pairs,
         })
     }
@@ -146,15 +154,20 @@ impl Engine {
     /// Runs a grading or query-synthesis task on the engine thread.
     pub async fn run(&self, task: Task) -> Outcome {
         let start = Instant::now();
+        let max_len = match task.max_tokens {
+            0 => DEFAULT_MAX_TOKENS,
+            n => n as usize,
+        };
+        if let Some(model_ref::Source::Committee(c)) =
+            task.model.as_ref().and_then(|m| m.source.as_ref())
+        {
+            return crate::committee::grade(self, &task, c, max_len).await;
+        }
         let (model, checkpoint_id) = match model_dir(&self.sources, &task) {
             Ok(d) => d,
             Err(ModelRefused { reason, retryable }) => {
                 return Outcome::Failed { reason, retryable }
             }
-        };
-        let max_len = match task.max_tokens {
-            0 => DEFAULT_MAX_TOKENS,
-            n => n as usize,
         };
         if task.kind == TaskKind::SynthesizeQueries as i32 {
             self.synthesize(&task, model, max_len, start).await
@@ -215,27 +228,10 @@ impl Engine {
         max_len: usize,
         start: Instant,
     ) -> Outcome {
-        let prompt = match GradePrompt::parse(&task.prompt_version) {
-            Ok(p) => p,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("prompt_version: {e}"),
-                    retryable: false,
-                }
-            }
+        let (prompt, pairs) = match grading_input(task) {
+            Ok(input) => input,
+            Err(failed) => return failed,
         };
-        let mut pairs = Vec::with_capacity(task.pairs.len());
-        for (i, p) in task.pairs.iter().enumerate() {
-            match to_pair(p) {
-                Ok(pair) => pairs.push(pair),
-                Err(field) => {
-                    return Outcome::Failed {
-                        reason: format!("pair `{}` (#{i}): {field}", p.pair_id),
-                        retryable: false,
-                    }
-                }
-            }
-        }
         let req = GradeRequest {
             model,
             prompt,
@@ -264,21 +260,41 @@ impl Engine {
     }
 }
 
+/// A grading task's prompt and pairs, or the failure that names the bad field.
+pub(crate) fn grading_input(task: &Task) -> Result<(GradePrompt, Vec<Pair>), Outcome> {
+    let bad = |reason: String| Outcome::Failed {
+        reason,
+        retryable: false,
+    };
+    let prompt = GradePrompt::parse(&task.prompt_version)
+        .map_err(|e| bad(format!("prompt_version: {e}")))?;
+    let pairs = task
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| to_pair(p).map_err(|field| bad(format!("pair `{}` (#{i}): {field}", p.pair_id))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((prompt, pairs))
+}
+
+/// A local model's folder (a bundled name or a path), which must be inside the model roots.
+pub(crate) fn local_model(sources: &ModelSources, p: &str) -> Result<PathBuf, ModelRefused> {
+    let dir = labelfleet_slm::resolve_model(p);
+    let roots = std::iter::once(&sources.checkpoints).chain(&sources.model_roots);
+    confine(&dir, roots).map_err(|roots| {
+        ModelRefused::for_good(format!(
+            "model `{p}` ({}): outside this worker's model roots ({roots}); see --model-root",
+            dir.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
 /// The folder of the task's model, and the checkpoint id when it is one. A local model must
 /// be inside the model roots, a checkpoint inside the checkpoint folder.
 fn model_dir(sources: &ModelSources, task: &Task) -> Result<(PathBuf, String), ModelRefused> {
     match task.model.as_ref().and_then(|m| m.source.as_ref()) {
-        Some(model_ref::Source::LocalPath(p)) => {
-            let dir = labelfleet_slm::resolve_model(p);
-            let roots = std::iter::once(&sources.checkpoints).chain(&sources.model_roots);
-            confine(&dir, roots).map_err(|roots| {
-                ModelRefused::for_good(format!(
-                    "model `{p}` ({}): outside this worker's model roots ({roots}); see --model-root",
-                    dir.display()
-                ))
-            })?;
-            Ok((dir, String::new()))
-        }
+        Some(model_ref::Source::LocalPath(p)) => Ok((local_model(sources, p)?, String::new())),
         Some(model_ref::Source::CheckpointId(id)) => {
             let dir = checkpoint_dir(&sources.checkpoints, id).map_err(ModelRefused::for_good)?;
             if !dir.join("config.json").is_file() {
@@ -297,6 +313,9 @@ fn model_dir(sources: &ModelSources, task: &Task) -> Result<(PathBuf, String), M
         }
         Some(model_ref::Source::Openai(_)) => Err(ModelRefused::transient(
             "an OpenAI endpoint runs on the worker's API teacher, not the engine".into(),
+        )),
+        Some(model_ref::Source::Committee(_)) => Err(ModelRefused::for_good(
+            "a committee is not one model: its judges run one by one".into(),
         )),
         None => Err(ModelRefused::for_good("task names no model".into())),
     }
@@ -382,6 +401,7 @@ pub(crate) fn label(
         model: model.to_string(),
         checkpoint_id: checkpoint_id.to_string(),
         prompt_version: prompt_version.to_string(),
+        judges: Vec::new(),
     }
 }
 
@@ -418,6 +438,11 @@ pub(crate) fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, Strin
     let Some(pair_input::Document::Inline(d)) = &p.document else {
         return Err("document: not inlined by the coordinator".into());
     };
+    Ok(document_pair(p.pair_id.clone(), &p.query, d))
+}
+
+/// A document paired with a query, as the engine reads it.
+pub(crate) fn document_pair(id: String, query: &str, d: &labelfleet_proto::v1::Document) -> Pair {
     let mut metadata = BTreeMap::new();
     if !d.author.is_empty() {
         metadata.insert("author".to_string(), d.author.clone());
@@ -431,13 +456,13 @@ pub(crate) fn to_pair(p: &labelfleet_proto::v1::PairInput) -> Result<Pair, Strin
     for (k, v) in &d.metadata {
         metadata.insert(k.clone(), v.clone());
     }
-    Ok(Pair {
-        id: p.pair_id.clone(),
-        query: p.query.clone(),
+    Pair {
+        id,
+        query: query.to_string(),
         title: (!d.title.is_empty()).then(|| d.title.clone()),
         body: d.body.clone(),
         metadata,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! and etcd restarts. SIGTERM (or `Drain`) stops leasing; it finishes what it holds, then exits.
 
 pub mod api_teacher;
+mod committee;
 pub mod control;
 pub mod engine;
 pub mod metrics;
@@ -101,10 +102,8 @@ pub async fn run_with_meta(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(&config.checkpoints)?;
-    let searcher = match &config.store {
-        Some(store) => Some(Arc::new(Searcher::new(Blobs::open(store)?))),
-        None => None,
-    };
+    let blobs = config.store.as_deref().map(Blobs::open).transpose()?;
+    let searcher = blobs.clone().map(|b| Arc::new(Searcher::new(b)));
     let mut kinds = vec![TaskKind::Grade as i32, TaskKind::SynthesizeQueries as i32];
     if searcher.is_some() {
         kinds.push(TaskKind::Search as i32);
@@ -143,6 +142,7 @@ pub async fn run_with_meta(
             checkpoints: config.checkpoints.clone(),
             model_roots: config.model_roots.clone(),
         },
+        blobs,
     )?;
     let rate = Arc::new(Mutex::new(RateMeter::default()));
     let (worker_metrics, grpc_metrics) =
