@@ -12,7 +12,12 @@ Two pools, each over the even-numbered queries:
   Report: bench/results/quality-cranfield-ranks100.json.
 
 Labelers:
-- `teacher`: the main job's teacher (`labelfleet score --model smollm2`, prompt grade-v1);
+- `teacher`: the main job's teacher, the committee of `labelfleet run --judges similarity` (its
+  default): MiniLM's similarity with pseudo-relevance feedback from the corpus, graded by the
+  z-score among the corpus (`labelfleet score --model minilm --similarity-corpus CORPUS`, the
+  judge the workers run; tests/committee.rs checks that the two agree);
+- `decoder`: SmolLM2 read out with prompt grade-v1 (`labelfleet score --model smollm2`), the
+  decoder judge of `--judges similarity,decoder` and the teacher before issue 11;
 - `student`: the student the main job distilled (out/run/student unless given);
 - `encoder-cosine`: all-MiniLM-L6-v2 zero-shot, the cosine of the mean-pooled query and body;
 - `bm25`: the pool's BM25 score.
@@ -88,11 +93,12 @@ def encoder_cosine(pairs: list[dict]) -> None:
         p["cosine"] = s
 
 
-def engine_labels(model: str, pool_file: pathlib.Path, work: pathlib.Path, name: str) -> pathlib.Path:
+def engine_labels(model: str, pool_file: pathlib.Path, work: pathlib.Path, name: str,
+                  extra: tuple = ()) -> pathlib.Path:
     """Grades the pool with `labelfleet score` and returns the labels file."""
     grades = work / f"grades-{name}.jsonl"
     subprocess.run([str(BIN), "score", "--model", model, "--device", "cpu", "--input", str(pool_file),
-                    "--output", str(grades)], check=True)
+                    "--output", str(grades), *extra], check=True)
     labels = work / f"labels-{name}.jsonl"
     write_jsonl(labels, cranfield_pool.labels_from_grades(grades))
     return labels
@@ -106,7 +112,9 @@ def run_pool(negatives: str, student: pathlib.Path, work: pathlib.Path) -> None:
     write_jsonl(pool_file, pairs)
     encoder_cosine(pairs)
     labels = {
-        "teacher": engine_labels("smollm2", pool_file, work, f"teacher-{negatives}"),
+        "teacher": engine_labels("minilm", pool_file, work, f"teacher-{negatives}",
+                                 ("--similarity-corpus", str(DATA / "cranfield" / "corpus.jsonl"))),
+        "decoder": engine_labels("smollm2", pool_file, work, f"decoder-{negatives}"),
         "student": engine_labels(str(student), pool_file, work, f"student-{negatives}"),
     }
     for name, score in [("encoder-cosine", "cosine"), ("bm25", "bm25")]:

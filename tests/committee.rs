@@ -43,13 +43,14 @@ fn documents() -> Vec<Document> {
 
 /// Cranfield queries, each with a few corpus documents spread over it.
 fn pairs(docs: &[Document]) -> Vec<PairInput> {
-    let queries: Vec<(String, String)> = std::fs::read_to_string(cranfield_dir().join("queries.tsv"))
-        .expect("queries")
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .take(QUERIES)
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let queries: Vec<(String, String)> =
+        std::fs::read_to_string(cranfield_dir().join("queries.tsv"))
+            .expect("queries")
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .take(QUERIES)
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
     let mut out = vec![];
     for (qi, (qid, text)) in queries.iter().enumerate() {
         for k in 0..DOCS_PER_QUERY {
@@ -112,7 +113,11 @@ fn upload(cluster: &Cluster, docs: Vec<Document>) -> String {
 /// What `labelfleet score` gives in one process for the same pairs: the similarity judge's
 /// (over the same documents, written as a corpus file) and the decoder's distributions, by
 /// pair id.
-fn reference(cluster: &Cluster, docs: &[Document], pairs: &[PairInput]) -> BTreeMap<String, (Vec<f32>, Vec<f32>)> {
+fn reference(
+    cluster: &Cluster,
+    docs: &[Document],
+    pairs: &[PairInput],
+) -> BTreeMap<String, (Vec<f32>, Vec<f32>)> {
     let dir = cluster.dir.path();
     let corpus = dir.join("reference-corpus.jsonl");
     let lines: Vec<String> = docs
@@ -141,7 +146,15 @@ fn reference(cluster: &Cluster, docs: &[Document], pairs: &[PairInput]) -> BTree
         let out = dir.join(format!("reference-{name}.jsonl"));
         let (input, out_s) = (input.display().to_string(), out.display().to_string());
         let mut args = vec![
-            "score", "--device", "cpu", "--max-len", &max_len, "-i", &input, "-o", &out_s,
+            "score",
+            "--device",
+            "cpu",
+            "--max-len",
+            &max_len,
+            "-i",
+            &input,
+            "-o",
+            &out_s,
         ];
         args.extend_from_slice(extra);
         cluster.cli(&args);
@@ -186,7 +199,11 @@ fn check_label(l: &Label, want: &(Vec<f32>, Vec<f32>)) {
     assert!(l.judges[0].model.starts_with("similarity:"), "{l:?}");
     assert!(l.judges[1].model.starts_with("decoder:"), "{l:?}");
     // the workers read the corpus and ran each judge as the engine does here
-    assert!(close(sim, &want.0, 2e-3), "similarity {sim:?} vs {:?}", want.0);
+    assert!(
+        close(sim, &want.0, 2e-3),
+        "similarity {sim:?} vs {:?}",
+        want.0
+    );
     assert!(close(dec, &want.1, 2e-3), "decoder {dec:?} vs {:?}", want.1);
     // the label is their weighted mean
     let total = SIMILARITY_WEIGHT + DECODER_WEIGHT;
@@ -200,7 +217,7 @@ fn check_label(l: &Label, want: &(Vec<f32>, Vec<f32>)) {
         .max_by(|&a, &b| pooled[a].total_cmp(&pooled[b]))
         .unwrap();
     assert_eq!(l.grade as usize, argmax, "{l:?}");
-    assert_eq!(l.model, "committee:similarityx2+decoderx1");
+    assert_eq!(l.model, "committee:similarity=2+decoder=1");
     assert_eq!(l.prompt_version, "grade-v1");
 }
 

@@ -443,24 +443,55 @@ fn score(a: ScoreArgs) -> Result<()> {
             z: None,
         })?;
     }
+    finish_scoring(
+        out,
+        rejects,
+        &ScoringSummary {
+            model: &model,
+            placement,
+            graded: grades.iter().map(|g| g.grade).collect(),
+            num_grades: grader.num_grades(),
+            rejected,
+            seconds: secs,
+        },
+    )
+}
+
+/// What a local scoring run did.
+pub(crate) struct ScoringSummary<'a> {
+    pub model: &'a str,
+    pub placement: Placement,
+    /// Each written pair's grade.
+    pub graded: Vec<usize>,
+    pub num_grades: usize,
+    pub rejected: usize,
+    pub seconds: f64,
+}
+
+/// Closes a scoring run's outputs and prints its summary; fails when records were rejected
+/// (the accepted ones are written).
+pub(crate) fn finish_scoring(
+    out: jsonl::Writer,
+    rejects: Option<jsonl::Writer>,
+    s: &ScoringSummary,
+) -> Result<()> {
     out.finish()?;
     if let Some(w) = rejects {
         w.finish()?;
     }
-    let graded: Vec<usize> = grades.iter().map(|g| g.grade).collect();
     eprintln!(
         "{}",
         progress::grading_summary(
-            &model,
-            &[("device", placement.describe())],
-            &graded,
-            grader.num_grades(),
-            rejected,
-            secs,
+            s.model,
+            &[("device", s.placement.describe())],
+            &s.graded,
+            s.num_grades,
+            s.rejected,
+            s.seconds,
         )
     );
-    if rejected > 0 {
-        return Err(Rejected(rejected).into());
+    if s.rejected > 0 {
+        return Err(Rejected(s.rejected).into());
     }
     Ok(())
 }

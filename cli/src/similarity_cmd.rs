@@ -1,7 +1,7 @@
 //! `score --similarity-corpus`: grading by the sentence encoder's similarity, with
 //! pseudo-relevance feedback from and calibration against a corpus (`labelfleet_slm::similarity`).
 
-use crate::{jsonl, progress, Rejected, ScoreArgs, ScoredPair};
+use crate::{jsonl, progress, ScoreArgs, ScoredPair, ScoringSummary};
 use anyhow::{Context, Result};
 use clap::Args;
 use labelfleet_slm::similarity::{
@@ -115,24 +115,16 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
             z: Some(j.z),
         })?;
     }
-    out.finish()?;
-    if let Some(w) = rejects {
-        w.finish()?;
-    }
-    let graded: Vec<usize> = judged.iter().map(|j| j.grading.grade).collect();
-    eprintln!(
-        "{}",
-        progress::grading_summary(
-            &model,
-            &[("device", placement.describe())],
-            &graded,
-            judge.num_grades(),
+    crate::finish_scoring(
+        out,
+        rejects,
+        &ScoringSummary {
+            model: &model,
+            placement,
+            graded: judged.iter().map(|j| j.grading.grade).collect(),
+            num_grades: judge.num_grades(),
             rejected,
-            secs,
-        )
-    );
-    if rejected > 0 {
-        return Err(Rejected(rejected).into());
-    }
-    Ok(())
+            seconds: secs,
+        },
+    )
 }

@@ -14,7 +14,9 @@ pub const COMMITTEE_GRADES: usize = 4;
 /// Checks a committee; the error names the field under `field` (e.g. `spec.teacher.committee`).
 pub fn check(field: &str, c: &Committee) -> Result<(), String> {
     if c.judges.is_empty() {
-        return Err(format!("{field}.judges: a committee needs at least one judge"));
+        return Err(format!(
+            "{field}.judges: a committee needs at least one judge"
+        ));
     }
     if c.judges.len() > MAX_JUDGES {
         return Err(format!(
@@ -32,7 +34,10 @@ pub fn check(field: &str, c: &Committee) -> Result<(), String> {
             return Err(format!("{at}.name: `{}` names two judges", j.name));
         }
         if !(j.weight.is_finite() && j.weight > 0.0) {
-            return Err(format!("{at}.weight: {} must be a positive number", j.weight));
+            return Err(format!(
+                "{at}.weight: {} must be a positive number",
+                j.weight
+            ));
         }
         match &j.kind {
             None => return Err(format!("{at}: no kind (similarity or local_path)")),
@@ -123,7 +128,10 @@ mod tests {
         };
         check("spec.teacher.committee", &good).unwrap();
         let cases: Vec<(Committee, &str)> = vec![
-            (Committee { judges: vec![] }, "spec.teacher.committee.judges: "),
+            (
+                Committee { judges: vec![] },
+                "spec.teacher.committee.judges: ",
+            ),
             (
                 Committee {
                     judges: vec![similarity("a", 1.0), similarity("a", 1.0)],
@@ -186,7 +194,10 @@ mod tests {
         let b = [0.0, 0.0, 0.5, 0.5];
         let p = pool(&[&a, &b], &[3.0, 1.0]).unwrap();
         let want = [0.75, 0.0, 0.125, 0.125];
-        assert!(p.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-6), "{p:?}");
+        assert!(
+            p.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-6),
+            "{p:?}"
+        );
         assert_eq!(pool(&[&a], &[2.0]).unwrap(), a);
         assert!(pool(&[&a, &b[..3]], &[1.0, 1.0]).is_none());
         assert!(pool(&[], &[]).is_none());

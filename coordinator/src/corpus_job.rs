@@ -48,10 +48,10 @@ const DEFAULT_TEACHER: &str = "smollm2";
 const DEFAULT_STUDENT: &str = "minilm";
 const DEFAULT_MAX_TOKENS: u32 = 512;
 const DEFAULT_STUDENT_MAX_TOKENS: u32 = 256;
-const DEFAULT_BM25_DEPTH: u32 = 20;
-const DEFAULT_NEGATIVES: u32 = 3;
-const DEFAULT_EPOCHS: u32 = 4;
-const DEFAULT_LEARNING_RATE: f64 = 2e-4;
+const DEFAULT_BM25_DEPTH: u32 = 100;
+const DEFAULT_NEGATIVES: u32 = 10;
+const DEFAULT_EPOCHS: u32 = 6;
+const DEFAULT_LEARNING_RATE: f64 = 3e-5;
 const DEFAULT_HELDOUT: f64 = 0.2;
 const DEFAULT_CANDIDATES: u32 = 10;
 /// Limits that keep one spec from asking for unbounded work or memory.

@@ -7,8 +7,8 @@ use crate::search_job;
 use labelfleet_cluster::blobs::Blobs;
 pub use labelfleet_cluster::layout::{corpus_prefix, corpus_shard_key};
 use labelfleet_proto::v1::{
-    model_ref, Committee, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint, PairInput,
-    Rejection, Task, TaskKind,
+    model_ref, Committee, CorpusChunk, Document, JobKind, JobSpec, ModelRef, OpenAiEndpoint,
+    PairInput, Rejection, Task, TaskKind,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -375,7 +375,9 @@ pub fn validate_spec_settings(spec: &JobSpec) -> Result<()> {
             validate_endpoint("spec.student.openai", o)?;
             validate_api_grade_labels(spec)?;
         }
-        Some(model_ref::Source::Committee(c)) => validate_committee("spec.student.committee", c, spec)?,
+        Some(model_ref::Source::Committee(c)) => {
+            validate_committee("spec.student.committee", c, spec)?
+        }
         Some(_) => {}
     }
     Ok(())

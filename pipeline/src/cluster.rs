@@ -550,6 +550,21 @@ pub fn corpus_record(d: &Document) -> serde_json::Value {
     serde_json::Value::Object(record)
 }
 
+/// A label's grading, with a committee's judges.
+fn grading_of(l: labelfleet_proto::v1::Label) -> Grading {
+    let mut g = Grading::from_distribution(l.distribution);
+    g.judges = l
+        .judges
+        .into_iter()
+        .map(|j| labelfleet_types::grading::JudgeGrading {
+            judge: j.judge,
+            model: j.model,
+            distribution: j.distribution,
+        })
+        .collect();
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,19 +596,4 @@ mod tests {
         assert_eq!(got, [("a1", 1), ("b1", 2), ("a2", 3), ("a3", 4)]);
         assert!(merge_shards(vec![], 3).is_empty());
     }
-}
-
-/// A label's grading, with a committee's judges.
-fn grading_of(l: labelfleet_proto::v1::Label) -> Grading {
-    let mut g = Grading::from_distribution(l.distribution);
-    g.judges = l
-        .judges
-        .into_iter()
-        .map(|j| labelfleet_types::grading::JudgeGrading {
-            judge: j.judge,
-            model: j.model,
-            distribution: j.distribution,
-        })
-        .collect();
-    g
 }

@@ -10,8 +10,8 @@ use labelfleet_corpus::{ingest_path, Document, IngestLimits};
 use labelfleet_eval::{Judgment, Measure};
 use labelfleet_proto::v1::{judge, model_ref, Committee, DistillRequest, ModelRef};
 use labelfleet_types::card::{model_card, CardFigures};
-use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
 use labelfleet_types::grading::JudgeGrading;
+use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
 use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -200,10 +200,12 @@ fn committee_fingerprint(c: &Committee, corpus: &Corpus) -> Result<String> {
             Some(judge::Kind::Similarity(s)) => &s.encoder,
             None => continue,
         };
-        parts.push(fingerprint(&labelfleet_types::resolve_model(model), "judge")?);
+        parts.push(fingerprint(
+            &labelfleet_types::resolve_model(model),
+            "judge",
+        )?);
     }
-    if c
-        .judges
+    if c.judges
         .iter()
         .any(|j| matches!(j.kind, Some(judge::Kind::Similarity(_))))
     {
@@ -228,7 +230,12 @@ fn committee_name(c: &Committee, prompt: GradePrompt) -> String {
                 j.name, j.weight, s.encoder, s.feedback_depth, s.feedback_weight
             ),
             Some(judge::Kind::LocalPath(p)) => {
-                format!("{}={}x(grader:{p} prompt={})", j.name, j.weight, prompt.version())
+                format!(
+                    "{}={}x(grader:{p} prompt={})",
+                    j.name,
+                    j.weight,
+                    prompt.version()
+                )
             }
             None => format!("{}={}x(?)", j.name, j.weight),
         })
@@ -915,7 +922,7 @@ pub fn evaluate(
             graded: false,
         },
         Row {
-            name: format!("teacher ({})", cfg.teacher),
+            name: teacher_column(cfg),
             judgments: judgments(&|i| (tg[i].grade, tg[i].expected as f64)),
             pairs_per_s: t_rate,
             graded: true,
@@ -927,6 +934,17 @@ pub fn evaluate(
             graded: true,
         },
     ])
+}
+
+/// The teacher's column in the report: the model, or the committee's judges.
+fn teacher_column(cfg: &Config) -> String {
+    match &cfg.committee {
+        Some(c) => {
+            let judges: Vec<&str> = c.judges.iter().map(|j| j.name.as_str()).collect();
+            format!("teacher (committee: {})", judges.join(" + "))
+        }
+        None => format!("teacher ({})", cfg.teacher),
+    }
 }
 
 /// Sizes of what the stages made, for the report.

@@ -204,6 +204,17 @@ pub(crate) fn check_vocab(tokenizer: &TextTokenizer, vocab_size: usize) -> Resul
     Ok(())
 }
 
+/// A BERT tokenizer's `[CLS]` and `[SEP]` ids.
+pub(crate) fn bert_specials(tokenizer: &TextTokenizer) -> Result<(i64, i64)> {
+    let special = |s: &str| {
+        tokenizer.token_id(s).ok_or_else(|| SlmError::Tokenizer {
+            path: tokenizer.path().to_path_buf(),
+            message: format!("no `{s}` token: not a BERT tokenizer"),
+        })
+    };
+    Ok((special("[CLS]")?, special("[SEP]")?))
+}
+
 /// Right-pads rows to one `[B, T]` int64 tensor.
 pub(crate) fn pad_right(rows: &[&[i64]], pad: i64, device: tch::Device) -> (Tensor, Vec<i64>) {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -552,13 +563,7 @@ impl EncoderGrader {
         let model = CrossEncoder::load_layers(dir, grade_labels.len(), placement, keep_layers)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         check_vocab(&tokenizer, model.config.vocab_size)?;
-        let special = |s: &str| {
-            tokenizer.token_id(s).ok_or_else(|| SlmError::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                message: format!("no `{s}` token: not a BERT tokenizer"),
-            })
-        };
-        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let (cls, sep) = bert_specials(&tokenizer)?;
         let max_len = max_len.min(model.max_len);
         Ok(EncoderGrader {
             model,

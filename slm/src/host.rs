@@ -264,8 +264,9 @@ impl Host {
             let texts: Vec<&str> = req.corpus.iter().map(String::as_str).collect();
             let started = std::time::Instant::now();
             let opts = BatchOptions::for_placement(self.placement);
-            let index = DenseIndex::build(&encoder, &texts, opts, &mut |_| {})
-                .map_err(|e| EngineFailure::bad_input(format!("corpus `{}`: {e}", req.corpus_id)))?;
+            let index = DenseIndex::build(&encoder, &texts, opts, &mut |_| {}).map_err(|e| {
+                EngineFailure::bad_input(format!("corpus `{}`: {e}", req.corpus_id))
+            })?;
             let judge = SimilarityJudge::new(encoder, index, f, Calibration::default())
                 .map_err(|e| EngineFailure::bad_input(e.to_string()))?;
             tracing::info!(

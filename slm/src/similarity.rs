@@ -16,8 +16,8 @@ use crate::device::Placement;
 use crate::encoder::{CrossEncoder, TopRows};
 use crate::error::{Result, SlmError};
 use crate::grading::{
-    check_vocab, clip, document_text, pad_right, plan_batches, validate_pair, BatchOptions,
-    Grading, Pair,
+    bert_specials, check_vocab, clip, document_text, pad_right, plan_batches, validate_pair,
+    BatchOptions, Grading, Pair,
 };
 use crate::tokenizer::TextTokenizer;
 use labelfleet_types::pair::InputLimits;
@@ -44,13 +44,7 @@ impl SentenceEncoder {
         let model = CrossEncoder::load(dir, 1, placement)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         check_vocab(&tokenizer, model.config.vocab_size)?;
-        let special = |s: &str| {
-            tokenizer.token_id(s).ok_or_else(|| SlmError::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                message: format!("no `{s}` token: not a BERT tokenizer"),
-            })
-        };
-        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let (cls, sep) = bert_specials(&tokenizer)?;
         let max_len = max_len
             .min(model.max_len)
             .min(sentence_max_len(dir)?.unwrap_or(usize::MAX));
@@ -103,14 +97,16 @@ impl SentenceEncoder {
             .collect::<Result<Vec<_>>>()?;
         let lens: Vec<usize> = encoded.iter().map(Vec::len).collect();
         let hidden = self.model.config.hidden_size as i64;
-        let mut out = Tensor::zeros([texts.len() as i64, hidden], (Kind::Float, tch::Device::Cpu));
+        let mut out = Tensor::zeros(
+            [texts.len() as i64, hidden],
+            (Kind::Float, tch::Device::Cpu),
+        );
         tch::no_grad(|| -> Result<()> {
             for batch in plan_batches(&lens, opts.token_budget, opts.max_batch) {
                 let rows: Vec<&[i64]> = batch.iter().map(|&i| encoded[i].as_slice()).collect();
                 let pooled = self.mean_pooled(&rows)?;
-                let index = Tensor::from_slice(
-                    &batch.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                );
+                let index =
+                    Tensor::from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>());
                 let _ = out.index_copy_(0, &index, &pooled);
                 progress(batch.len());
             }
@@ -156,9 +152,7 @@ fn sentence_max_len(dir: &Path) -> Result<Option<usize>> {
 
 /// Rows scaled to unit length (a zero row stays zero).
 fn unit_rows(x: &Tensor) -> Tensor {
-    let norm = x
-        .norm_scalaropt_dim(2.0, [-1], true)
-        .clamp_min(1e-12);
+    let norm = x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
     x / norm
 }
 
@@ -262,7 +256,8 @@ impl Calibration {
 
     fn check(&self) -> Result<()> {
         let increasing = self.cutpoints.windows(2).all(|w| w[0] < w[1]);
-        if self.cutpoints.is_empty() || !increasing || !(self.scale > 0.0) {
+        let positive = self.scale.is_finite() && self.scale > 0.0;
+        if self.cutpoints.is_empty() || !increasing || !positive {
             return Err(SlmError::Argument(format!(
                 "calibration: cutpoints {:?} must be increasing and non-empty, scale {} positive",
                 self.cutpoints, self.scale

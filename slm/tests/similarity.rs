@@ -91,10 +91,16 @@ fn the_judge_grades_by_similarity_calibrated_against_the_corpus() {
     }
     let (on, off, menu) = (&got[0], &got[1], &got[2]);
     assert!(on.similarity > off.similarity + 0.2, "{on:?} {off:?}");
-    assert!(on.z > 1.0 && off.z < 0.0, "z-scores among the corpus: {on:?} {off:?}");
+    assert!(
+        on.z > 1.0 && off.z < 0.0,
+        "z-scores among the corpus: {on:?} {off:?}"
+    );
     assert!(on.grading.grade > off.grading.grade);
     // the same document is relevant to the query that asks for it
-    assert!(menu.z > 1.0 && menu.grading.grade > off.grading.grade, "{menu:?}");
+    assert!(
+        menu.z > 1.0 && menu.grading.grade > off.grading.grade,
+        "{menu:?}"
+    );
 }
 
 #[test]
@@ -120,13 +126,21 @@ fn feedback_moves_the_query_toward_its_top_documents() {
     let vc = enc.embed(CORPUS, opts, &mut |_| {}).unwrap();
     let vd = enc.embed(&[doc], opts, &mut |_| {}).unwrap().get(0);
     let (_, top) = vc.matmul(&vq).topk(2, 0, true, true);
-    let moved = &vq + vc.index_select(0, &top).mean_dim(0, false, tch::Kind::Float);
+    let moved = &vq
+        + vc.index_select(0, &top)
+            .mean_dim(0, false, tch::Kind::Float);
     let moved = &moved / moved.norm();
     let want = f32::try_from(moved.dot(&vd)).unwrap();
     let want_plain = f32::try_from(vq.dot(&vd)).unwrap();
     assert!((cos_fed - want).abs() < 1e-5, "{cos_fed} vs {want}");
-    assert!((cos_plain - want_plain).abs() < 1e-5, "{cos_plain} vs {want_plain}");
-    assert!((cos_fed - cos_plain).abs() > 1e-3, "feedback changed nothing");
+    assert!(
+        (cos_plain - want_plain).abs() < 1e-5,
+        "{cos_plain} vs {want_plain}"
+    );
+    assert!(
+        (cos_fed - cos_plain).abs() > 1e-3,
+        "feedback changed nothing"
+    );
 }
 
 #[test]

@@ -766,30 +766,27 @@ impl Cluster {
         &self,
         spec: labelfleet_proto::v1::JobSpec,
     ) -> Result<String, labelfleet_client::ClientError> {
-        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
         runtime().block_on(async {
-            let mut client = labelfleet_client::Client::connect_with(
-                endpoints,
-                Duration::from_secs(30),
-                self.credentials(),
-            )
-            .await
-            .expect("client");
+            let mut client = self.client().await;
             client.submit(spec, "").await.map(|job| job.job_id)
         })
     }
 
+    /// A client of the cluster's leader (waits up to 30 s for one).
+    async fn client(&self) -> labelfleet_client::Client {
+        labelfleet_client::Client::connect_with(
+            labelfleet_client::endpoints(&self.coordinator_list()),
+            Duration::from_secs(30),
+            self.credentials(),
+        )
+        .await
+        .expect("client")
+    }
+
     /// A job's results (labels, queries or hits) through the cluster client.
     pub fn results(&self, job_id: &str, stage: &str) -> Vec<ResultBatch> {
-        let endpoints = labelfleet_client::endpoints(&self.coordinator_list());
         runtime().block_on(async {
-            let mut client = labelfleet_client::Client::connect_with(
-                endpoints,
-                Duration::from_secs(30),
-                self.credentials(),
-            )
-            .await
-            .expect("client");
+            let mut client = self.client().await;
             let mut batches = vec![];
             client
                 .fetch(job_id, stage, |b| {

@@ -6,11 +6,11 @@
 //! corpus's shards from the object store once and keeps the texts of the corpora it used last;
 //! the engine thread keeps the index it embeds from them.
 
-use crate::engine::{grading_input, label, local_model, document_pair, Engine, Outcome};
+use crate::engine::{document_pair, grading_input, label, local_model, Engine, Outcome};
 use labelfleet_cluster::blobs::Blobs;
 use labelfleet_cluster::committee::{self, COMMITTEE_GRADES};
 use labelfleet_cluster::layout::corpus_prefix;
-use labelfleet_proto::v1::{judge, Committee, CorpusChunk, JudgeGrade, Task};
+use labelfleet_proto::v1::{judge, Committee, CorpusChunk, JudgeGrade, Label, Task};
 use labelfleet_slm::grading::{document_text, GradePrompt, Grading, Pair};
 use labelfleet_slm::host::{GradeRequest, Graded, SimilarityRequest};
 use labelfleet_slm::similarity::Feedback;
@@ -26,15 +26,6 @@ const KEPT_CORPORA: usize = 2;
 struct Failure {
     reason: String,
     retryable: bool,
-}
-
-impl From<Failure> for Outcome {
-    fn from(f: Failure) -> Self {
-        Outcome::Failed {
-            reason: f.reason,
-            retryable: f.retryable,
-        }
-    }
 }
 
 /// The texts of uploaded corpora, read from the object store.
@@ -53,7 +44,13 @@ impl Corpora {
 
     /// Every document of `corpus`, as the text a pair's document is read as.
     async fn texts(&self, corpus: &str) -> Result<Arc<Vec<String>>, Failure> {
-        let kept = self.kept.lock().expect("corpora lock").iter().find(|(c, _)| c == corpus).map(|(_, t)| t.clone());
+        let kept = self
+            .kept
+            .lock()
+            .expect("corpora lock")
+            .iter()
+            .find(|(c, _)| c == corpus)
+            .map(|(_, t)| t.clone());
         if let Some(texts) = kept {
             return Ok(texts);
         }
@@ -105,15 +102,16 @@ impl Corpora {
 /// Grades a task with every judge of `c` and pools their distributions.
 pub async fn grade(engine: &Engine, task: &Task, c: &Committee, max_len: usize) -> Outcome {
     let start = Instant::now();
+    let bad = |reason: String| Outcome::Failed {
+        reason,
+        retryable: false,
+    };
     if let Err(reason) = check_task(task, c) {
-        return Outcome::Failed {
-            reason,
-            retryable: false,
-        };
+        return bad(reason);
     }
     let (prompt, pairs) = match grading_input(task) {
         Ok(input) => input,
-        Err(failed) => return failed,
+        Err(reason) => return bad(reason),
     };
     let mut verdicts = Vec::with_capacity(c.judges.len());
     for j in &c.judges {
@@ -127,34 +125,51 @@ pub async fn grade(engine: &Engine, task: &Task, c: &Committee, max_len: usize) 
             }
         }
     }
+    match pooled_labels(task, c, &verdicts, prompt) {
+        Ok(labels) => Outcome::Done {
+            labels,
+            queries: Vec::new(),
+            hits: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+            api_usage: None,
+        },
+        Err(reason) => bad(reason),
+    }
+}
+
+/// Each pair's label: the judges' pooled distribution, with every judge's own.
+fn pooled_labels(
+    task: &Task,
+    c: &Committee,
+    verdicts: &[Graded],
+    prompt: GradePrompt,
+) -> Result<Vec<Label>, String> {
     let weights: Vec<f64> = c.judges.iter().map(|j| j.weight).collect();
-    let mut labels = Vec::with_capacity(pairs.len());
+    let model = describe(c);
+    let mut labels = Vec::with_capacity(task.pairs.len());
     for (i, p) in task.pairs.iter().enumerate() {
         let each: Vec<&[f32]> = verdicts
             .iter()
             .map(|v| v.gradings[i].distribution.as_slice())
             .collect();
-        let Some(pooled) = committee::pool(&each, &weights) else {
-            return Outcome::Failed {
-                reason: format!(
-                    "pair `{}`: the judges graded on different scales ({:?} grades)",
-                    p.pair_id,
-                    each.iter().map(|d| d.len()).collect::<Vec<_>>()
-                ),
-                retryable: false,
-            };
-        };
+        let pooled = committee::pool(&each, &weights).ok_or_else(|| {
+            format!(
+                "pair `{}`: the judges graded on different scales ({:?} grades)",
+                p.pair_id,
+                each.iter().map(|d| d.len()).collect::<Vec<_>>()
+            )
+        })?;
         let mut l = label(
             p,
             Grading::from_distribution(pooled),
-            &describe(c),
+            &model,
             "",
             prompt.version(),
         );
         l.judges = c
             .judges
             .iter()
-            .zip(&verdicts)
+            .zip(verdicts)
             .map(|(j, v)| JudgeGrade {
                 judge: j.name.clone(),
                 model: v.model.clone(),
@@ -163,13 +178,7 @@ pub async fn grade(engine: &Engine, task: &Task, c: &Committee, max_len: usize) 
             .collect();
         labels.push(l);
     }
-    Outcome::Done {
-        labels,
-        queries: Vec::new(),
-        hits: Vec::new(),
-        seconds: start.elapsed().as_secs_f64(),
-        api_usage: None,
-    }
+    Ok(labels)
 }
 
 /// The committee's rules, and the grade scale its judges share.
@@ -189,7 +198,7 @@ fn describe(c: &Committee) -> String {
     let judges: Vec<String> = c
         .judges
         .iter()
-        .map(|j| format!("{}x{}", j.name, j.weight))
+        .map(|j| format!("{}={}", j.name, j.weight))
         .collect();
     format!("committee:{}", judges.join("+"))
 }

@@ -4,11 +4,11 @@
 //! committee's judges run in `committee`) and the proto-to-engine conversions of pairs and seed
 //! documents.
 
+use crate::committee::Corpora;
+use labelfleet_cluster::blobs::Blobs;
 use labelfleet_proto::v1::{
     model_ref, pair_input, ApiUsage, Label, QueryHits, SyntheticQuery, Task, TaskKind,
 };
-use crate::committee::Corpora;
-use labelfleet_cluster::blobs::Blobs;
 use labelfleet_slm::grading::{GradePrompt, Grading, Pair};
 use labelfleet_slm::host::{EngineFailure, EngineThread, GradeRequest, SynthesisRequest};
 use labelfleet_slm::querygen::SeedDocument;
@@ -230,7 +230,12 @@ impl Engine {
     ) -> Outcome {
         let (prompt, pairs) = match grading_input(task) {
             Ok(input) => input,
-            Err(failed) => return failed,
+            Err(reason) => {
+                return Outcome::Failed {
+                    reason,
+                    retryable: false,
+                }
+            }
         };
         let req = GradeRequest {
             model,
@@ -260,19 +265,16 @@ impl Engine {
     }
 }
 
-/// A grading task's prompt and pairs, or the failure that names the bad field.
-pub(crate) fn grading_input(task: &Task) -> Result<(GradePrompt, Vec<Pair>), Outcome> {
-    let bad = |reason: String| Outcome::Failed {
-        reason,
-        retryable: false,
-    };
-    let prompt = GradePrompt::parse(&task.prompt_version)
-        .map_err(|e| bad(format!("prompt_version: {e}")))?;
+/// A grading task's prompt and pairs, or why they are bad (the field named): another attempt
+/// would fail the same way.
+pub(crate) fn grading_input(task: &Task) -> Result<(GradePrompt, Vec<Pair>), String> {
+    let prompt =
+        GradePrompt::parse(&task.prompt_version).map_err(|e| format!("prompt_version: {e}"))?;
     let pairs = task
         .pairs
         .iter()
         .enumerate()
-        .map(|(i, p)| to_pair(p).map_err(|field| bad(format!("pair `{}` (#{i}): {field}", p.pair_id))))
+        .map(|(i, p)| to_pair(p).map_err(|field| format!("pair `{}` (#{i}): {field}", p.pair_id)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((prompt, pairs))
 }
