@@ -869,6 +869,16 @@ mod tests {
     }
 
     /// Why `spec` is refused.
+    fn driver_env() -> DriverEnv {
+        DriverEnv {
+            trainer: "t".into(),
+            own_address: "a".into(),
+            store: "s".into(),
+            scratch: PathBuf::from("/scratch"),
+            transport: labelfleet_cluster::security::Transport::Plaintext,
+        }
+    }
+
     fn refusal(spec: &JobSpec) -> String {
         validate(spec).unwrap_err().to_string()
     }
@@ -912,19 +922,52 @@ mod tests {
     }
 
     #[test]
-    fn zero_values_take_the_run_defaults() {
-        let env = DriverEnv {
-            trainer: "t".into(),
-            own_address: "a".into(),
-            store: "s".into(),
-            scratch: PathBuf::from("/scratch"),
-            transport: labelfleet_cluster::security::Transport::Plaintext,
+    fn a_committee_grades_in_spec_committee_and_never_as_the_teacher() {
+        use labelfleet_proto::v1::{judge, Committee, Judge, ModelRef, SimilarityJudge};
+        let committee = Committee {
+            judges: vec![Judge {
+                name: "similarity".into(),
+                weight: 1.0,
+                kind: Some(judge::Kind::Similarity(SimilarityJudge {
+                    encoder: "minilm".into(),
+                    corpus_id: "c-1".into(),
+                    feedback_depth: 5,
+                    feedback_weight: 1.0,
+                })),
+            }],
         };
+        let mut s = spec();
+        s.committee = Some(committee.clone());
+        validate(&s).unwrap();
+        let env = driver_env();
+        let cfg = config_of(&s, &env, Path::new("/d"), "c.jsonl".into(), None, None).unwrap();
+        assert_eq!(cfg.committee, Some(committee.clone()));
+
+        let mut bad = s.clone();
+        bad.committee.as_mut().unwrap().judges[0].weight = -1.0;
+        let err = refusal(&bad);
+        assert!(err.contains("spec.committee.judges[0].weight"), "{err}");
+        let mut teacher = spec();
+        teacher.teacher = Some(ModelRef {
+            source: Some(model_ref::Source::Committee(committee)),
+        });
+        let err = refusal(&teacher);
+        assert!(
+            err.contains("spec.teacher: the teacher writes the queries"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_values_take_the_run_defaults() {
+        let env = driver_env();
         let cfg = config_of(&spec(), &env, Path::new("/d"), "c.jsonl".into(), None, None).unwrap();
         assert_eq!(cfg.teacher, DEFAULT_TEACHER);
         assert_eq!(cfg.student, DEFAULT_STUDENT);
-        assert_eq!(cfg.bm25_depth, 20);
-        assert_eq!(cfg.negatives_per_query, 3);
+        assert_eq!(cfg.bm25_depth, 100);
+        assert_eq!(cfg.negatives_per_query, 10);
+        assert_eq!((cfg.epochs, cfg.learning_rate), (6, 3e-5));
+        assert_eq!(cfg.committee, None);
         assert_eq!(cfg.max_len, 512);
         assert_eq!(cfg.eval_sample, usize::MAX);
         assert_eq!(cfg.cache, Some(PathBuf::from("/scratch/cache")));

@@ -851,6 +851,56 @@ mod tests {
     }
 
     #[test]
+    fn a_committee_labels_but_writes_no_queries() {
+        use labelfleet_proto::v1::{judge, Judge};
+        let committee = |weight: f64| {
+            Some(ModelRef {
+                source: Some(model_ref::Source::Committee(Committee {
+                    judges: vec![Judge {
+                        name: "decoder".into(),
+                        weight,
+                        kind: Some(judge::Kind::LocalPath("smollm2".into())),
+                    }],
+                })),
+            })
+        };
+        let label = JobSpec {
+            student: committee(1.0),
+            label_pairs: vec![PairInput {
+                pair_id: "p1".into(),
+                query: "q".into(),
+                document: Some(pair_input::Document::DocId("d1".into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        validate_spec(&label).unwrap();
+        let mut bad = label.clone();
+        bad.student = committee(0.0);
+        let e = validate_spec(&bad).unwrap_err().to_string();
+        assert!(e.contains("spec.student.committee.judges[0].weight"), "{e}");
+        let mut scale = label.clone();
+        scale.grade_labels = vec!["bad".into(), "good".into()];
+        let e = validate_spec(&scale).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.grade_labels: a committee grades on 4"),
+            "{e}"
+        );
+        let synthesize = JobSpec {
+            kind: JobKind::Synthesize as i32,
+            corpus_id: "c".into(),
+            seed_documents: 3,
+            teacher: committee(1.0),
+            ..Default::default()
+        };
+        let e = validate_spec(&synthesize).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.teacher: a committee grades; it writes no queries"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn synthesis_samples_seed_documents_deterministically() {
         let corpus: HashMap<String, Document> = (0..50)
             .map(|i| (format!("d{i}"), doc(&format!("d{i}"), "text")))

@@ -105,6 +105,80 @@ pub fn train(
     cfg: &TrainConfig,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<Vec<StepReport>> {
+    train_epochs(grader, examples, cfg, on_step, &mut |_| Ok(()))
+}
+
+/// Which epoch early stopping kept, and the held-out loss after each.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EarlyStopping {
+    /// 0-based; the weights are those after this epoch.
+    pub best_epoch: usize,
+    pub heldout_losses: Vec<f64>,
+}
+
+/// Trains `grader` in place for up to `cfg.epochs`, scoring `heldout` after every epoch, and
+/// leaves it with the weights of the epoch whose held-out loss (soft cross-entropy against the
+/// teacher) was lowest. The schedule is that of the full run, so the epochs it keeps are the
+/// ones a shorter run would not have given.
+pub fn train_with_early_stopping(
+    grader: &dyn Grader,
+    examples: &[Example],
+    heldout: &[Example],
+    cfg: &TrainConfig,
+    token_budget: usize,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<(Vec<StepReport>, EarlyStopping)> {
+    let mut losses = vec![];
+    let mut best: Option<(usize, f64, Weights)> = None;
+    let reports = train_epochs(grader, examples, cfg, on_step, &mut |epoch| {
+        let loss = evaluate(grader, heldout, token_budget)?.loss;
+        losses.push(loss);
+        if best.as_ref().is_none_or(|(_, l, _)| loss < *l) {
+            best = Some((epoch, loss, snapshot(grader.var_store())));
+        }
+        Ok(())
+    })?;
+    let (best_epoch, _, weights) = best.expect("at least one epoch ran");
+    restore(grader.var_store(), &weights);
+    Ok((
+        reports,
+        EarlyStopping {
+            best_epoch,
+            heldout_losses: losses,
+        },
+    ))
+}
+
+/// A copy of a model's variables, by name.
+type Weights = Vec<(String, Tensor)>;
+
+/// A copy of every variable.
+fn snapshot(vs: &tch::nn::VarStore) -> Weights {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().copy()))
+        .collect()
+}
+
+fn restore(vs: &tch::nn::VarStore, weights: &Weights) {
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for (name, saved) in weights {
+            if let Some(v) = vars.get(name) {
+                v.shallow_clone().copy_(saved);
+            }
+        }
+    });
+}
+
+/// The training loop; `on_epoch(epoch)` runs after each epoch.
+fn train_epochs(
+    grader: &dyn Grader,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(&StepReport),
+    on_epoch: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<StepReport>> {
     if examples.is_empty() {
         return Err(SlmError::Argument("no training examples".into()));
     }
@@ -151,6 +225,7 @@ pub fn train(
             reports.push(report);
             step += 1;
         }
+        on_epoch(epoch)?;
     }
     Ok(reports)
 }

@@ -7,7 +7,7 @@ mod synthetic;
 
 use common::{model_dir, python, repo_root};
 use labelfleet_slm::grading::{default_grade_labels, load_grader, DecoderGrader, EncoderGrader};
-use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
+use labelfleet_slm::train::{evaluate, train, train_with_early_stopping, Example, TrainConfig};
 use labelfleet_slm::{Grader, Placement};
 use tch::Tensor;
 
@@ -114,6 +114,67 @@ fn cross_encoder_distillation_learns_and_round_trips() {
         after.agreement
     );
     check_round_trip(&grader, &heldout);
+}
+
+#[test]
+fn early_stopping_keeps_the_weights_of_the_best_held_out_epoch() {
+    tch::manual_seed(0);
+    let grader = EncoderGrader::load_layers(
+        &model_dir("minilm"),
+        &default_grade_labels(),
+        Placement::cpu(),
+        128,
+        Some(1),
+    )
+    .unwrap();
+    let (train_topics, _) = synthetic::split();
+    let train_set = examples(&grader, &train_topics);
+    // held out: the training pairs with their grades reversed, so the better the student fits
+    // the training set the worse it does here, and the best epoch is not the last
+    let reversed: Vec<Example> = train_set
+        .iter()
+        .map(|e| Example {
+            input: e.input.clone(),
+            target: e.target.iter().rev().copied().collect(),
+        })
+        .collect();
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        learning_rate: 2e-4,
+        ..Default::default()
+    };
+    let (steps, stopped) =
+        train_with_early_stopping(&grader, &train_set, &reversed, &cfg, 8192, &mut |_| {}).unwrap();
+    let losses = &stopped.heldout_losses;
+    println!(
+        "held-out losses {losses:?}, best epoch {}",
+        stopped.best_epoch
+    );
+    assert_eq!(losses.len(), cfg.epochs);
+    assert_eq!(
+        steps.last().unwrap().epoch,
+        cfg.epochs - 1,
+        "every epoch ran"
+    );
+    let best = losses
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(stopped.best_epoch, best);
+    assert!(
+        losses[best] < losses[cfg.epochs - 1],
+        "the task must make the last epoch worse than the best: {losses:?}"
+    );
+    // the grader now holds the best epoch's weights, not the last epoch's
+    let now = evaluate(&grader, &reversed, 8192).unwrap().loss;
+    assert!(
+        (now - losses[best]).abs() < 1e-5,
+        "held-out loss {now} after training, {} at the best epoch",
+        losses[best]
+    );
 }
 
 #[test]

@@ -28,7 +28,9 @@ use labelfleet_proto::v1::{
 use labelfleet_slm::grading::{
     default_grade_labels, detect_kind, load_grader, EncoderGrader, Grader, GraderKind, Pair,
 };
-use labelfleet_slm::train::{evaluate, train, Example, TrainConfig};
+use labelfleet_slm::train::{
+    evaluate, train, train_with_early_stopping, Example, StepReport, TrainConfig,
+};
 use labelfleet_slm::Placement;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -547,7 +549,7 @@ fn distill(
     };
     let tx = s.metrics_tx.clone();
     let run = run_id.to_string();
-    train(student.as_ref(), &train_set, &cfg, &mut |r| {
+    let mut on_step = |r: &StepReport| {
         let _ = tx.send(TrainingMetrics {
             run_id: run.clone(),
             step: r.step as u32,
@@ -555,7 +557,28 @@ fn distill(
             loss: r.loss,
             learning_rate: r.learning_rate,
         });
-    })?;
+    };
+    // early stopping on the held-out queries: the epoch whose loss against the teacher there
+    // was lowest (the teacher's labels only; no human judgment is seen)
+    let stopped = if held_set.is_empty() {
+        train(student.as_ref(), &train_set, &cfg, &mut on_step)?;
+        None
+    } else {
+        let (_, stopped) = train_with_early_stopping(
+            student.as_ref(),
+            &train_set,
+            &held_set,
+            &cfg,
+            8192,
+            &mut on_step,
+        )?;
+        tracing::info!(
+            best_epoch = stopped.best_epoch,
+            losses = ?stopped.heldout_losses,
+            "early stopping on held-out queries"
+        );
+        Some(stopped)
+    };
     let (held, held_mae) = if held_set.is_empty() {
         (f64::NAN, f64::NAN)
     } else {
@@ -608,6 +631,7 @@ fn distill(
             "train_pairs": train_set.len(), "heldout_pairs": held_set.len(), "train_config": cfg,
             "heldout_agreement_with_teacher": held, "majority_baseline": majority,
             "heldout_expected_grade_mae": held_mae, "majority_expected_grade_mae": majority_mae,
+            "early_stopping": stopped,
         }),
     )?;
     let sha256 = checkpoint_digest(&staging)?;

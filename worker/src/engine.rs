@@ -158,9 +158,11 @@ impl Engine {
             0 => DEFAULT_MAX_TOKENS,
             n => n as usize,
         };
-        if let Some(model_ref::Source::Committee(c)) =
-            task.model.as_ref().and_then(|m| m.source.as_ref())
-        {
+        // a committee grades; a synthesis task naming one is refused by `model_dir` below
+        if let (Some(model_ref::Source::Committee(c)), false) = (
+            task.model.as_ref().and_then(|m| m.source.as_ref()),
+            task.kind == TaskKind::SynthesizeQueries as i32,
+        ) {
             return crate::committee::grade(self, &task, c, max_len).await;
         }
         let (model, checkpoint_id) = match model_dir(&self.sources, &task) {
