@@ -38,7 +38,7 @@ bench-int8-quality: build
 	bash scripts/bench_int8_quality.sh
 
 # every labeler against Cranfield's human grades, even-numbered queries (not the main job, not
-# CI; about 20 minutes on 2 cores): needs the student `make run` writes to out/run/student
+# CI; about 12 minutes on 2 cores): needs the student `make run` writes to out/run/student
 bench-quality: build
 	python scripts/bench_quality.py
 

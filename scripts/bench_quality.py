@@ -119,7 +119,7 @@ def run_pool(negatives: str, student: pathlib.Path, work: pathlib.Path) -> None:
     }
     if negatives == "top10":
         # SmolLM2 grades about 2 pairs/s here: on the documented pool only (the bar), to
-        # keep the benchmark near 20 minutes; its figures on the second pool are in BENCHMARKS.md
+        # keep the benchmark near 12 minutes; its figures on the second pool are in BENCHMARKS.md
         labels["decoder"] = engine_labels("smollm2", pool_file, work, f"decoder-{negatives}")
     for name, score in [("encoder-cosine", "cosine"), ("bm25", "bm25")]:
         labels[name] = work / f"labels-{name}-{negatives}.jsonl"

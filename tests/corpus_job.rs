@@ -447,6 +447,28 @@ fn s3_a_corpus_job_survives_its_leader_killed_in_every_stage() {
             ));
         }
     }
+    // the default teacher is a committee of one similarity judge, kept in every label
+    let labels = String::from_utf8(read(&reference.join("teacher_labels.jsonl"))).unwrap();
+    for line in labels.lines() {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        let judges = l["judges"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let ok = l["model"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("committee:similarity")
+            && judges.len() == 1
+            && judges[0]["judge"] == "similarity"
+            && judges[0]["distribution"] == l["distribution"];
+        if !ok {
+            problems.push(format!(
+                "a teacher label without its committee's judge: {line}"
+            ));
+            break;
+        }
+    }
     if !problems.is_empty() {
         // Keep the outputs and logs for a look, when asked to.
         if let Some(keep) = std::env::var_os("LABELFLEET_KEEP_TEST_DIR") {

@@ -43,6 +43,10 @@ fn run_writes_every_stage() {
                 "3",
                 "--teacher-prompt",
                 teacher_prompt,
+                // the decoder grades alone: this test follows its prompt versions (the default
+                // committee is tested by tests/corpus_job.rs and tests/committee.rs)
+                "--judges",
+                "teacher",
             ])
             .arg("--corpus")
             .arg(&slice)
