@@ -58,14 +58,46 @@ TASK_KIND_GRADE: TaskKind
 TASK_KIND_SEARCH: TaskKind
 
 class ModelRef(_message.Message):
-    __slots__ = ("local_path", "checkpoint_id", "openai")
+    __slots__ = ("local_path", "checkpoint_id", "openai", "committee")
     LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     OPENAI_FIELD_NUMBER: _ClassVar[int]
+    COMMITTEE_FIELD_NUMBER: _ClassVar[int]
     local_path: str
     checkpoint_id: str
     openai: OpenAiEndpoint
-    def __init__(self, local_path: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., openai: _Optional[_Union[OpenAiEndpoint, _Mapping]] = ...) -> None: ...
+    committee: Committee
+    def __init__(self, local_path: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., openai: _Optional[_Union[OpenAiEndpoint, _Mapping]] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ...) -> None: ...
+
+class Committee(_message.Message):
+    __slots__ = ("judges",)
+    JUDGES_FIELD_NUMBER: _ClassVar[int]
+    judges: _containers.RepeatedCompositeFieldContainer[Judge]
+    def __init__(self, judges: _Optional[_Iterable[_Union[Judge, _Mapping]]] = ...) -> None: ...
+
+class Judge(_message.Message):
+    __slots__ = ("name", "weight", "similarity", "local_path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    similarity: SimilarityJudge
+    local_path: str
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ..., similarity: _Optional[_Union[SimilarityJudge, _Mapping]] = ..., local_path: _Optional[str] = ...) -> None: ...
+
+class SimilarityJudge(_message.Message):
+    __slots__ = ("encoder", "corpus_id", "feedback_depth", "feedback_weight")
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    encoder: str
+    corpus_id: str
+    feedback_depth: int
+    feedback_weight: float
+    def __init__(self, encoder: _Optional[str] = ..., corpus_id: _Optional[str] = ..., feedback_depth: _Optional[int] = ..., feedback_weight: _Optional[float] = ...) -> None: ...
 
 class OpenAiEndpoint(_message.Message):
     __slots__ = ("base_url", "model", "api_key_env", "requests_per_second", "usd_per_million_input_tokens", "usd_per_million_output_tokens", "tokens_per_minute")
@@ -141,7 +173,7 @@ class PairInput(_message.Message):
     def __init__(self, pair_id: _Optional[str] = ..., query_id: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., inline: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("pair_id", "query_id", "doc_id", "grade", "expected_grade", "distribution", "model", "checkpoint_id", "prompt_version")
+    __slots__ = ("pair_id", "query_id", "doc_id", "grade", "expected_grade", "distribution", "model", "checkpoint_id", "prompt_version", "judges")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     DOC_ID_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +183,7 @@ class Label(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JUDGES_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     query_id: str
     doc_id: str
@@ -160,7 +193,18 @@ class Label(_message.Message):
     model: str
     checkpoint_id: str
     prompt_version: str
-    def __init__(self, pair_id: _Optional[str] = ..., query_id: _Optional[str] = ..., doc_id: _Optional[str] = ..., grade: _Optional[int] = ..., expected_grade: _Optional[float] = ..., distribution: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., prompt_version: _Optional[str] = ...) -> None: ...
+    judges: _containers.RepeatedCompositeFieldContainer[JudgeGrade]
+    def __init__(self, pair_id: _Optional[str] = ..., query_id: _Optional[str] = ..., doc_id: _Optional[str] = ..., grade: _Optional[int] = ..., expected_grade: _Optional[float] = ..., distribution: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., judges: _Optional[_Iterable[_Union[JudgeGrade, _Mapping]]] = ...) -> None: ...
+
+class JudgeGrade(_message.Message):
+    __slots__ = ("judge", "model", "distribution")
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    judge: str
+    model: str
+    distribution: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, judge: _Optional[str] = ..., model: _Optional[str] = ..., distribution: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SyntheticQuery(_message.Message):
     __slots__ = ("query_id", "doc_id", "text", "prompt_version", "metadata_field")
@@ -213,7 +257,7 @@ class HumanJudgment(_message.Message):
     def __init__(self, query_id: _Optional[str] = ..., doc_id: _Optional[str] = ..., grade: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "corpus_id", "seed_documents", "queries_per_document", "query_prompt_version", "bm25_depth", "negatives_per_query", "rank_sampling", "teacher", "grade_prompt_version", "grade_labels", "student", "epochs", "learning_rate", "heldout_fraction", "label_pairs", "label_candidates_per_query", "task_size", "max_task_attempts", "seed", "max_tokens", "metadata_queries_per_document", "kind", "consistency_depth", "student_layers", "student_max_tokens", "label_queries", "label_queries_sample", "human_judgments")
+    __slots__ = ("name", "corpus_id", "seed_documents", "queries_per_document", "query_prompt_version", "bm25_depth", "negatives_per_query", "rank_sampling", "teacher", "grade_prompt_version", "grade_labels", "student", "epochs", "learning_rate", "heldout_fraction", "label_pairs", "label_candidates_per_query", "task_size", "max_task_attempts", "seed", "max_tokens", "metadata_queries_per_document", "kind", "consistency_depth", "student_layers", "student_max_tokens", "label_queries", "label_queries_sample", "human_judgments", "committee")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +287,7 @@ class JobSpec(_message.Message):
     LABEL_QUERIES_FIELD_NUMBER: _ClassVar[int]
     LABEL_QUERIES_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     HUMAN_JUDGMENTS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTEE_FIELD_NUMBER: _ClassVar[int]
     name: str
     corpus_id: str
     seed_documents: int
@@ -272,7 +317,8 @@ class JobSpec(_message.Message):
     label_queries: _containers.RepeatedCompositeFieldContainer[QueryInput]
     label_queries_sample: int
     human_judgments: _containers.RepeatedCompositeFieldContainer[HumanJudgment]
-    def __init__(self, name: _Optional[str] = ..., corpus_id: _Optional[str] = ..., seed_documents: _Optional[int] = ..., queries_per_document: _Optional[int] = ..., query_prompt_version: _Optional[str] = ..., bm25_depth: _Optional[int] = ..., negatives_per_query: _Optional[int] = ..., rank_sampling: _Optional[_Union[RankSampling, str]] = ..., teacher: _Optional[_Union[ModelRef, _Mapping]] = ..., grade_prompt_version: _Optional[str] = ..., grade_labels: _Optional[_Iterable[str]] = ..., student: _Optional[_Union[ModelRef, _Mapping]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., heldout_fraction: _Optional[float] = ..., label_pairs: _Optional[_Iterable[_Union[PairInput, _Mapping]]] = ..., label_candidates_per_query: _Optional[int] = ..., task_size: _Optional[int] = ..., max_task_attempts: _Optional[int] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., metadata_queries_per_document: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., consistency_depth: _Optional[int] = ..., student_layers: _Optional[int] = ..., student_max_tokens: _Optional[int] = ..., label_queries: _Optional[_Iterable[_Union[QueryInput, _Mapping]]] = ..., label_queries_sample: _Optional[int] = ..., human_judgments: _Optional[_Iterable[_Union[HumanJudgment, _Mapping]]] = ...) -> None: ...
+    committee: Committee
+    def __init__(self, name: _Optional[str] = ..., corpus_id: _Optional[str] = ..., seed_documents: _Optional[int] = ..., queries_per_document: _Optional[int] = ..., query_prompt_version: _Optional[str] = ..., bm25_depth: _Optional[int] = ..., negatives_per_query: _Optional[int] = ..., rank_sampling: _Optional[_Union[RankSampling, str]] = ..., teacher: _Optional[_Union[ModelRef, _Mapping]] = ..., grade_prompt_version: _Optional[str] = ..., grade_labels: _Optional[_Iterable[str]] = ..., student: _Optional[_Union[ModelRef, _Mapping]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., heldout_fraction: _Optional[float] = ..., label_pairs: _Optional[_Iterable[_Union[PairInput, _Mapping]]] = ..., label_candidates_per_query: _Optional[int] = ..., task_size: _Optional[int] = ..., max_task_attempts: _Optional[int] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., metadata_queries_per_document: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., consistency_depth: _Optional[int] = ..., student_layers: _Optional[int] = ..., student_max_tokens: _Optional[int] = ..., label_queries: _Optional[_Iterable[_Union[QueryInput, _Mapping]]] = ..., label_queries_sample: _Optional[int] = ..., human_judgments: _Optional[_Iterable[_Union[HumanJudgment, _Mapping]]] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ...) -> None: ...
 
 class StageProgress(_message.Message):
     __slots__ = ("stage", "done", "total", "failed", "items_per_second", "eta_seconds")
