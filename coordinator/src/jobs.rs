@@ -784,6 +784,20 @@ mod tests {
         );
     }
 
+    /// A labeling job of one pair with `student`.
+    fn one_pair_labeling(student: Option<ModelRef>) -> JobSpec {
+        JobSpec {
+            student,
+            label_pairs: vec![PairInput {
+                pair_id: "p1".into(),
+                query: "q".into(),
+                document: Some(pair_input::Document::DocId("d1".into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn an_openai_model_labels_and_synthesizes_and_its_errors_name_the_field() {
         let endpoint = OpenAiEndpoint {
@@ -798,16 +812,7 @@ mod tests {
                 source: Some(model_ref::Source::Openai(o.clone())),
             })
         };
-        let label = |o: &OpenAiEndpoint| JobSpec {
-            student: api(o),
-            label_pairs: vec![PairInput {
-                pair_id: "p1".into(),
-                query: "q".into(),
-                document: Some(pair_input::Document::DocId("d1".into())),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let label = |o: &OpenAiEndpoint| one_pair_labeling(api(o));
         let synthesize = |o: &OpenAiEndpoint| JobSpec {
             kind: JobKind::Synthesize as i32,
             corpus_id: "c".into(),
@@ -864,16 +869,7 @@ mod tests {
                 })),
             })
         };
-        let label = JobSpec {
-            student: committee(1.0),
-            label_pairs: vec![PairInput {
-                pair_id: "p1".into(),
-                query: "q".into(),
-                document: Some(pair_input::Document::DocId("d1".into())),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let label = one_pair_labeling(committee(1.0));
         validate_spec(&label).unwrap();
         let mut bad = label.clone();
         bad.student = committee(0.0);
