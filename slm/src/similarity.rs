@@ -63,14 +63,6 @@ impl SentenceEncoder {
         })
     }
 
-    pub fn describe(&self) -> String {
-        format!("sentence-encoder:{}", self.name)
-    }
-
-    pub fn placement(&self) -> Placement {
-        self.model.placement
-    }
-
     /// `[CLS] text [SEP]`, the text cut to fit.
     fn encode_text(&self, text: &str) -> Result<Vec<i64>> {
         let room = self.max_len - 2;
