@@ -582,6 +582,10 @@ fn dataset_lines(pairs: &[Pair], grades: &[Grading]) -> Result<Vec<String>> {
         .collect()
 }
 
+/// What the trainer makes of a request, for the student cache: changed when training changes
+/// what the same request gives (v2: grades calibrated on the held-out queries).
+const TRAINING_RECIPE: &str = "distill-v2";
+
 /// Stage 6: distillation on the trainer, with a held-out split by query. The dataset goes into
 /// the cluster's store (`datasets/teacher-<key>.jsonl`); the checkpoint is pushed to the
 /// workers and copied from the store to `out/student`. Reused when `out/student` was made of
@@ -615,6 +619,7 @@ pub fn distill(
         max_tokens: cfg.student_max_len as u32,
     };
     let student_key = cache::key(&[
+        TRAINING_RECIPE,
         &fingerprint(&student_dir, "student")?,
         &format!("{request:?}"),
         &cfg.student_max_len.to_string(),

@@ -43,6 +43,12 @@ pub trait Grader: Send {
     /// Grade logits `[B, num_grades]` for a batch (dropout on when `train`).
     fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor>;
     fn var_store(&self) -> &tch::nn::VarStore;
+    /// The bias every grade's logit gets last (`[num_grades]`), when the grader has one: a
+    /// classification head does; a decoder read out at the grade tokens does not. Calibration
+    /// moves it (`train::calibrate_grades`).
+    fn grade_bias(&self) -> Option<&Tensor> {
+        None
+    }
     /// Forward FLOPs to grade one pair of `len` tokens.
     fn flops(&self, len: usize) -> f64;
     /// Writes a checkpoint folder that loads in Python `transformers`, plus `labelfleet.json`
@@ -646,6 +652,10 @@ impl Grader for EncoderGrader {
 
     fn var_store(&self) -> &tch::nn::VarStore {
         &self.model.vs
+    }
+
+    fn grade_bias(&self) -> Option<&Tensor> {
+        self.model.head_bias()
     }
 
     fn flops(&self, len: usize) -> f64 {

@@ -230,6 +230,54 @@ fn train_epochs(
     Ok(reports)
 }
 
+/// The grade logits of `examples` (no gradients), a row of `num_grades` per example, in
+/// input order.
+fn logits_of(
+    grader: &dyn Grader,
+    examples: &[Example],
+    token_budget: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let g = grader.num_grades();
+    let lens: Vec<usize> = examples.iter().map(|e| e.input.ids.len()).collect();
+    let mut rows = vec![vec![]; examples.len()];
+    tch::no_grad(|| -> Result<()> {
+        for batch in plan_batches(&lens, token_budget, 64) {
+            let inputs: Vec<&EncodedPair> = batch.iter().map(|&i| &examples[i].input).collect();
+            let logits = grader
+                .grade_logits(&inputs, false)?
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu);
+            let flat = Vec::<f32>::try_from(logits.flatten(0, -1))?;
+            for (row, &i) in batch.iter().enumerate() {
+                rows[i] = flat[row * g..(row + 1) * g].to_vec();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |x| x.0)
+}
+
+fn expected_grade(p: &[f32]) -> f64 {
+    p.iter()
+        .enumerate()
+        .map(|(i, x)| i as f64 * *x as f64)
+        .sum()
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
 /// Scores `examples` without gradients and compares with their targets.
 pub fn evaluate(
     grader: &dyn Grader,
@@ -239,45 +287,30 @@ pub fn evaluate(
     if examples.is_empty() {
         return Err(SlmError::Argument("no evaluation examples".into()));
     }
-    let device = grader.placement().device;
     let g = grader.num_grades();
-    let lens: Vec<usize> = examples.iter().map(|e| e.input.ids.len()).collect();
-    let (mut loss_sum, mut agree, mut mae) = (0.0, 0usize, 0.0);
-    tch::no_grad(|| -> Result<()> {
-        for batch in plan_batches(&lens, token_budget, 64) {
-            let exs: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
-            let inputs: Vec<&EncodedPair> = exs.iter().map(|e| &e.input).collect();
-            let logits = grader.grade_logits(&inputs, false)?;
-            let targets = targets_tensor(&exs, g, device)?;
-            loss_sum += soft_cross_entropy(&logits, &targets).double_value(&[]) * exs.len() as f64;
-            let probs = Vec::<f32>::try_from(
-                logits
-                    .softmax(-1, Kind::Float)
-                    .to_device(tch::Device::Cpu)
-                    .flatten(0, -1),
-            )?;
-            for (row, ex) in exs.iter().enumerate() {
-                let p = &probs[row * g..(row + 1) * g];
-                let argmax = |v: &[f32]| {
-                    v.iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map(|x| x.0)
-                };
-                if argmax(p) == argmax(&ex.target) {
-                    agree += 1;
-                }
-                let e = |v: &[f32]| {
-                    v.iter()
-                        .enumerate()
-                        .map(|(i, x)| i as f64 * *x as f64)
-                        .sum::<f64>()
-                };
-                mae += (e(p) - e(&ex.target)).abs();
-            }
+    for ex in examples {
+        if ex.target.len() != g {
+            return Err(SlmError::Argument(format!(
+                "a target has {} grades, the grader has {g}",
+                ex.target.len()
+            )));
         }
-        Ok(())
-    })?;
+    }
+    let logits = logits_of(grader, examples, token_budget)?;
+    let (mut loss_sum, mut agree, mut mae) = (0.0, 0usize, 0.0);
+    for (row, ex) in logits.iter().zip(examples) {
+        let p = softmax(row);
+        loss_sum -= ex
+            .target
+            .iter()
+            .zip(&p)
+            .map(|(t, q)| *t as f64 * (*q as f64).max(f64::MIN_POSITIVE).ln())
+            .sum::<f64>();
+        if argmax(&p) == argmax(&ex.target) {
+            agree += 1;
+        }
+        mae += (expected_grade(&p) - expected_grade(&ex.target)).abs();
+    }
     let n = examples.len() as f64;
     Ok(EvalReport {
         loss: loss_sum / n,
@@ -287,9 +320,157 @@ pub fn evaluate(
     })
 }
 
+/// How calibration moved a student's grades on the held-out pairs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GradeCalibration {
+    /// Added to each grade's logit (grade 0's stays 0).
+    pub shift: Vec<f32>,
+    /// How often each grade is the teacher's most likely one on the held-out pairs ...
+    pub teacher_counts: Vec<usize>,
+    /// ... the student's before calibration ...
+    pub before: Vec<usize>,
+    /// ... and after.
+    pub after: Vec<usize>,
+}
+
+/// Below this many held-out pairs the grade counts are too coarse to calibrate on.
+pub const MIN_CALIBRATION_PAIRS: usize = 20;
+
+/// Calibrates the student's most likely grade against its teacher's, on held-out pairs (the
+/// teacher's labels only). A student fitted to soft labels whose mass sits mostly on grade 0
+/// orders pairs well but keeps grade 0 as its most likely grade everywhere, so its grades say
+/// nothing. A shift of each grade's logit (label-shift correction, folded into the head's
+/// bias) makes each grade the student's most likely one about as often as it is the teacher's.
+/// Within a grade the order of pairs is kept; the expected grades move with the shift.
+/// Returns `None`, changing nothing, for a grader without a grade bias or too few pairs.
+pub fn calibrate_grades(
+    grader: &dyn Grader,
+    heldout: &[Example],
+    token_budget: usize,
+) -> Result<Option<GradeCalibration>> {
+    let Some(bias) = grader.grade_bias() else {
+        return Ok(None);
+    };
+    if heldout.len() < MIN_CALIBRATION_PAIRS {
+        return Ok(None);
+    }
+    let g = grader.num_grades();
+    let logits = logits_of(grader, heldout, token_budget)?;
+    let mut teacher_counts = vec![0usize; g];
+    heldout
+        .iter()
+        .for_each(|e| teacher_counts[argmax(&e.target).min(g - 1)] += 1);
+    let before = grade_counts(&logits, &vec![0.0; g]);
+    let shift = fit_grade_shift(&logits, &teacher_counts);
+    let after = grade_counts(&logits, &shift);
+    let delta = Tensor::from_slice(&shift)
+        .to_kind(bias.kind())
+        .to_device(bias.device());
+    tch::no_grad(|| {
+        let _ = bias.shallow_clone().g_add_(&delta);
+    });
+    Ok(Some(GradeCalibration {
+        shift,
+        teacher_counts,
+        before,
+        after,
+    }))
+}
+
+/// How often each grade is the most likely one once `shift` is added to the logits.
+fn grade_counts(logits: &[Vec<f32>], shift: &[f32]) -> Vec<usize> {
+    let mut counts = vec![0usize; shift.len()];
+    for row in logits {
+        let shifted: Vec<f32> = row.iter().zip(shift).map(|(l, s)| l + s).collect();
+        counts[argmax(&shifted)] += 1;
+    }
+    counts
+}
+
+/// The logit shift (grade 0's fixed at 0) under which each grade is the most likely one about
+/// as often as `target` says. Coordinate sweeps: each grade's shift in turn is set so that
+/// exactly its target count of rows prefer it, given the other shifts (a row prefers grade k
+/// once k's shift passes the row's threshold, so the rows with the lowest thresholds, those
+/// that favour k most, are the ones that take it). The shift whose counts came closest (L1) is
+/// kept. Deterministic.
+pub fn fit_grade_shift(logits: &[Vec<f32>], target: &[usize]) -> Vec<f32> {
+    const SWEEPS: usize = 50;
+    let g = target.len();
+    let distance = |shift: &[f32]| -> usize {
+        let counts = grade_counts(logits, shift);
+        counts.iter().zip(target).map(|(a, b)| a.abs_diff(*b)).sum()
+    };
+    let mut shift = vec![0.0f32; g];
+    let mut best = (distance(&shift), shift.clone());
+    if logits.is_empty() {
+        return shift;
+    }
+    for _ in 0..SWEEPS {
+        for k in 1..g {
+            // the shift grade k needs to become a row's most likely grade
+            let mut thresholds: Vec<f32> = logits
+                .iter()
+                .map(|row| {
+                    let rival = (0..g)
+                        .filter(|&j| j != k)
+                        .map(|j| row[j] + shift[j])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    rival - row[k]
+                })
+                .collect();
+            thresholds.sort_by(f32::total_cmp);
+            let n = thresholds.len();
+            shift[k] = match target[k] {
+                0 => thresholds[0] - 1.0,
+                c if c >= n => thresholds[n - 1] + 1.0,
+                c => (thresholds[c - 1] + thresholds[c]) / 2.0,
+            };
+        }
+        let d = distance(&shift);
+        if d < best.0 {
+            best = (d, shift.clone());
+        }
+        if d == 0 {
+            break;
+        }
+    }
+    best.1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grade_shift_matches_the_target_counts() {
+        // 100 rows of an ordinal model whose grade 0 is always the most likely: the higher a
+        // row's score x, the less grades 1 and 2 trail
+        let logits: Vec<Vec<f32>> = (0..100)
+            .map(|i| {
+                let x = i as f32 / 100.0;
+                vec![0.0, 2.0 * x - 2.5, 4.0 * x - 5.5]
+            })
+            .collect();
+        assert_eq!(grade_counts(&logits, &[0.0; 3]), [100, 0, 0]);
+        let target = [60, 25, 15];
+        let shift = fit_grade_shift(&logits, &target);
+        assert_eq!(shift[0], 0.0);
+        let counts = grade_counts(&logits, &shift);
+        let off: usize = counts.iter().zip(target).map(|(a, b)| a.abs_diff(b)).sum();
+        assert!(off <= 4, "counts {counts:?} against {target:?}");
+        // the order is kept: the highest scores get grade 2, the lowest grade 0
+        assert_eq!(grade_counts(&logits[88..], &shift), [0, 0, 12]);
+        assert_eq!(grade_counts(&logits[..55], &shift), [55, 0, 0]);
+    }
+
+    #[test]
+    fn grade_shift_of_rows_that_cannot_be_told_apart_is_the_closest_it_can_be() {
+        let logits = vec![vec![0.5, 0.1]; 10];
+        let shift = fit_grade_shift(&logits, &[5, 5]);
+        let counts = grade_counts(&logits, &shift);
+        assert!(counts == [10, 0] || counts == [0, 10], "{counts:?}");
+        assert!(fit_grade_shift(&[], &[0, 0]).iter().all(|s| *s == 0.0));
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {

@@ -7,7 +7,10 @@ mod synthetic;
 
 use common::{model_dir, python, repo_root};
 use labelfleet_slm::grading::{default_grade_labels, load_grader, DecoderGrader, EncoderGrader};
-use labelfleet_slm::train::{evaluate, train, train_with_early_stopping, Example, TrainConfig};
+use labelfleet_slm::train::{
+    calibrate_grades, evaluate, train, train_with_early_stopping, Example, TrainConfig,
+    MIN_CALIBRATION_PAIRS,
+};
 use labelfleet_slm::{Grader, Placement};
 use tch::Tensor;
 
@@ -114,6 +117,81 @@ fn cross_encoder_distillation_learns_and_round_trips() {
         after.agreement
     );
     check_round_trip(&grader, &heldout);
+}
+
+/// How often each grade is the most likely one in `grader`'s logits for `examples`.
+fn most_likely_counts(grader: &dyn Grader, examples: &[Example]) -> Vec<usize> {
+    let mut counts = vec![0; grader.num_grades()];
+    for ex in examples {
+        let logits = tch::no_grad(|| grader.grade_logits(&[&ex.input], false).unwrap());
+        counts[logits.argmax(-1, false).int64_value(&[0]) as usize] += 1;
+    }
+    counts
+}
+
+#[test]
+fn calibration_gives_the_teachers_grade_counts_and_is_saved_in_the_head() {
+    tch::manual_seed(0);
+    let grader = EncoderGrader::load_layers(
+        &model_dir("minilm"),
+        &default_grade_labels(),
+        Placement::cpu(),
+        128,
+        Some(1),
+    )
+    .unwrap();
+    // a fresh head gives nearly the same logits to every pair: draw one whose grades vary
+    let head = grader.var_store().variables()["classifier.weight"].shallow_clone();
+    tch::no_grad(|| head.shallow_clone().copy_(&(head.randn_like() * 0.5)));
+    let (a, b) = synthetic::split();
+    let heldout = examples(&grader, &[a, b].concat());
+    let mut teacher = vec![0; 4];
+    for ex in &heldout {
+        let top = ex
+            .target
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1));
+        teacher[top.unwrap().0] += 1;
+    }
+    let bias_before = grader.grade_bias().unwrap().copy();
+
+    // too few pairs: nothing changes
+    let few = &heldout[..MIN_CALIBRATION_PAIRS - 1];
+    assert!(calibrate_grades(&grader, few, 8192).unwrap().is_none());
+    assert!(grader.grade_bias().unwrap().equal(&bias_before));
+
+    let before = most_likely_counts(&grader, &heldout);
+    let c = calibrate_grades(&grader, &heldout, 8192).unwrap().unwrap();
+    let after = most_likely_counts(&grader, &heldout);
+    println!(
+        "teacher {teacher:?}; student before {before:?}, after {after:?}; shift {:?}",
+        c.shift
+    );
+    assert_eq!(c.teacher_counts, teacher);
+    assert_eq!(c.before, before);
+    assert_eq!(c.after, after, "the head's bias carries the shift");
+    assert_eq!(c.shift[0], 0.0);
+    let off = |counts: &[usize]| -> usize {
+        counts
+            .iter()
+            .zip(&teacher)
+            .map(|(x, y)| x.abs_diff(*y))
+            .sum()
+    };
+    assert!(
+        off(&after) < off(&before) && off(&after) <= heldout.len() / 10,
+        "{after:?} is not closer to {teacher:?} than {before:?}"
+    );
+    let moved = grader.grade_bias().unwrap() - &bias_before;
+    let expected = Tensor::from_slice(&c.shift);
+    assert!(moved.allclose(&expected, 1e-6, 1e-6, false));
+
+    // the calibrated head is what a reload gives
+    let dir = tempfile::tempdir().unwrap();
+    grader.save(dir.path(), serde_json::json!({})).unwrap();
+    let reloaded = load_grader(dir.path(), &default_grade_labels(), Placement::cpu(), 128).unwrap();
+    assert_eq!(most_likely_counts(reloaded.as_ref(), &heldout), after);
 }
 
 #[test]

@@ -29,7 +29,7 @@ use labelfleet_slm::grading::{
     default_grade_labels, detect_kind, load_grader, EncoderGrader, Grader, GraderKind, Pair,
 };
 use labelfleet_slm::train::{
-    evaluate, train, train_with_early_stopping, Example, StepReport, TrainConfig,
+    calibrate_grades, evaluate, train, train_with_early_stopping, Example, StepReport, TrainConfig,
 };
 use labelfleet_slm::Placement;
 use serde::Deserialize;
@@ -579,6 +579,12 @@ fn distill(
         );
         Some(stopped)
     };
+    // the student's grades, not only its order: its most likely grade calibrated to be each
+    // grade about as often as the teacher's is on the held-out queries
+    let calibration = calibrate_grades(student.as_ref(), &held_set, 8192)?;
+    if let Some(c) = &calibration {
+        tracing::info!(shift = ?c.shift, teacher = ?c.teacher_counts, before = ?c.before, after = ?c.after, "grades calibrated on held-out queries");
+    }
     let (held, held_mae) = if held_set.is_empty() {
         (f64::NAN, f64::NAN)
     } else {
@@ -631,7 +637,7 @@ fn distill(
             "train_pairs": train_set.len(), "heldout_pairs": held_set.len(), "train_config": cfg,
             "heldout_agreement_with_teacher": held, "majority_baseline": majority,
             "heldout_expected_grade_mae": held_mae, "majority_expected_grade_mae": majority_mae,
-            "early_stopping": stopped,
+            "early_stopping": stopped, "grade_calibration": calibration,
         }),
     )?;
     let sha256 = checkpoint_digest(&staging)?;
