@@ -550,9 +550,11 @@ pub fn corpus_record(d: &Document) -> serde_json::Value {
     serde_json::Value::Object(record)
 }
 
-/// A label's grading, with a committee's judges.
+/// A label's grading, with a committee's judges. The grade is the worker's: a calibrated
+/// student's grade is not always its most likely one.
 fn grading_of(l: labelfleet_proto::v1::Label) -> Grading {
     let mut g = Grading::from_distribution(l.distribution);
+    g.grade = (l.grade as usize).min(g.distribution.len().saturating_sub(1));
     g.judges = l
         .judges
         .into_iter()

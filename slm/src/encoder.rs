@@ -56,11 +56,6 @@ pub struct CrossEncoder {
 }
 
 impl CrossEncoder {
-    /// The grade head's bias (`[num_labels]`), a variable of the store.
-    pub fn head_bias(&self) -> Option<&Tensor> {
-        self.classifier.bias.as_ref()
-    }
-
     /// Builds the model with fresh weights. `num_labels` sizes the grade head.
     pub fn new(config: EncoderConfig, num_labels: usize, placement: Placement) -> Result<Self> {
         let vs = nn::VarStore::new(placement.device);

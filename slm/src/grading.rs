@@ -43,12 +43,14 @@ pub trait Grader: Send {
     /// Grade logits `[B, num_grades]` for a batch (dropout on when `train`).
     fn grade_logits(&self, batch: &[&EncodedPair], train: bool) -> Result<Tensor>;
     fn var_store(&self) -> &tch::nn::VarStore;
-    /// The bias every grade's logit gets last (`[num_grades]`), when the grader has one: a
-    /// classification head does; a decoder read out at the grade tokens does not. Calibration
-    /// moves it (`train::calibrate_grades`).
-    fn grade_bias(&self) -> Option<&Tensor> {
-        None
-    }
+    /// Where the expected grade passes into each next grade, when the grader was calibrated
+    /// (`train::calibrate_grades`): a pair's grade is then the bin of its expected grade
+    /// rather than its most likely grade. None: the most likely grade.
+    fn grade_cutpoints(&self) -> Option<&[f32]>;
+    /// Sets (or clears) the cutpoints; `save` writes them to `labelfleet.json` and
+    /// `load_grader` reads them back. Refused unless ascending, finite and one fewer than the
+    /// grades.
+    fn set_grade_cutpoints(&mut self, cutpoints: Option<Vec<f32>>) -> Result<()>;
     /// Forward FLOPs to grade one pair of `len` tokens.
     fn flops(&self, len: usize) -> f64;
     /// Writes a checkpoint folder that loads in Python `transformers`, plus `labelfleet.json`
@@ -181,9 +183,11 @@ pub fn grade(
             let flat: Vec<f32> = Vec::<f32>::try_from(probs.flatten(0, -1))?;
             let g = grader.num_grades();
             for (row, &i) in batch.iter().enumerate() {
-                out[i] = Some(Grading::from_distribution(
-                    flat[row * g..(row + 1) * g].to_vec(),
-                ));
+                let distribution = flat[row * g..(row + 1) * g].to_vec();
+                out[i] = Some(match grader.grade_cutpoints() {
+                    Some(c) => Grading::from_expected_grade(distribution, c),
+                    None => Grading::from_distribution(distribution),
+                });
             }
             progress(batch.len());
         }
@@ -256,6 +260,7 @@ pub struct DecoderGrader {
     /// any training step (the weights change).
     prefix_cache: std::sync::Mutex<Option<KvCache>>,
     prompt: GradePrompt,
+    cutpoints: Option<Vec<f32>>,
 }
 
 impl DecoderGrader {
@@ -304,6 +309,7 @@ impl DecoderGrader {
             shared_prefix: vec![],
             prefix_cache: std::sync::Mutex::new(None),
             prompt: GradePrompt::default(),
+            cutpoints: None,
         };
         grader.shared_prefix_text = grader.probe_shared_prefix()?;
         grader.shared_prefix = grader.tokenizer.encode(&grader.shared_prefix_text)?;
@@ -428,6 +434,16 @@ impl Grader for DecoderGrader {
     fn num_grades(&self) -> usize {
         self.grade_labels.len()
     }
+    fn grade_cutpoints(&self) -> Option<&[f32]> {
+        self.cutpoints.as_deref()
+    }
+    fn set_grade_cutpoints(&mut self, cutpoints: Option<Vec<f32>>) -> Result<()> {
+        if let Some(c) = &cutpoints {
+            check_cutpoints(c, self.grade_labels.len()).map_err(SlmError::Argument)?;
+        }
+        self.cutpoints = cutpoints;
+        Ok(())
+    }
     fn max_len(&self) -> usize {
         self.lm.max_len
     }
@@ -528,6 +544,7 @@ impl Grader for DecoderGrader {
                 "kind": "decoder",
                 "grade_labels": self.grade_labels,
                 "prompt_version": self.prompt.version(),
+                "grade_cutpoints": self.cutpoints,
                 "provenance": provenance,
             }),
         )
@@ -546,6 +563,7 @@ pub struct EncoderGrader {
     limits: InputLimits,
     name: String,
     pub max_len: usize,
+    cutpoints: Option<Vec<f32>>,
 }
 
 impl EncoderGrader {
@@ -580,6 +598,7 @@ impl EncoderGrader {
             limits: InputLimits::default(),
             name: dir.display().to_string(),
             max_len,
+            cutpoints: None,
         })
     }
 }
@@ -590,6 +609,16 @@ impl Grader for EncoderGrader {
     }
     fn num_grades(&self) -> usize {
         self.grade_labels.len()
+    }
+    fn grade_cutpoints(&self) -> Option<&[f32]> {
+        self.cutpoints.as_deref()
+    }
+    fn set_grade_cutpoints(&mut self, cutpoints: Option<Vec<f32>>) -> Result<()> {
+        if let Some(c) = &cutpoints {
+            check_cutpoints(c, self.grade_labels.len()).map_err(SlmError::Argument)?;
+        }
+        self.cutpoints = cutpoints;
+        Ok(())
     }
     fn max_len(&self) -> usize {
         self.max_len
@@ -654,10 +683,6 @@ impl Grader for EncoderGrader {
         &self.model.vs
     }
 
-    fn grade_bias(&self) -> Option<&Tensor> {
-        self.model.head_bias()
-    }
-
     fn flops(&self, len: usize) -> f64 {
         self.model.config.forward_flops(len, TopRows::First)
     }
@@ -686,6 +711,7 @@ impl Grader for EncoderGrader {
         let record = serde_json::json!({
             "kind": "cross-encoder",
             "grade_labels": self.grade_labels,
+            "grade_cutpoints": self.cutpoints,
             "provenance": provenance,
         });
         write_json(&dir.join("labelfleet.json"), &record)?;
@@ -758,48 +784,82 @@ pub fn load_grader_with_prompt(
     prompt: GradePrompt,
 ) -> Result<Box<dyn Grader>> {
     if detect_kind(dir)? == GraderKind::Decoder {
-        let labels = checkpoint_labels(dir)?.unwrap_or_else(|| grade_labels.to_vec());
+        let record = CheckpointRecord::read(dir)?;
+        let labels = record.grade_labels.unwrap_or_else(|| grade_labels.to_vec());
         let mut g = DecoderGrader::load(dir, &labels, placement, max_len)?;
         g.set_prompt(prompt)?;
+        g.set_grade_cutpoints(record.grade_cutpoints)?;
         return Ok(Box::new(g));
     }
     load_grader(dir, grade_labels, placement, max_len)
 }
 
-/// The grade labels a checkpoint we wrote records in its `labelfleet.json`.
-fn checkpoint_labels(dir: &Path) -> Result<Option<Vec<String>>> {
-    let meta = dir.join("labelfleet.json");
-    if !meta.is_file() {
-        return Ok(None);
-    }
-    let v = crate::config::read_json(&meta)?;
-    serde_json::from_value(v["grade_labels"].clone())
-        .map(Some)
-        .map_err(|e| SlmError::config(&meta, format!("grade_labels: {e}")))
+/// What a checkpoint we wrote records in its `labelfleet.json` about its grades (nothing for
+/// a folder without one).
+#[derive(Default)]
+struct CheckpointRecord {
+    grade_labels: Option<Vec<String>>,
+    grade_cutpoints: Option<Vec<f32>>,
 }
 
-/// Loads whichever grader a folder holds, with the grade labels of its `labelfleet.json` when
-/// it is a checkpoint we wrote, else `grade_labels`.
+impl CheckpointRecord {
+    fn read(dir: &Path) -> Result<Self> {
+        let meta = dir.join("labelfleet.json");
+        if !meta.is_file() {
+            return Ok(Self::default());
+        }
+        let v = crate::config::read_json(&meta)?;
+        let grade_labels: Vec<String> = serde_json::from_value(v["grade_labels"].clone())
+            .map_err(|e| SlmError::config(&meta, format!("grade_labels: {e}")))?;
+        let grade_cutpoints: Option<Vec<f32>> =
+            serde_json::from_value(v["grade_cutpoints"].clone())
+                .map_err(|e| SlmError::config(&meta, format!("grade_cutpoints: {e}")))?;
+        if let Some(c) = &grade_cutpoints {
+            check_cutpoints(c, grade_labels.len())
+                .map_err(|e| SlmError::config(&meta, format!("grade_cutpoints: {e}")))?;
+        }
+        Ok(CheckpointRecord {
+            grade_labels: Some(grade_labels),
+            grade_cutpoints,
+        })
+    }
+}
+
+/// Cutpoints of a scale of `grades` grades: one fewer, finite, ascending.
+fn check_cutpoints(cutpoints: &[f32], grades: usize) -> std::result::Result<(), String> {
+    if cutpoints.len() + 1 != grades {
+        return Err(format!(
+            "{} cutpoints for {grades} grades; a scale of n grades has n - 1",
+            cutpoints.len()
+        ));
+    }
+    if cutpoints.iter().any(|c| !c.is_finite()) {
+        return Err("a cutpoint is not a finite number".into());
+    }
+    if cutpoints.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!("{cutpoints:?} are not in ascending order"));
+    }
+    Ok(())
+}
+
+/// Loads whichever grader a folder holds, with the grade labels (and calibrated cutpoints) of
+/// its `labelfleet.json` when it is a checkpoint we wrote, else `grade_labels`.
 pub fn load_grader(
     dir: &Path,
     grade_labels: &[String],
     placement: Placement,
     max_len: usize,
 ) -> Result<Box<dyn Grader>> {
-    let meta = dir.join("labelfleet.json");
-    let labels: Vec<String> = if meta.is_file() {
-        let v = crate::config::read_json(&meta)?;
-        serde_json::from_value(v["grade_labels"].clone())
-            .map_err(|e| SlmError::config(&meta, format!("grade_labels: {e}")))?
-    } else {
-        grade_labels.to_vec()
-    };
-    Ok(match detect_kind(dir)? {
+    let record = CheckpointRecord::read(dir)?;
+    let labels = record.grade_labels.unwrap_or_else(|| grade_labels.to_vec());
+    let mut grader: Box<dyn Grader> = match detect_kind(dir)? {
         GraderKind::Decoder => Box::new(DecoderGrader::load(dir, &labels, placement, max_len)?),
         GraderKind::CrossEncoder => {
             Box::new(EncoderGrader::load(dir, &labels, placement, max_len)?)
         }
-    })
+    };
+    grader.set_grade_cutpoints(record.grade_cutpoints)?;
+    Ok(grader)
 }
 
 #[cfg(test)]

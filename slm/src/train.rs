@@ -58,7 +58,8 @@ pub struct StepReport {
 pub struct EvalReport {
     /// Mean soft cross-entropy against the targets.
     pub loss: f64,
-    /// Share of pairs whose most likely grade equals the target's.
+    /// Share of pairs whose grade (the most likely one, or the calibrated one) equals the
+    /// target's most likely grade.
     pub agreement: f64,
     /// Mean |expected grade - target expected grade|.
     pub expected_grade_mae: f64,
@@ -306,10 +307,16 @@ pub fn evaluate(
             .zip(&p)
             .map(|(t, q)| *t as f64 * (*q as f64).max(f64::MIN_POSITIVE).ln())
             .sum::<f64>();
-        if argmax(&p) == argmax(&ex.target) {
+        let expected = expected_grade(&p);
+        // a calibrated grader's grade is the bin of its expected grade
+        let grade = match grader.grade_cutpoints() {
+            Some(c) => c.iter().take_while(|c| expected >= **c as f64).count(),
+            None => argmax(&p),
+        };
+        if grade == argmax(&ex.target) {
             agree += 1;
         }
-        mae += (expected_grade(&p) - expected_grade(&ex.target)).abs();
+        mae += (expected - expected_grade(&ex.target)).abs();
     }
     let n = examples.len() as f64;
     Ok(EvalReport {
@@ -320,121 +327,83 @@ pub fn evaluate(
     })
 }
 
-/// How calibration moved a student's grades on the held-out pairs.
+/// How the student's grades were calibrated on the held-out pairs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GradeCalibration {
-    /// Added to each grade's logit (grade 0's stays 0).
-    pub shift: Vec<f32>,
+    /// Where the expected grade passes into each next grade.
+    pub cutpoints: Vec<f32>,
     /// How often each grade is the teacher's most likely one on the held-out pairs ...
     pub teacher_counts: Vec<usize>,
-    /// ... the student's before calibration ...
-    pub before: Vec<usize>,
-    /// ... and after.
-    pub after: Vec<usize>,
+    /// ... the student's most likely one ...
+    pub most_likely: Vec<usize>,
+    /// ... and the student's calibrated grade.
+    pub calibrated: Vec<usize>,
 }
 
 /// Below this many held-out pairs the grade counts are too coarse to calibrate on.
 pub const MIN_CALIBRATION_PAIRS: usize = 20;
 
-/// Calibrates the student's most likely grade against its teacher's, on held-out pairs (the
-/// teacher's labels only). A student fitted to soft labels whose mass sits mostly on grade 0
-/// orders pairs well but keeps grade 0 as its most likely grade everywhere, so its grades say
-/// nothing. A shift of each grade's logit (label-shift correction, folded into the head's
-/// bias) makes each grade the student's most likely one about as often as it is the teacher's.
-/// Within a grade the order of pairs is kept; the expected grades move with the shift.
-/// Returns `None`, changing nothing, for a grader without a grade bias or too few pairs.
+/// Calibrates the student's grades against its teacher's on held-out pairs (the teacher's
+/// labels only). A student fitted to soft labels whose mass sits mostly on grade 0 orders
+/// pairs well, but grade 0 stays its most likely grade everywhere, so its grades say nothing.
+/// Calibrated, a pair's grade is the bin of its expected grade, with cutpoints placed so that
+/// each grade is given about as often as it is the teacher's most likely grade there (the
+/// teacher's base rates). The distributions, the expected grades and so the order of pairs
+/// are the student's own. With fewer than [`MIN_CALIBRATION_PAIRS`] pairs the grader's
+/// cutpoints are cleared (most likely grade) and `None` is returned.
 pub fn calibrate_grades(
-    grader: &dyn Grader,
+    grader: &mut dyn Grader,
     heldout: &[Example],
     token_budget: usize,
 ) -> Result<Option<GradeCalibration>> {
-    let Some(bias) = grader.grade_bias() else {
-        return Ok(None);
-    };
+    grader.set_grade_cutpoints(None)?;
     if heldout.len() < MIN_CALIBRATION_PAIRS {
         return Ok(None);
     }
     let g = grader.num_grades();
-    let logits = logits_of(grader, heldout, token_budget)?;
+    let logits = logits_of(&*grader, heldout, token_budget)?;
+    let probs: Vec<Vec<f32>> = logits.iter().map(|l| softmax(l)).collect();
     let mut teacher_counts = vec![0usize; g];
-    heldout
-        .iter()
-        .for_each(|e| teacher_counts[argmax(&e.target).min(g - 1)] += 1);
-    let before = grade_counts(&logits, &vec![0.0; g]);
-    let shift = fit_grade_shift(&logits, &teacher_counts);
-    let after = grade_counts(&logits, &shift);
-    let delta = Tensor::from_slice(&shift)
-        .to_kind(bias.kind())
-        .to_device(bias.device());
-    tch::no_grad(|| {
-        let _ = bias.shallow_clone().g_add_(&delta);
-    });
+    let mut most_likely = vec![0usize; g];
+    for (p, e) in probs.iter().zip(heldout) {
+        teacher_counts[argmax(&e.target).min(g - 1)] += 1;
+        most_likely[argmax(p)] += 1;
+    }
+    let expected: Vec<f32> = probs.iter().map(|p| expected_grade(p) as f32).collect();
+    let cutpoints = fit_cutpoints(&expected, &teacher_counts);
+    let mut calibrated = vec![0usize; g];
+    for e in &expected {
+        calibrated[cutpoints.iter().take_while(|c| *e >= **c).count()] += 1;
+    }
+    grader.set_grade_cutpoints(Some(cutpoints.clone()))?;
     Ok(Some(GradeCalibration {
-        shift,
+        cutpoints,
         teacher_counts,
-        before,
-        after,
+        most_likely,
+        calibrated,
     }))
 }
 
-/// How often each grade is the most likely one once `shift` is added to the logits.
-fn grade_counts(logits: &[Vec<f32>], shift: &[f32]) -> Vec<usize> {
-    let mut counts = vec![0usize; shift.len()];
-    for row in logits {
-        let shifted: Vec<f32> = row.iter().zip(shift).map(|(l, s)| l + s).collect();
-        counts[argmax(&shifted)] += 1;
+/// Cutpoints on `scores` that put the lowest `counts[0]` scores in grade 0, the next
+/// `counts[1]` in grade 1, and so on (quantile matching); each halfway between the scores it
+/// separates. A grade of count 0 gets no pairs: its cutpoint equals the next one. Ties go to
+/// the lower grade.
+pub fn fit_cutpoints(scores: &[f32], counts: &[usize]) -> Vec<f32> {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let n = sorted.len();
+    let mut cutpoints = Vec::with_capacity(counts.len().saturating_sub(1));
+    let mut below = 0usize;
+    for c in &counts[..counts.len().saturating_sub(1)] {
+        below = (below + c).min(n);
+        let cut = match below {
+            0 => sorted.first().map_or(0.0, |s| s - 1.0),
+            b if b >= n => sorted.last().map_or(0.0, |s| s + 1.0),
+            b => (sorted[b - 1] + sorted[b]) / 2.0,
+        };
+        cutpoints.push(cut);
     }
-    counts
-}
-
-/// The logit shift (grade 0's fixed at 0) under which each grade is the most likely one about
-/// as often as `target` says. Coordinate sweeps: each grade's shift in turn is set so that
-/// exactly its target count of rows prefer it, given the other shifts (a row prefers grade k
-/// once k's shift passes the row's threshold, so the rows with the lowest thresholds, those
-/// that favour k most, are the ones that take it). The shift whose counts came closest (L1) is
-/// kept. Deterministic.
-pub fn fit_grade_shift(logits: &[Vec<f32>], target: &[usize]) -> Vec<f32> {
-    const SWEEPS: usize = 50;
-    let g = target.len();
-    let distance = |shift: &[f32]| -> usize {
-        let counts = grade_counts(logits, shift);
-        counts.iter().zip(target).map(|(a, b)| a.abs_diff(*b)).sum()
-    };
-    let mut shift = vec![0.0f32; g];
-    let mut best = (distance(&shift), shift.clone());
-    if logits.is_empty() {
-        return shift;
-    }
-    for _ in 0..SWEEPS {
-        for k in 1..g {
-            // the shift grade k needs to become a row's most likely grade
-            let mut thresholds: Vec<f32> = logits
-                .iter()
-                .map(|row| {
-                    let rival = (0..g)
-                        .filter(|&j| j != k)
-                        .map(|j| row[j] + shift[j])
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    rival - row[k]
-                })
-                .collect();
-            thresholds.sort_by(f32::total_cmp);
-            let n = thresholds.len();
-            shift[k] = match target[k] {
-                0 => thresholds[0] - 1.0,
-                c if c >= n => thresholds[n - 1] + 1.0,
-                c => (thresholds[c - 1] + thresholds[c]) / 2.0,
-            };
-        }
-        let d = distance(&shift);
-        if d < best.0 {
-            best = (d, shift.clone());
-        }
-        if d == 0 {
-            break;
-        }
-    }
-    best.1
+    cutpoints
 }
 
 #[cfg(test)]
@@ -442,34 +411,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grade_shift_matches_the_target_counts() {
-        // 100 rows of an ordinal model whose grade 0 is always the most likely: the higher a
-        // row's score x, the less grades 1 and 2 trail
-        let logits: Vec<Vec<f32>> = (0..100)
-            .map(|i| {
-                let x = i as f32 / 100.0;
-                vec![0.0, 2.0 * x - 2.5, 4.0 * x - 5.5]
-            })
-            .collect();
-        assert_eq!(grade_counts(&logits, &[0.0; 3]), [100, 0, 0]);
-        let target = [60, 25, 15];
-        let shift = fit_grade_shift(&logits, &target);
-        assert_eq!(shift[0], 0.0);
-        let counts = grade_counts(&logits, &shift);
-        let off: usize = counts.iter().zip(target).map(|(a, b)| a.abs_diff(b)).sum();
-        assert!(off <= 4, "counts {counts:?} against {target:?}");
-        // the order is kept: the highest scores get grade 2, the lowest grade 0
-        assert_eq!(grade_counts(&logits[88..], &shift), [0, 0, 12]);
-        assert_eq!(grade_counts(&logits[..55], &shift), [55, 0, 0]);
-    }
-
-    #[test]
-    fn grade_shift_of_rows_that_cannot_be_told_apart_is_the_closest_it_can_be() {
-        let logits = vec![vec![0.5, 0.1]; 10];
-        let shift = fit_grade_shift(&logits, &[5, 5]);
-        let counts = grade_counts(&logits, &shift);
-        assert!(counts == [10, 0] || counts == [0, 10], "{counts:?}");
-        assert!(fit_grade_shift(&[], &[0, 0]).iter().all(|s| *s == 0.0));
+    fn cutpoints_give_each_grade_its_count_in_score_order() {
+        let scores: Vec<f32> = (0..100).rev().map(|i| i as f32 / 100.0).collect();
+        let cut = fit_cutpoints(&scores, &[60, 25, 0, 15]);
+        let grade = |s: f32| cut.iter().take_while(|c| s >= **c).count();
+        let mut counts = [0; 4];
+        scores.iter().for_each(|s| counts[grade(*s)] += 1);
+        assert_eq!(counts, [60, 25, 0, 15]);
+        assert_eq!(grade(0.59), 0);
+        assert_eq!(grade(0.60), 1);
+        assert_eq!(grade(0.85), 3);
+        assert!(cut.windows(2).all(|w| w[0] <= w[1]), "{cut:?}");
+        // all in the top grade, or none
+        assert_eq!(fit_cutpoints(&scores, &[0, 0, 0, 100]).len(), 3);
+        assert!(scores
+            .iter()
+            .all(|s| *s >= fit_cutpoints(&scores, &[0, 0, 0, 100])[2]));
+        assert!(scores
+            .iter()
+            .all(|s| *s < fit_cutpoints(&scores, &[100, 0, 0, 0])[0]));
     }
 
     #[test]

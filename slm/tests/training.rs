@@ -6,7 +6,10 @@ mod common;
 mod synthetic;
 
 use common::{model_dir, python, repo_root};
-use labelfleet_slm::grading::{default_grade_labels, load_grader, DecoderGrader, EncoderGrader};
+use labelfleet_slm::grading::{
+    default_grade_labels, grade, load_grader, BatchOptions, DecoderGrader, EncodedPair,
+    EncoderGrader,
+};
 use labelfleet_slm::train::{
     calibrate_grades, evaluate, train, train_with_early_stopping, Example, TrainConfig,
     MIN_CALIBRATION_PAIRS,
@@ -119,20 +122,10 @@ fn cross_encoder_distillation_learns_and_round_trips() {
     check_round_trip(&grader, &heldout);
 }
 
-/// How often each grade is the most likely one in `grader`'s logits for `examples`.
-fn most_likely_counts(grader: &dyn Grader, examples: &[Example]) -> Vec<usize> {
-    let mut counts = vec![0; grader.num_grades()];
-    for ex in examples {
-        let logits = tch::no_grad(|| grader.grade_logits(&[&ex.input], false).unwrap());
-        counts[logits.argmax(-1, false).int64_value(&[0]) as usize] += 1;
-    }
-    counts
-}
-
 #[test]
-fn calibration_gives_the_teachers_grade_counts_and_is_saved_in_the_head() {
+fn calibration_gives_the_teachers_grade_counts_keeps_the_order_and_is_saved() {
     tch::manual_seed(0);
-    let grader = EncoderGrader::load_layers(
+    let mut grader = EncoderGrader::load_layers(
         &model_dir("minilm"),
         &default_grade_labels(),
         Placement::cpu(),
@@ -140,11 +133,21 @@ fn calibration_gives_the_teachers_grade_counts_and_is_saved_in_the_head() {
         Some(1),
     )
     .unwrap();
-    // a fresh head gives nearly the same logits to every pair: draw one whose grades vary
+    // a fresh head gives nearly the same distribution to every pair: draw one that varies
     let head = grader.var_store().variables()["classifier.weight"].shallow_clone();
     tch::no_grad(|| head.shallow_clone().copy_(&(head.randn_like() * 0.5)));
     let (a, b) = synthetic::split();
     let heldout = examples(&grader, &[a, b].concat());
+    let inputs: Vec<EncodedPair> = heldout.iter().map(|e| e.input.clone()).collect();
+    let grade_all = |g: &dyn Grader| {
+        grade(
+            g,
+            &inputs,
+            BatchOptions::for_placement(Placement::cpu()),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
     let mut teacher = vec![0; 4];
     for ex in &heldout {
         let top = ex
@@ -154,44 +157,66 @@ fn calibration_gives_the_teachers_grade_counts_and_is_saved_in_the_head() {
             .max_by(|x, y| x.1.total_cmp(y.1));
         teacher[top.unwrap().0] += 1;
     }
-    let bias_before = grader.grade_bias().unwrap().copy();
+    let counts = |gs: &[labelfleet_slm::Grading]| {
+        let mut c = vec![0; 4];
+        gs.iter().for_each(|g| c[g.grade] += 1);
+        c
+    };
+    let before = grade_all(&grader);
 
-    // too few pairs: nothing changes
+    // too few pairs: no cutpoints
     let few = &heldout[..MIN_CALIBRATION_PAIRS - 1];
-    assert!(calibrate_grades(&grader, few, 8192).unwrap().is_none());
-    assert!(grader.grade_bias().unwrap().equal(&bias_before));
+    assert!(calibrate_grades(&mut grader, few, 8192).unwrap().is_none());
+    assert!(grader.grade_cutpoints().is_none());
 
-    let before = most_likely_counts(&grader, &heldout);
-    let c = calibrate_grades(&grader, &heldout, 8192).unwrap().unwrap();
-    let after = most_likely_counts(&grader, &heldout);
+    let c = calibrate_grades(&mut grader, &heldout, 8192)
+        .unwrap()
+        .unwrap();
+    let after = grade_all(&grader);
     println!(
-        "teacher {teacher:?}; student before {before:?}, after {after:?}; shift {:?}",
-        c.shift
+        "teacher {teacher:?}; student most likely {:?}, calibrated {:?}; cutpoints {:?}",
+        counts(&before),
+        counts(&after),
+        c.cutpoints
     );
     assert_eq!(c.teacher_counts, teacher);
-    assert_eq!(c.before, before);
-    assert_eq!(c.after, after, "the head's bias carries the shift");
-    assert_eq!(c.shift[0], 0.0);
-    let off = |counts: &[usize]| -> usize {
-        counts
-            .iter()
-            .zip(&teacher)
-            .map(|(x, y)| x.abs_diff(*y))
-            .sum()
-    };
-    assert!(
-        off(&after) < off(&before) && off(&after) <= heldout.len() / 10,
-        "{after:?} is not closer to {teacher:?} than {before:?}"
+    assert_eq!(c.most_likely, counts(&before));
+    assert_eq!(c.calibrated, counts(&after));
+    assert_eq!(
+        counts(&after),
+        teacher,
+        "each grade as often as the teacher's"
     );
-    let moved = grader.grade_bias().unwrap() - &bias_before;
-    let expected = Tensor::from_slice(&c.shift);
-    assert!(moved.allclose(&expected, 1e-6, 1e-6, false));
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(
+            x.distribution, y.distribution,
+            "the distributions are the student's own"
+        );
+    }
+    // a higher expected grade never gets a lower grade
+    let mut by_expected: Vec<_> = after.iter().map(|g| (g.expected, g.grade)).collect();
+    by_expected.sort_by(|x, y| x.0.total_cmp(&y.0));
+    assert!(by_expected.windows(2).all(|w| w[0].1 <= w[1].1));
 
-    // the calibrated head is what a reload gives
+    // a reload grades the same; a record with broken cutpoints is refused by field
     let dir = tempfile::tempdir().unwrap();
     grader.save(dir.path(), serde_json::json!({})).unwrap();
     let reloaded = load_grader(dir.path(), &default_grade_labels(), Placement::cpu(), 128).unwrap();
-    assert_eq!(most_likely_counts(reloaded.as_ref(), &heldout), after);
+    assert_eq!(reloaded.grade_cutpoints(), Some(&c.cutpoints[..]));
+    assert_eq!(grade_all(reloaded.as_ref()), after);
+    let meta = dir.path().join("labelfleet.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    record["grade_cutpoints"] = serde_json::json!([0.9, 0.5, 1.0]);
+    std::fs::write(&meta, record.to_string()).unwrap();
+    let err = load_grader(dir.path(), &default_grade_labels(), Placement::cpu(), 128)
+        .err()
+        .expect("unordered cutpoints are refused")
+        .to_string();
+    assert!(
+        err.contains("grade_cutpoints") && err.contains("ascending"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -488,7 +488,7 @@ fn distill(
     // student whatever the process did before (a trainer that trained other runs, or the
     // embedded cluster whose workers sampled queries in the same process).
     tch::manual_seed(req.seed as i64);
-    let student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
+    let mut student: Box<dyn Grader> = match (req.keep_layers, detect_kind(&base_dir)?) {
         (0, _) => load_grader(
             &base_dir,
             &default_grade_labels(),
@@ -579,11 +579,11 @@ fn distill(
         );
         Some(stopped)
     };
-    // the student's grades, not only its order: its most likely grade calibrated to be each
-    // grade about as often as the teacher's is on the held-out queries
-    let calibration = calibrate_grades(student.as_ref(), &held_set, 8192)?;
+    // the student's grades, not only its order: cutpoints on its expected grade that give
+    // each grade about as often as the teacher does on the held-out queries
+    let calibration = calibrate_grades(student.as_mut(), &held_set, 8192)?;
     if let Some(c) = &calibration {
-        tracing::info!(shift = ?c.shift, teacher = ?c.teacher_counts, before = ?c.before, after = ?c.after, "grades calibrated on held-out queries");
+        tracing::info!(cutpoints = ?c.cutpoints, teacher = ?c.teacher_counts, most_likely = ?c.most_likely, calibrated = ?c.calibrated, "grades calibrated on held-out queries");
     }
     let (held, held_mae) = if held_set.is_empty() {
         (f64::NAN, f64::NAN)

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 pub struct Grading {
     /// Probability of each grade, summing to 1.
     pub distribution: Vec<f32>,
-    /// The most likely grade.
+    /// The most likely grade; for a grader calibrated with cutpoints, the bin its expected
+    /// grade falls in (`from_expected_grade`).
     pub grade: usize,
     /// Sum of grade * probability.
     pub expected: f32,
@@ -49,6 +50,17 @@ impl Grading {
     }
 }
 
+impl Grading {
+    /// The grading of a distribution whose grade is the bin of its expected grade: grade k
+    /// once the expected grade reaches `cutpoints[k - 1]` (ascending, one fewer than the
+    /// grades). A calibrated student's grades, which keep its order of pairs.
+    pub fn from_expected_grade(distribution: Vec<f32>, cutpoints: &[f32]) -> Self {
+        let mut g = Self::from_distribution(distribution);
+        g.grade = cutpoints.iter().take_while(|c| g.expected >= **c).count();
+        g
+    }
+}
+
 /// Default grade scale: "0".."3".
 pub fn default_grade_labels() -> Vec<String> {
     (0..4).map(|g| g.to_string()).collect()
@@ -63,6 +75,26 @@ mod tests {
         let g = Grading::from_distribution(vec![0.1, 0.2, 0.6, 0.1]);
         assert_eq!(g.grade, 2);
         assert!((g.expected - 1.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_calibrated_grade_is_the_bin_of_the_expected_grade() {
+        let d = vec![0.6, 0.2, 0.1, 0.1]; // expected 0.7, most likely 0
+        let cut = [0.5, 0.65, 0.9];
+        assert_eq!(Grading::from_expected_grade(d.clone(), &cut).grade, 2);
+        assert_eq!(
+            Grading::from_expected_grade(d.clone(), &[0.8, 0.9, 1.0]).grade,
+            0
+        );
+        assert_eq!(
+            Grading::from_expected_grade(d.clone(), &[0.1, 0.2, 0.3]).grade,
+            3
+        );
+        let g = Grading::from_expected_grade(d.clone(), &cut);
+        assert_eq!(
+            (g.distribution, g.expected),
+            (d.clone(), Grading::from_distribution(d).expected)
+        );
     }
 
     #[test]
