@@ -48,9 +48,7 @@ impl Grading {
             judges: Vec::new(),
         }
     }
-}
 
-impl Grading {
     /// The grading of a distribution whose grade is the bin of its expected grade: grade k
     /// once the expected grade reaches `cutpoints[k - 1]` (ascending, one fewer than the
     /// grades). A calibrated student's grades, which keep its order of pairs.
