@@ -438,10 +438,7 @@ impl Grader for DecoderGrader {
         self.cutpoints.as_deref()
     }
     fn set_grade_cutpoints(&mut self, cutpoints: Option<Vec<f32>>) -> Result<()> {
-        if let Some(c) = &cutpoints {
-            check_cutpoints(c, self.grade_labels.len()).map_err(SlmError::Argument)?;
-        }
-        self.cutpoints = cutpoints;
+        self.cutpoints = checked_cutpoints(cutpoints, self.grade_labels.len())?;
         Ok(())
     }
     fn max_len(&self) -> usize {
@@ -614,10 +611,7 @@ impl Grader for EncoderGrader {
         self.cutpoints.as_deref()
     }
     fn set_grade_cutpoints(&mut self, cutpoints: Option<Vec<f32>>) -> Result<()> {
-        if let Some(c) = &cutpoints {
-            check_cutpoints(c, self.grade_labels.len()).map_err(SlmError::Argument)?;
-        }
-        self.cutpoints = cutpoints;
+        self.cutpoints = checked_cutpoints(cutpoints, self.grade_labels.len())?;
         Ok(())
     }
     fn max_len(&self) -> usize {
@@ -823,6 +817,14 @@ impl CheckpointRecord {
             grade_cutpoints,
         })
     }
+}
+
+/// `cutpoints`, when they suit a scale of `grades` grades.
+fn checked_cutpoints(cutpoints: Option<Vec<f32>>, grades: usize) -> Result<Option<Vec<f32>>> {
+    if let Some(c) = &cutpoints {
+        check_cutpoints(c, grades).map_err(SlmError::Argument)?;
+    }
+    Ok(cutpoints)
 }
 
 /// Cutpoints of a scale of `grades` grades: one fewer, finite, ascending.

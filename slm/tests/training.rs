@@ -27,6 +27,18 @@ fn examples(grader: &dyn Grader, topics: &[usize]) -> Vec<Example> {
         .collect()
 }
 
+/// MiniLM's bottom layer with a fresh grade head: a small, fast student.
+fn one_layer_minilm() -> EncoderGrader {
+    EncoderGrader::load_layers(
+        &model_dir("minilm"),
+        &default_grade_labels(),
+        Placement::cpu(),
+        128,
+        Some(1),
+    )
+    .unwrap()
+}
+
 /// Saves, reloads in Rust (identical logits) and in Python transformers (within 1e-4).
 fn check_round_trip(grader: &dyn Grader, heldout: &[Example]) {
     let dir = tempfile::tempdir().unwrap();
@@ -125,14 +137,7 @@ fn cross_encoder_distillation_learns_and_round_trips() {
 #[test]
 fn calibration_gives_the_teachers_grade_counts_keeps_the_order_and_is_saved() {
     tch::manual_seed(0);
-    let mut grader = EncoderGrader::load_layers(
-        &model_dir("minilm"),
-        &default_grade_labels(),
-        Placement::cpu(),
-        128,
-        Some(1),
-    )
-    .unwrap();
+    let mut grader = one_layer_minilm();
     // a fresh head gives nearly the same distribution to every pair: draw one that varies
     let head = grader.var_store().variables()["classifier.weight"].shallow_clone();
     tch::no_grad(|| head.shallow_clone().copy_(&(head.randn_like() * 0.5)));
@@ -222,14 +227,7 @@ fn calibration_gives_the_teachers_grade_counts_keeps_the_order_and_is_saved() {
 #[test]
 fn early_stopping_keeps_the_weights_of_the_best_held_out_epoch() {
     tch::manual_seed(0);
-    let grader = EncoderGrader::load_layers(
-        &model_dir("minilm"),
-        &default_grade_labels(),
-        Placement::cpu(),
-        128,
-        Some(1),
-    )
-    .unwrap();
+    let grader = one_layer_minilm();
     let (train_topics, _) = synthetic::split();
     let train_set = examples(&grader, &train_topics);
     // held out: the training pairs with their grades reversed, so the better the student fits
