@@ -272,11 +272,23 @@ fn expected_grade(p: &[f32]) -> f64 {
         .sum()
 }
 
+/// Log-probabilities of logits, in f64 (no probability underflows to a log of minus
+/// infinity).
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let top = logits
+        .iter()
+        .map(|l| *l as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let log_sum = logits
+        .iter()
+        .map(|l| (*l as f64 - top).exp())
+        .sum::<f64>()
+        .ln();
+    logits.iter().map(|l| *l as f64 - top - log_sum).collect()
+}
+
 fn softmax(logits: &[f32]) -> Vec<f32> {
-    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.iter().map(|e| e / sum).collect()
+    log_softmax(logits).iter().map(|l| l.exp() as f32).collect()
 }
 
 /// Scores `examples` without gradients and compares with their targets.
@@ -300,13 +312,14 @@ pub fn evaluate(
     let logits = logits_of(grader, examples, token_budget)?;
     let (mut loss_sum, mut agree, mut mae) = (0.0, 0usize, 0.0);
     for (row, ex) in logits.iter().zip(examples) {
-        let p = softmax(row);
+        let log_p = log_softmax(row);
         loss_sum -= ex
             .target
             .iter()
-            .zip(&p)
-            .map(|(t, q)| *t as f64 * (*q as f64).max(f64::MIN_POSITIVE).ln())
+            .zip(&log_p)
+            .map(|(t, l)| *t as f64 * l)
             .sum::<f64>();
+        let p: Vec<f32> = log_p.iter().map(|l| l.exp() as f32).collect();
         let expected = expected_grade(&p);
         // a calibrated grader's grade is the bin of its expected grade
         let grade = match grader.grade_cutpoints() {
@@ -344,7 +357,7 @@ pub struct GradeCalibration {
 pub const MIN_CALIBRATION_PAIRS: usize = 20;
 
 /// Calibrates the student's grades against its teacher's on held-out pairs (the teacher's
-/// labels only). A student fitted to soft labels whose mass sits mostly on grade 0 orders
+/// labels only). A student fitted to soft labels whose mass sits mostly on grade 0 may order
 /// pairs well, but grade 0 stays its most likely grade everywhere, so its grades say nothing.
 /// Calibrated, a pair's grade is the bin of its expected grade, with cutpoints placed so that
 /// each grade is given about as often as it is the teacher's most likely grade there (the
@@ -386,8 +399,8 @@ pub fn calibrate_grades(
 
 /// Cutpoints on `scores` that put the lowest `counts[0]` scores in grade 0, the next
 /// `counts[1]` in grade 1, and so on (quantile matching); each halfway between the scores it
-/// separates. A grade of count 0 gets no pairs: its cutpoint equals the next one. Ties go to
-/// the lower grade.
+/// separates. A grade of count 0 gets no pairs: its cutpoint equals the next one. Scores tied
+/// across a boundary all go to the higher grade.
 pub fn fit_cutpoints(scores: &[f32], counts: &[usize]) -> Vec<f32> {
     let mut sorted = scores.to_vec();
     sorted.sort_by(f32::total_cmp);
