@@ -162,6 +162,15 @@ impl BatchOptions {
     }
 }
 
+/// `grader`'s grading of a distribution it gave: the bin of its expected grade when it was
+/// calibrated, else its most likely grade.
+pub fn grading_for(grader: &dyn Grader, distribution: Vec<f32>) -> Grading {
+    match grader.grade_cutpoints() {
+        Some(c) => Grading::from_expected_grade(distribution, c),
+        None => Grading::from_distribution(distribution),
+    }
+}
+
 /// Grades encoded pairs, in input order. `progress(n)` is called after each batch with the
 /// number of pairs it held.
 pub fn grade(
@@ -183,11 +192,7 @@ pub fn grade(
             let flat: Vec<f32> = Vec::<f32>::try_from(probs.flatten(0, -1))?;
             let g = grader.num_grades();
             for (row, &i) in batch.iter().enumerate() {
-                let distribution = flat[row * g..(row + 1) * g].to_vec();
-                out[i] = Some(match grader.grade_cutpoints() {
-                    Some(c) => Grading::from_expected_grade(distribution, c),
-                    None => Grading::from_distribution(distribution),
-                });
+                out[i] = Some(grading_for(grader, flat[row * g..(row + 1) * g].to_vec()));
             }
             progress(batch.len());
         }

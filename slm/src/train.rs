@@ -5,7 +5,7 @@
 //! linear warm-up then linear decay.
 
 use crate::error::{Result, SlmError};
-use crate::grading::{plan_batches, EncodedPair, Grader};
+use crate::grading::{grading_for, plan_batches, EncodedPair, Grader, Grading};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -258,20 +258,6 @@ fn logits_of(
     Ok(rows)
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |x| x.0)
-}
-
-fn expected_grade(p: &[f32]) -> f64 {
-    p.iter()
-        .enumerate()
-        .map(|(i, x)| i as f64 * *x as f64)
-        .sum()
-}
-
 /// Log-probabilities of logits, in f64 (no probability underflows to a log of minus
 /// infinity).
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
@@ -319,17 +305,12 @@ pub fn evaluate(
             .zip(&log_p)
             .map(|(t, l)| *t as f64 * l)
             .sum::<f64>();
-        let p: Vec<f32> = log_p.iter().map(|l| l.exp() as f32).collect();
-        let expected = expected_grade(&p);
-        // a calibrated grader's grade is the bin of its expected grade
-        let grade = match grader.grade_cutpoints() {
-            Some(c) => c.iter().take_while(|c| expected >= **c as f64).count(),
-            None => argmax(&p),
-        };
-        if grade == argmax(&ex.target) {
+        let student = grading_for(grader, log_p.iter().map(|l| l.exp() as f32).collect());
+        let teacher = Grading::from_distribution(ex.target.clone());
+        if student.grade == teacher.grade {
             agree += 1;
         }
-        mae += (expected - expected_grade(&ex.target)).abs();
+        mae += (student.expected as f64 - teacher.expected as f64).abs();
     }
     let n = examples.len() as f64;
     Ok(EvalReport {
@@ -375,18 +356,23 @@ pub fn calibrate_grades(
     }
     let g = grader.num_grades();
     let logits = logits_of(&*grader, heldout, token_budget)?;
-    let probs: Vec<Vec<f32>> = logits.iter().map(|l| softmax(l)).collect();
+    let student: Vec<Grading> = logits
+        .iter()
+        .map(|l| Grading::from_distribution(softmax(l)))
+        .collect();
     let mut teacher_counts = vec![0usize; g];
     let mut most_likely = vec![0usize; g];
-    for (p, e) in probs.iter().zip(heldout) {
-        teacher_counts[argmax(&e.target).min(g - 1)] += 1;
-        most_likely[argmax(p)] += 1;
+    for (s, e) in student.iter().zip(heldout) {
+        teacher_counts[Grading::from_distribution(e.target.clone())
+            .grade
+            .min(g - 1)] += 1;
+        most_likely[s.grade] += 1;
     }
-    let expected: Vec<f32> = probs.iter().map(|p| expected_grade(p) as f32).collect();
+    let expected: Vec<f32> = student.iter().map(|s| s.expected).collect();
     let cutpoints = fit_cutpoints(&expected, &teacher_counts);
     let mut calibrated = vec![0usize; g];
-    for e in &expected {
-        calibrated[cutpoints.iter().take_while(|c| *e >= **c).count()] += 1;
+    for s in student {
+        calibrated[Grading::from_expected_grade(s.distribution, &cutpoints).grade] += 1;
     }
     grader.set_grade_cutpoints(Some(cutpoints.clone()))?;
     Ok(Some(GradeCalibration {
