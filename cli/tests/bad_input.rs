@@ -294,8 +294,7 @@ fn generate_writes_queries_for_documents() {
         "--output",
         out.to_str().unwrap(),
         // SmolLM2-135M's queries are often dropped by the filters (chatter, not grounded in
-        // the document): 6 per document keep some whatever the sampler draws (2 to 4 kept over
-        // seeds 1 to 3; 2 per document kept 0 to 2)
+        // the document): 6 per document keep some whatever the sampler draws
         "--per-doc",
         "6",
         "--max-new-tokens",

@@ -19,12 +19,50 @@ pub fn generate(
     stop_ids: &[i64],
     pad_id: i64,
 ) -> Result<Vec<Vec<i64>>> {
-    if prompts.is_empty() {
-        return Ok(vec![]);
+    let once = vec![1; prompts.len()];
+    let samples = generate_samples(lm, prompts, &once, params, stop_ids, &[], pad_id)?;
+    Ok(samples.into_iter().flatten().collect())
+}
+
+/// Draws `samples[i]` continuations of prompt `i`, each prompt read once: the prompts are
+/// prefilled in one batch, then each prompt's KV cache is copied to as many rows as it has
+/// samples, and all rows decode together (what several samples of one prompt cost is their
+/// decoding, not another prefill). Rows are drawn in prompt order, so prompt `i`'s samples
+/// are those a batch with prompt `i` repeated `samples[i]` times would draw. No sample starts
+/// with a token of `begin_suppress` (a one-line answer that would end before its first word).
+/// Returns, per prompt, its samples' new tokens without the stop token.
+pub fn generate_samples(
+    lm: &DecoderLm,
+    prompts: &[Vec<i64>],
+    samples: &[usize],
+    params: &SamplingParams,
+    stop_ids: &[i64],
+    begin_suppress: &[i64],
+    pad_id: i64,
+) -> Result<Vec<Vec<Vec<i64>>>> {
+    if samples.len() != prompts.len() {
+        return Err(SlmError::Argument(format!(
+            "{} sample counts for {} prompts",
+            samples.len(),
+            prompts.len()
+        )));
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(SlmError::Argument(format!("prompt {i} is empty")));
     }
+    // the prompts that are sampled at all, and the prompt of each decoding row
+    let read: Vec<usize> = (0..prompts.len()).filter(|&i| samples[i] > 0).collect();
+    let owner: Vec<usize> = read
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &i)| std::iter::repeat_n(r, samples[i]))
+        .collect();
+    let mut per_prompt: Vec<Vec<Vec<i64>>> =
+        samples.iter().map(|&n| Vec::with_capacity(n)).collect();
+    if owner.is_empty() {
+        return Ok(per_prompt);
+    }
+    let prompts: Vec<&Vec<i64>> = read.iter().map(|&i| &prompts[i]).collect();
     let device = lm.placement.device;
     let b = prompts.len() as i64;
     let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -36,7 +74,7 @@ pub fn generate(
     }
     let mut flat = Vec::with_capacity(prompts.len() * l);
     let mut valid = Vec::with_capacity(prompts.len() * l);
-    for p in prompts {
+    for p in &prompts {
         flat.extend(std::iter::repeat_n(pad_id, l - p.len()));
         flat.extend_from_slice(p);
         valid.extend(std::iter::repeat_n(false, l - p.len()));
@@ -59,8 +97,8 @@ pub fn generate(
     // an embedded cluster) and training in the same process would otherwise draw from one
     // generator and make each other's queries differ from run to run.
     let mut rng = StdRng::seed_from_u64(params.seed);
-    let mut out: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
-    let mut done = vec![false; prompts.len()];
+    let rows = owner.len();
+    let mut out: Vec<Vec<i64>> = vec![vec![]; rows];
     tch::no_grad(|| -> Result<()> {
         let hidden = lm.forward(
             &ids,
@@ -70,31 +108,54 @@ pub fn generate(
             },
             Some(&mut cache),
         )?;
-        let mut last_hidden = hidden.select(1, l - 1);
-        let mut next_pos = positions.select(1, l - 1) + 1;
-        for _ in 0..params.max_new_tokens {
-            let logits = lm.logits(&last_hidden).to_kind(Kind::Float);
+        // one decoding row per sample: each prompt's cache, last state and position copied
+        let expand = Tensor::from_slice(&owner.iter().map(|&r| r as i64).collect::<Vec<_>>())
+            .to_device(device);
+        cache.select_rows(&expand);
+        key_valid = key_valid.index_select(0, &expand);
+        let mut last_hidden = hidden.select(1, l - 1).index_select(0, &expand);
+        let mut next_pos = positions.select(1, l - 1).index_select(0, &expand) + 1;
+        // the rows still decoding; a finished row leaves the batch (and its cache)
+        let mut active: Vec<usize> = (0..rows).collect();
+        let suppressed = Tensor::from_slice(begin_suppress).to_device(device);
+        for step in 0..params.max_new_tokens {
+            let mut logits = lm.logits(&last_hidden).to_kind(Kind::Float);
+            if step == 0 && !begin_suppress.is_empty() {
+                logits = logits.index_fill(1, &suppressed, f64::NEG_INFINITY);
+            }
             let next = if params.temperature <= 0.0 {
                 logits.argmax(-1, false)
             } else {
-                let draws: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
-                let draws = Tensor::from_slice(&draws).view([b, 1]).to_device(device);
+                // one draw per row and step, finished or not: a row's draws do not depend on
+                // when the others finish
+                let draws: Vec<f32> = (0..rows).map(|_| rng.random::<f32>()).collect();
+                let draws: Vec<f32> = active.iter().map(|&row| draws[row]).collect();
+                let draws = Tensor::from_slice(&draws)
+                    .view([active.len() as i64, 1])
+                    .to_device(device);
                 sample(&logits, params.temperature, params.top_p, &draws)
             };
             let next_cpu: Vec<i64> = Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu))?;
-            for (row, &tok) in next_cpu.iter().enumerate() {
-                if done[row] {
-                    continue;
-                }
-                if stop_ids.contains(&tok) {
-                    done[row] = true;
-                } else {
+            let mut keep: Vec<i64> = Vec::with_capacity(active.len());
+            for (k, (&row, &tok)) in active.iter().zip(&next_cpu).enumerate() {
+                if !stop_ids.contains(&tok) {
                     out[row].push(tok);
+                    keep.push(k as i64);
                 }
             }
-            if done.iter().all(|&d| d) {
+            if keep.is_empty() {
                 break;
             }
+            let mut next = next;
+            if keep.len() < active.len() {
+                let kept = Tensor::from_slice(&keep).to_device(device);
+                cache.select_rows(&kept);
+                key_valid = key_valid.index_select(0, &kept);
+                next_pos = next_pos.index_select(0, &kept);
+                next = next.index_select(0, &kept);
+                active = keep.iter().map(|&k| active[k as usize]).collect();
+            }
+            let b = active.len() as i64;
             let ones = Tensor::ones([b, 1], (Kind::Bool, device));
             key_valid = Tensor::cat(&[&key_valid, &ones], 1);
             let s = key_valid.size()[1];
@@ -113,7 +174,10 @@ pub fn generate(
         }
         Ok(())
     })?;
-    Ok(out)
+    for (row, tokens) in out.into_iter().enumerate() {
+        per_prompt[read[owner[row]]].push(tokens);
+    }
+    Ok(per_prompt)
 }
 
 /// Samples one token per row from `logits / temperature`, keeping the smallest set of tokens

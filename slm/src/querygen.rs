@@ -3,14 +3,15 @@
 
 use crate::decoder::DecoderLm;
 use crate::error::{Result, SlmError};
-use crate::generate::{generate, SamplingParams};
+use crate::generate::{generate_samples, SamplingParams};
 use crate::tokenizer::TextTokenizer;
 use labelfleet_types::prompt::query_messages_with_body;
 
 // Seed documents, intents, the query prompts and the clean-up rules are torch-free and shared
 // with the API teacher: they live in `labelfleet-types`.
 pub use labelfleet_types::prompt::{
-    intent_messages, query_messages, METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION,
+    intent_messages, query_messages, METADATA_QUERY_PROMPT_VERSION, QUERY_ANSWER_LEAD,
+    QUERY_ANSWER_VERSION, QUERY_PROMPT_VERSION,
 };
 pub use labelfleet_types::query::{
     clean_intent_query, clean_query, mentions_value, metadata_fields, sample_intents,
@@ -20,7 +21,8 @@ pub use labelfleet_types::query::{
 const BODY_MARKER: &str = "\u{1}BODY\u{1}";
 
 /// Builds the chat prompt ids for a document within `max_prompt_tokens`: the body is cut to
-/// fit, the title, metadata and instructions never are.
+/// fit, the title, metadata and instructions never are. The assistant's turn is opened with
+/// [`QUERY_ANSWER_LEAD`] ([`QUERY_ANSWER_VERSION`]).
 pub fn prompt_ids(
     tok: &TextTokenizer,
     doc: &SeedDocument,
@@ -52,7 +54,7 @@ pub fn intent_prompt_ids(
             message: "the chat template drops the document from the query prompt".into(),
         })?;
     let mut ids = tok.encode(prefix)?;
-    let suffix_ids = tok.encode(suffix)?;
+    let suffix_ids = tok.encode(&format!("{suffix}{QUERY_ANSWER_LEAD}"))?;
     let room = max_prompt_tokens.saturating_sub(ids.len() + suffix_ids.len());
     if room < 16 {
         return Err(SlmError::input(
@@ -78,7 +80,9 @@ pub fn intent_prompt_ids(
 }
 
 /// Writes up to `per_doc` distinct topic queries and `metadata_per_doc` distinct metadata
-/// queries per document (one sample each; unusable samples and duplicates are dropped).
+/// queries per document (one sample each; unusable samples and duplicates are dropped). Each
+/// distinct prompt is read once and sampled as many times as its intent is asked for; a
+/// sample ends at its first line break (a query is one line), and may not start with one.
 pub fn synthesize(
     lm: &DecoderLm,
     tok: &TextTokenizer,
@@ -89,31 +93,89 @@ pub fn synthesize(
     max_prompt_tokens: usize,
 ) -> Result<Vec<GeneratedQuery>> {
     let mut prompts = vec![];
+    let mut counts = vec![];
     let mut owners = vec![];
     for (i, d) in docs.iter().enumerate() {
-        for intent in sample_intents(d, per_doc, metadata_per_doc) {
+        for (intent, n) in distinct_intents(sample_intents(d, per_doc, metadata_per_doc)) {
             prompts.push(intent_prompt_ids(tok, d, &intent, max_prompt_tokens)?);
+            counts.push(n);
             owners.push((i, intent));
         }
     }
-    let outs = generate(lm, &prompts, params, &tok.stop_ids, tok.pad_id)?;
+    let stops: Vec<i64> = tok
+        .stop_ids
+        .iter()
+        .chain(&tok.line_end_ids)
+        .copied()
+        .collect();
+    let outs = generate_samples(
+        lm,
+        &prompts,
+        &counts,
+        params,
+        &stops,
+        &tok.line_end_ids,
+        tok.pad_id,
+    )?;
     let mut result = vec![];
     let mut seen = std::collections::HashSet::new();
-    for (out, (i, intent)) in outs.iter().zip(owners) {
+    for (samples, (i, intent)) in outs.iter().zip(owners) {
         let d = &docs[i];
-        if let Some(q) = clean_intent_query(&tok.decode(out, true)?, d, &intent) {
+        for out in samples {
+            let Some(q) = clean_intent_query(&tok.decode(out, true)?, d, &intent) else {
+                continue;
+            };
             if seen.insert((i, q.to_lowercase())) {
                 result.push(GeneratedQuery {
                     doc_id: d.id.clone(),
                     query: q,
                     prompt_version: intent.prompt_version().into(),
-                    metadata_field: match intent {
+                    metadata_field: match &intent {
                         QueryIntent::Topic => None,
-                        QueryIntent::Metadata { field } => Some(field),
+                        QueryIntent::Metadata { field } => Some(field.clone()),
                     },
                 });
             }
         }
     }
     Ok(result)
+}
+
+/// Each distinct intent once, with how many times it was asked for, in first-asked order.
+fn distinct_intents(intents: Vec<QueryIntent>) -> Vec<(QueryIntent, usize)> {
+    let mut distinct: Vec<(QueryIntent, usize)> = vec![];
+    for intent in intents {
+        match distinct.iter_mut().find(|(seen, _)| *seen == intent) {
+            Some((_, n)) => *n += 1,
+            None => distinct.push((intent, 1)),
+        }
+    }
+    distinct
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_intents_count_repeats_in_first_asked_order() {
+        let author = QueryIntent::Metadata {
+            field: "author".into(),
+        };
+        let path = QueryIntent::Metadata {
+            field: "path".into(),
+        };
+        let asked = vec![
+            QueryIntent::Topic,
+            QueryIntent::Topic,
+            author.clone(),
+            path.clone(),
+            author.clone(),
+        ];
+        assert_eq!(
+            distinct_intents(asked),
+            vec![(QueryIntent::Topic, 2), (author, 2), (path, 1)]
+        );
+        assert!(distinct_intents(vec![]).is_empty());
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{max_abs_diff, model_dir, reference};
 use labelfleet_slm::decoder::Attention;
-use labelfleet_slm::generate::{generate, SamplingParams};
+use labelfleet_slm::generate::{generate, generate_samples, SamplingParams};
 use labelfleet_slm::{
     ChatMessage, CrossEncoder, DecoderLm, EncoderGrader, Grader, Pair, Placement, TextTokenizer,
     TopRows,
@@ -301,4 +301,112 @@ fn smollm2_grader_prefix_cache_matches_full_forward() {
             "pair {i}: prefix-cached grade logits differ by {d}"
         );
     }
+}
+
+#[test]
+fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
+    let (tensors, _) = reference("smollm2");
+    let dir = model_dir("smollm2");
+    let lm = DecoderLm::load(&dir, Placement::cpu(), 2048).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let prompts: Vec<Vec<i64>> = (0..3)
+        .map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap())
+        .collect();
+    let greedy = SamplingParams {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    // each prompt read once, its cache copied to each of its samples; prompt 1 not sampled
+    let got = generate_samples(
+        &lm,
+        &prompts,
+        &[2, 0, 3],
+        &greedy,
+        &tok.stop_ids,
+        &[],
+        tok.pad_id,
+    )
+    .unwrap();
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 3]);
+    for i in [0, 2] {
+        let want = Vec::<i64>::try_from(&tensors[&format!("gen_{i}")]).unwrap();
+        for (j, g) in got[i].iter().enumerate() {
+            assert_eq!(
+                g,
+                &want,
+                "prompt {i}, sample {j}: {:?}",
+                tok.decode(g, false)
+            );
+        }
+    }
+    // sampled: as many samples as asked for, and not one sample copied
+    let sampled = SamplingParams {
+        max_new_tokens: 12,
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: 7,
+    };
+    let got = generate_samples(
+        &lm,
+        &prompts[..1],
+        &[6],
+        &sampled,
+        &tok.stop_ids,
+        &[],
+        tok.pad_id,
+    )
+    .unwrap();
+    assert_eq!(got[0].len(), 6);
+    let distinct: std::collections::HashSet<&Vec<i64>> = got[0].iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "six samples, all the same: {:?}",
+        got[0]
+    );
+    // the same seed draws the same samples
+    let again = generate_samples(
+        &lm,
+        &prompts[..1],
+        &[6],
+        &sampled,
+        &tok.stop_ids,
+        &[],
+        tok.pad_id,
+    )
+    .unwrap();
+    assert_eq!(got, again);
+    // a suppressed first token is never drawn, even where it is the greedy choice
+    let first = Vec::<i64>::try_from(&tensors["gen_0"]).unwrap()[0];
+    let got = generate_samples(
+        &lm,
+        &prompts[..1],
+        &[1],
+        &greedy,
+        &tok.stop_ids,
+        &[first],
+        tok.pad_id,
+    )
+    .unwrap();
+    assert_ne!(got[0][0].first(), Some(&first));
+    let err = generate_samples(&lm, &prompts, &[1], &greedy, &tok.stop_ids, &[], tok.pad_id);
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("1 sample counts for 3 prompts"));
+}
+
+#[test]
+fn line_end_tokens_are_the_tokens_that_begin_with_a_line_break() {
+    let tok = TextTokenizer::from_dir(&model_dir("smollm2")).unwrap();
+    let newline = tok.encode("\n").unwrap();
+    assert_eq!(newline.len(), 1);
+    assert!(tok.line_end_ids.contains(&newline[0]));
+    for &id in &tok.line_end_ids {
+        assert!(
+            tok.decode(&[id], false).unwrap().starts_with(['\n', '\r']),
+            "token {id}"
+        );
+    }
+    let word = tok.encode(" flow").unwrap();
+    assert!(word.iter().all(|id| !tok.line_end_ids.contains(id)));
 }
