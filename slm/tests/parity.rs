@@ -96,8 +96,13 @@ fn smollm2_right_padded_batch_matches_single_rows() {
     }
 }
 
-#[test]
-fn smollm2_batched_greedy_generation_matches_transformers() {
+/// SmolLM2 with its tokenizer, the references of `transformers` and their three prompts.
+fn smollm2_generation_references() -> (
+    std::collections::HashMap<String, Tensor>,
+    DecoderLm,
+    TextTokenizer,
+    Vec<Vec<i64>>,
+) {
     let (tensors, _) = reference("smollm2");
     let dir = model_dir("smollm2");
     let lm = DecoderLm::load(&dir, Placement::cpu(), 2048).unwrap();
@@ -105,6 +110,12 @@ fn smollm2_batched_greedy_generation_matches_transformers() {
     let prompts: Vec<Vec<i64>> = (0..3)
         .map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap())
         .collect();
+    (tensors, lm, tok, prompts)
+}
+
+#[test]
+fn smollm2_batched_greedy_generation_matches_transformers() {
+    let (tensors, lm, tok, prompts) = smollm2_generation_references();
     let params = SamplingParams {
         max_new_tokens: 24,
         ..Default::default()
@@ -305,28 +316,17 @@ fn smollm2_grader_prefix_cache_matches_full_forward() {
 
 #[test]
 fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
-    let (tensors, _) = reference("smollm2");
-    let dir = model_dir("smollm2");
-    let lm = DecoderLm::load(&dir, Placement::cpu(), 2048).unwrap();
-    let tok = TextTokenizer::from_dir(&dir).unwrap();
-    let prompts: Vec<Vec<i64>> = (0..3)
-        .map(|i| Vec::<i64>::try_from(&tensors[&format!("ids_{i}")]).unwrap())
-        .collect();
+    let (tensors, lm, tok, prompts) = smollm2_generation_references();
     let greedy = SamplingParams {
         max_new_tokens: 24,
         ..Default::default()
     };
-    // each prompt read once, its cache copied to each of its samples; prompt 1 not sampled
-    let got = generate_samples(
-        &lm,
-        &prompts,
-        &[2, 0, 3],
-        &greedy,
-        &tok.stop_ids,
-        &[],
-        tok.pad_id,
-    )
-    .unwrap();
+    let draw = |prompts: &[Vec<i64>], counts: &[usize], params: &SamplingParams, ban: &[i64]| {
+        generate_samples(&lm, prompts, counts, params, &tok.stop_ids, ban, tok.pad_id)
+    };
+    // the greedy batch of the test above, as samples: each prompt read once, its cache copied
+    // to each of its samples; prompt 1 not sampled
+    let got = draw(&prompts, &[2, 0, 3], &greedy, &[]).unwrap();
     assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 3]);
     for i in [0, 2] {
         let want = Vec::<i64>::try_from(&tensors[&format!("gen_{i}")]).unwrap();
@@ -346,16 +346,7 @@ fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
         top_p: 0.95,
         seed: 7,
     };
-    let got = generate_samples(
-        &lm,
-        &prompts[..1],
-        &[6],
-        &sampled,
-        &tok.stop_ids,
-        &[],
-        tok.pad_id,
-    )
-    .unwrap();
+    let got = draw(&prompts[..1], &[6], &sampled, &[]).unwrap();
     assert_eq!(got[0].len(), 6);
     let distinct: std::collections::HashSet<&Vec<i64>> = got[0].iter().collect();
     assert!(
@@ -364,31 +355,13 @@ fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
         got[0]
     );
     // the same seed draws the same samples
-    let again = generate_samples(
-        &lm,
-        &prompts[..1],
-        &[6],
-        &sampled,
-        &tok.stop_ids,
-        &[],
-        tok.pad_id,
-    )
-    .unwrap();
+    let again = draw(&prompts[..1], &[6], &sampled, &[]).unwrap();
     assert_eq!(got, again);
     // a suppressed first token is never drawn, even where it is the greedy choice
     let first = Vec::<i64>::try_from(&tensors["gen_0"]).unwrap()[0];
-    let got = generate_samples(
-        &lm,
-        &prompts[..1],
-        &[1],
-        &greedy,
-        &tok.stop_ids,
-        &[first],
-        tok.pad_id,
-    )
-    .unwrap();
+    let got = draw(&prompts[..1], &[1], &greedy, &[first]).unwrap();
     assert_ne!(got[0][0].first(), Some(&first));
-    let err = generate_samples(&lm, &prompts, &[1], &greedy, &tok.stop_ids, &[], tok.pad_id);
+    let err = draw(&prompts, &[1], &greedy, &[]);
     assert!(err
         .unwrap_err()
         .to_string()
