@@ -370,21 +370,39 @@ impl DecoderLm {
                 }
                 cache.layers[i] = Some((k.shallow_clone(), v.shallow_clone()));
             }
-            let (k, v) = if nkv != nh {
-                (repeat_kv(&k, nh / nkv), repeat_kv(&v, nh / nkv))
+            let a = if t == 1 && nkv != nh {
+                // one query row per sequence (a decoding step): each key-value head's query
+                // heads become its rows, so the keys and values (the whole cache) are read in
+                // place instead of copied once per query head
+                let grouped = q.reshape([b, nkv, nh / nkv, hd]);
+                Tensor::f_scaled_dot_product_attention(
+                    &grouped,
+                    &k,
+                    &v,
+                    mask.as_ref(),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                )?
+                .reshape([b, nh, 1, hd])
             } else {
-                (k, v)
+                let (k, v) = if nkv != nh {
+                    (repeat_kv(&k, nh / nkv), repeat_kv(&v, nh / nkv))
+                } else {
+                    (k, v)
+                };
+                Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    mask.as_ref(),
+                    0.0,
+                    causal,
+                    None,
+                    false,
+                )?
             };
-            let a = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                mask.as_ref(),
-                0.0,
-                causal,
-                None,
-                false,
-            )?;
             let a = a.transpose(1, 2).reshape([b, t, nh * hd]);
             x = x + blk.o_proj.forward(&a);
             let h = x.rms_norm([hidden], Some(&blk.post_norm), eps);
