@@ -5,8 +5,6 @@
 //! engine's own [`labelfleet_types::prompt::grade_messages`] and
 //! [`labelfleet_types::prompt::query_messages`]), and reads a grade distribution from the
 //! `top_logprobs` of the first answer token, as the local decoder grader reads the grade logits.
-//! (The local engine also opens a query's answer with `Search query:`, which a chat API cannot
-//! do: the API's queries are read from the messages alone.)
 //! It depends on the torch-free `labelfleet-types`, never on the engine: no libtorch here. Around every request: bounded concurrency,
 //! token-bucket rate limits (requests and tokens per minute), retries with exponential backoff
 //! and jitter (honouring `Retry-After`), a content-keyed response cache (a re-run sends

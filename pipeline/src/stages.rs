@@ -11,9 +11,7 @@ use labelfleet_eval::{Judgment, Measure};
 use labelfleet_proto::v1::{judge, model_ref, Committee, DistillRequest, ModelRef};
 use labelfleet_types::card::{model_card, CardFigures};
 use labelfleet_types::grading::JudgeGrading;
-use labelfleet_types::prompt::{
-    METADATA_QUERY_PROMPT_VERSION, QUERY_ANSWER_VERSION, QUERY_PROMPT_VERSION,
-};
+use labelfleet_types::prompt::{METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION};
 use labelfleet_types::{GeneratedQuery, GradePrompt, Grading, Pair};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -274,10 +272,9 @@ pub fn synthesize_queries(
 ) -> Result<Vec<GeneratedQuery>> {
     let mut query_cache: Cache<Vec<GeneratedQuery>> =
         Cache::open(&ctx.cache.join("queries.jsonl"))?;
-    // the worker's sampling: temperature 0.8, top-p 0.95, 32 new tokens, seeded by the
-    // documents, each answer opened with the lead and ended at its line
+    // the worker's sampling: temperature 0.8, top-p 0.95, 32 new tokens, seeded by the documents
     let sampling = format!(
-        "worker-synthesis:{}:{}:{}:{}:{METADATA_QUERY_PROMPT_VERSION}:{QUERY_ANSWER_VERSION}",
+        "worker-synthesis:{}:{}:{}:{}:{METADATA_QUERY_PROMPT_VERSION}",
         cfg.queries_per_doc, cfg.metadata_queries_per_doc, cfg.seed, cfg.max_len
     );
     let qkey = |d: &Document| {

@@ -20,7 +20,7 @@ pub fn generate(
     pad_id: i64,
 ) -> Result<Vec<Vec<i64>>> {
     let once = vec![1; prompts.len()];
-    let samples = generate_samples(lm, prompts, &once, params, stop_ids, &[], pad_id)?;
+    let samples = generate_samples(lm, prompts, &once, params, stop_ids, pad_id)?;
     Ok(samples.into_iter().flatten().collect())
 }
 
@@ -28,16 +28,14 @@ pub fn generate(
 /// prefilled in one batch, then each prompt's KV cache is copied to as many rows as it has
 /// samples, and all rows decode together (what several samples of one prompt cost is their
 /// decoding, not another prefill). Rows are drawn in prompt order, so prompt `i`'s samples
-/// are those a batch with prompt `i` repeated `samples[i]` times would draw. No sample starts
-/// with a token of `begin_suppress` (a one-line answer that would end before its first word).
-/// Returns, per prompt, its samples' new tokens without the stop token.
+/// are those a batch with prompt `i` repeated `samples[i]` times would draw. Returns, per
+/// prompt, its samples' new tokens without the stop token.
 pub fn generate_samples(
     lm: &DecoderLm,
     prompts: &[Vec<i64>],
     samples: &[usize],
     params: &SamplingParams,
     stop_ids: &[i64],
-    begin_suppress: &[i64],
     pad_id: i64,
 ) -> Result<Vec<Vec<Vec<i64>>>> {
     if samples.len() != prompts.len() {
@@ -117,12 +115,8 @@ pub fn generate_samples(
         let mut next_pos = positions.select(1, l - 1).index_select(0, &expand) + 1;
         // the rows still decoding; a finished row leaves the batch (and its cache)
         let mut active: Vec<usize> = (0..rows).collect();
-        let suppressed = Tensor::from_slice(begin_suppress).to_device(device);
-        for step in 0..params.max_new_tokens {
-            let mut logits = lm.logits(&last_hidden).to_kind(Kind::Float);
-            if step == 0 && !begin_suppress.is_empty() {
-                logits = logits.index_fill(1, &suppressed, f64::NEG_INFINITY);
-            }
+        for _ in 0..params.max_new_tokens {
+            let logits = lm.logits(&last_hidden).to_kind(Kind::Float);
             let next = if params.temperature <= 0.0 {
                 logits.argmax(-1, false)
             } else {

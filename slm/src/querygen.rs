@@ -10,8 +10,7 @@ use labelfleet_types::prompt::query_messages_with_body;
 // Seed documents, intents, the query prompts and the clean-up rules are torch-free and shared
 // with the API teacher: they live in `labelfleet-types`.
 pub use labelfleet_types::prompt::{
-    intent_messages, query_messages, METADATA_QUERY_PROMPT_VERSION, QUERY_ANSWER_LEAD,
-    QUERY_ANSWER_VERSION, QUERY_PROMPT_VERSION,
+    intent_messages, query_messages, METADATA_QUERY_PROMPT_VERSION, QUERY_PROMPT_VERSION,
 };
 pub use labelfleet_types::query::{
     clean_intent_query, clean_query, mentions_value, metadata_fields, sample_intents,
@@ -21,8 +20,7 @@ pub use labelfleet_types::query::{
 const BODY_MARKER: &str = "\u{1}BODY\u{1}";
 
 /// Builds the chat prompt ids for a document within `max_prompt_tokens`: the body is cut to
-/// fit, the title, metadata and instructions never are. The assistant's turn is opened with
-/// [`QUERY_ANSWER_LEAD`] ([`QUERY_ANSWER_VERSION`]).
+/// fit, the title, metadata and instructions never are.
 pub fn prompt_ids(
     tok: &TextTokenizer,
     doc: &SeedDocument,
@@ -54,7 +52,7 @@ pub fn intent_prompt_ids(
             message: "the chat template drops the document from the query prompt".into(),
         })?;
     let mut ids = tok.encode(prefix)?;
-    let suffix_ids = tok.encode(&format!("{suffix}{QUERY_ANSWER_LEAD}"))?;
+    let suffix_ids = tok.encode(suffix)?;
     let room = max_prompt_tokens.saturating_sub(ids.len() + suffix_ids.len());
     if room < 16 {
         return Err(SlmError::input(
@@ -81,8 +79,7 @@ pub fn intent_prompt_ids(
 
 /// Writes up to `per_doc` distinct topic queries and `metadata_per_doc` distinct metadata
 /// queries per document (one sample each; unusable samples and duplicates are dropped). Each
-/// distinct prompt is read once and sampled as many times as its intent is asked for; a
-/// sample ends at its first line break (a query is one line), and may not start with one.
+/// distinct prompt is read once and sampled as many times as its intent is asked for.
 pub fn synthesize(
     lm: &DecoderLm,
     tok: &TextTokenizer,
@@ -102,21 +99,7 @@ pub fn synthesize(
             owners.push((i, intent));
         }
     }
-    let stops: Vec<i64> = tok
-        .stop_ids
-        .iter()
-        .chain(&tok.line_end_ids)
-        .copied()
-        .collect();
-    let outs = generate_samples(
-        lm,
-        &prompts,
-        &counts,
-        params,
-        &stops,
-        &tok.line_end_ids,
-        tok.pad_id,
-    )?;
+    let outs = generate_samples(lm, &prompts, &counts, params, &tok.stop_ids, tok.pad_id)?;
     let mut result = vec![];
     let mut seen = std::collections::HashSet::new();
     for (samples, (i, intent)) in outs.iter().zip(owners) {

@@ -13,8 +13,6 @@ pub struct TextTokenizer {
     pub template: ChatTemplate,
     /// Tokens that end generation (EOS and the end-of-turn token).
     pub stop_ids: Vec<i64>,
-    /// Tokens whose text begins with a line break: a one-line answer ends before them.
-    pub line_end_ids: Vec<i64>,
     pub pad_id: i64,
     special_strings: Vec<String>,
 }
@@ -101,20 +99,11 @@ impl TextTokenizer {
             .filter(|t| t.special)
             .map(|t| t.content.clone())
             .collect();
-        let line_end_ids = (0..inner.get_vocab_size(true) as u32)
-            .filter(|&id| {
-                inner
-                    .decode(&[id], false)
-                    .is_ok_and(|text| text.starts_with(['\n', '\r']))
-            })
-            .map(i64::from)
-            .collect();
         Ok(TextTokenizer {
             inner,
             path,
             template,
             stop_ids,
-            line_end_ids,
             pad_id,
             special_strings,
         })

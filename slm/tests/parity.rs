@@ -321,12 +321,12 @@ fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
         max_new_tokens: 24,
         ..Default::default()
     };
-    let draw = |prompts: &[Vec<i64>], counts: &[usize], params: &SamplingParams, ban: &[i64]| {
-        generate_samples(&lm, prompts, counts, params, &tok.stop_ids, ban, tok.pad_id)
+    let draw = |prompts: &[Vec<i64>], counts: &[usize], params: &SamplingParams| {
+        generate_samples(&lm, prompts, counts, params, &tok.stop_ids, tok.pad_id)
     };
     // the greedy batch of the test above, as samples: each prompt read once, its cache copied
     // to each of its samples; prompt 1 not sampled
-    let got = draw(&prompts, &[2, 0, 3], &greedy, &[]).unwrap();
+    let got = draw(&prompts, &[2, 0, 3], &greedy).unwrap();
     assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 3]);
     for i in [0, 2] {
         let want = Vec::<i64>::try_from(&tensors[&format!("gen_{i}")]).unwrap();
@@ -346,7 +346,7 @@ fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
         top_p: 0.95,
         seed: 7,
     };
-    let got = draw(&prompts[..1], &[6], &sampled, &[]).unwrap();
+    let got = draw(&prompts[..1], &[6], &sampled).unwrap();
     assert_eq!(got[0].len(), 6);
     let distinct: std::collections::HashSet<&Vec<i64>> = got[0].iter().collect();
     assert!(
@@ -355,31 +355,11 @@ fn samples_of_one_prompt_share_its_prefill_and_match_transformers() {
         got[0]
     );
     // the same seed draws the same samples
-    let again = draw(&prompts[..1], &[6], &sampled, &[]).unwrap();
+    let again = draw(&prompts[..1], &[6], &sampled).unwrap();
     assert_eq!(got, again);
-    // a suppressed first token is never drawn, even where it is the greedy choice
-    let first = Vec::<i64>::try_from(&tensors["gen_0"]).unwrap()[0];
-    let got = draw(&prompts[..1], &[1], &greedy, &[first]).unwrap();
-    assert_ne!(got[0][0].first(), Some(&first));
-    let err = draw(&prompts, &[1], &greedy, &[]);
+    let err = draw(&prompts, &[1], &greedy);
     assert!(err
         .unwrap_err()
         .to_string()
         .contains("1 sample counts for 3 prompts"));
-}
-
-#[test]
-fn line_end_tokens_are_the_tokens_that_begin_with_a_line_break() {
-    let tok = TextTokenizer::from_dir(&model_dir("smollm2")).unwrap();
-    let newline = tok.encode("\n").unwrap();
-    assert_eq!(newline.len(), 1);
-    assert!(tok.line_end_ids.contains(&newline[0]));
-    for &id in &tok.line_end_ids {
-        assert!(
-            tok.decode(&[id], false).unwrap().starts_with(['\n', '\r']),
-            "token {id}"
-        );
-    }
-    let word = tok.encode(" flow").unwrap();
-    assert!(word.iter().all(|id| !tok.line_end_ids.contains(id)));
 }

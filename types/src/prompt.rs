@@ -141,17 +141,6 @@ pub const QUERY_PROMPT_VERSION: &str = "query-v1";
 const QUERY_SYSTEM: &str =
     "You write the search queries that employees type into their company's internal search engine.";
 
-/// How the local engine reads a query out of its model: it opens the assistant's turn with
-/// [`QUERY_ANSWER_LEAD`] and ends the query at the first line break. A 135M-parameter model
-/// left to start its own answer mostly talks about the task ("Here's a possible query to
-/// search for a document related to:"), which the clean-up rejects; opened with the lead, it
-/// writes the query. (The API teacher cannot open a chat model's answer: its reading is the
-/// prompt's alone.)
-pub const QUERY_ANSWER_VERSION: &str = "answer-lead-v1";
-
-/// The words the local engine opens a query's answer with (see [`QUERY_ANSWER_VERSION`]).
-pub const QUERY_ANSWER_LEAD: &str = "Search query:";
-
 /// Prompt version of metadata queries: a query that finds the document by one of its metadata
 /// fields (author, path, file name, source) as well as its topic.
 pub const METADATA_QUERY_PROMPT_VERSION: &str = "query-meta-v1";
