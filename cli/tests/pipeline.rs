@@ -35,6 +35,10 @@ fn run_writes_every_stage() {
                 "3",
                 "--epochs",
                 "2",
+                // four negatives a query (the default is 10): the decoder grades every pair,
+                // twice in this test, at a few pairs a second
+                "--negatives-per-query",
+                "4",
                 "--eval-sample",
                 "3",
                 "--pool-k",
