@@ -1,0 +1,116 @@
+"""Issue 11 exploration: a linear bag-of-pieces student regressed onto the teacher's encoder.
+
+The static vectors of `static_student.py` rank below chance on the odd pool. Here they are the
+prior of a ridge regression that makes the weighted mean of a text's piece vectors match
+all-MiniLM-L6-v2's sentence embedding of that text, fitted on the corpus being labeled (each
+body, each title, and each body's sentences): nothing human, no queries. Solved in closed
+form over the pieces the corpus uses:
+    T = T0 + D,  D = argmin ||X (T0 + D) - E||^2 + lambda ||D||^2
+X the texts' idf-weighted piece frequencies (rows summing to 1), E the encoder's unit
+embeddings, T0 the static table scaled by a least-squares factor. Grading a pair is then a
+look-up, a sum and a dot product. Scored as the teacher is: cosine, and cosine after
+pseudo-relevance feedback over the corpus (k 5, alpha 1.0).
+
+usage: linear_student.py POOL.json OUT.jsonl [lambdas=0.01,0.1,1]   (needs static_table.pt of
+static_student.py in the working folder)
+then:  judges_metrics.py OUT.jsonl lin0.1,lin0.1_prf,...
+"""
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
+MINILM = HOME / "models" / "all-minilm-l6-v2"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "cranfield"
+normalize = torch.nn.functional.normalize
+
+
+def encode(tok, model, texts):
+    """sentence-transformers' all-MiniLM-L6-v2: mean pooling, unit length."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            b = tok(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = model(**b).last_hidden_state
+            m = b["attention_mask"][..., None].float()
+            out.append(normalize((h * m).sum(1) / m.sum(1), dim=1))
+    return torch.cat(out)
+
+
+def main():
+    pool_file, out = sys.argv[1], sys.argv[2]
+    lambdas = [float(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "0.01,0.1,1").split(",")]
+    torch.set_num_threads(os.cpu_count() or 1)
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    model = AutoModel.from_pretrained(MINILM).eval()
+    static = normalize(torch.load("static_table.pt")[0], dim=1)
+
+    docs = [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
+    texts = [d["body"] for d in docs] + [d["title"] for d in docs if (d.get("title") or "").strip()]
+    texts += [s for d in docs for s in re.split(r"(?<=[.;])\s+", d["body"]) if len(s.split()) >= 5]
+    t0 = time.time()
+    emb = torch.load("linear_targets.pt") if pathlib.Path("linear_targets.pt").exists() else encode(tok, model, texts)
+    torch.save(emb, "linear_targets.pt")
+    print(f"{len(texts)} texts embedded in {time.time() - t0:.1f} s", flush=True)
+
+    pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]
+    df = torch.zeros(tok.vocab_size)
+    for p in pieces[:len(docs)]:
+        df[list(set(p))] += 1
+    idf = torch.log((len(docs) + 1) / (df + 1)) + 1.0
+    used = sorted({i for p in pieces for i in p})
+    col = {v: j for j, v in enumerate(used)}
+    x = torch.zeros(len(texts), len(used), dtype=torch.float64)
+    for r, p in enumerate(pieces):
+        for i in p:
+            x[r, col[i]] += idf[i]
+    x /= x.sum(1, keepdim=True)
+    prior = static[used].double()
+    scale = float(((x @ prior) * emb.double()).sum() / ((x @ prior) ** 2).sum())
+    prior = prior * scale
+    residual = emb.double() - x @ prior
+    gram = x.T @ x
+    rhs = x.T @ residual
+
+    def embed(table, p):
+        ids = torch.tensor(p, dtype=torch.long)
+        w = idf[ids]
+        return normalize((table[ids] * w[:, None]).sum(0) / w.sum(), dim=0)
+
+    pool = json.load(open(pool_file))
+    queries = {p["q"]: p["query"] for p in pool}
+    rows = [{"q": p["q"], "d": p["d"], "grade": p["grade"]} for p in pool]
+    index = {d["id"]: i for i, d in enumerate(docs)}
+    for lam in [None] + lambdas:
+        table = static * scale
+        if lam is not None:
+            d = torch.linalg.solve(gram + lam * torch.eye(len(used), dtype=torch.float64), rhs)
+            table = table.clone()
+            table[used] = (prior + d).float()
+            fit = ((x @ (prior + d) - emb.double()) ** 2).sum(1).mean()
+            print(f"lambda {lam}: mean squared residual {float(fit):.4f}")
+        corpus = torch.stack([embed(table, p) for p in pieces[:len(docs)]])
+        q_vecs = {q: embed(table, tok(t, add_special_tokens=False)["input_ids"]) for q, t in queries.items()}
+        name = "static" if lam is None else f"lin{lam:g}"
+        for q, v in q_vecs.items():
+            top = (corpus @ v).topk(5).indices
+            expanded = normalize(v + corpus[top].mean(0), dim=0)
+            for r in rows:
+                if r["q"] == q:
+                    dv = corpus[index[r["d"]]]
+                    r[name] = float(dv @ v)
+                    r[name + "_prf"] = float(dv @ expanded)
+    with open(out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
