@@ -25,6 +25,8 @@ import time
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from static_student import load_pool, score, weighted_mean
+
 HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
 MINILM = HOME / "models" / "all-minilm-l6-v2"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -79,14 +81,7 @@ def main():
     gram = x.T @ x
     rhs = x.T @ residual
 
-    def embed(table, p):
-        ids = torch.tensor(p, dtype=torch.long)
-        w = idf[ids]
-        return normalize((table[ids] * w[:, None]).sum(0) / w.sum(), dim=0)
-
-    pool = json.load(open(pool_file))
-    queries = {p["q"]: p["query"] for p in pool}
-    rows = [{"q": p["q"], "d": p["d"], "grade": p["grade"]} for p in pool]
+    queries, rows, by_query = load_pool(pool_file)
     index = {d["id"]: i for i, d in enumerate(docs)}
     for lam in [None] + lambdas:
         table = static * scale
@@ -96,17 +91,10 @@ def main():
             table[used] = (prior + d).float()
             fit = ((x @ (prior + d) - emb.double()) ** 2).sum(1).mean()
             print(f"lambda {lam}: mean squared residual {float(fit):.4f}")
-        corpus = torch.stack([embed(table, p) for p in pieces[:len(docs)]])
-        q_vecs = {q: embed(table, tok(t, add_special_tokens=False)["input_ids"]) for q, t in queries.items()}
-        name = "static" if lam is None else f"lin{lam:g}"
-        for q, v in q_vecs.items():
-            top = (corpus @ v).topk(5).indices
-            expanded = normalize(v + corpus[top].mean(0), dim=0)
-            for r in rows:
-                if r["q"] == q:
-                    dv = corpus[index[r["d"]]]
-                    r[name] = float(dv @ v)
-                    r[name + "_prf"] = float(dv @ expanded)
+        corpus = torch.stack([weighted_mean(table, idf, p) for p in pieces[:len(docs)]])
+        q_vecs = {q: weighted_mean(table, idf, tok(t, add_special_tokens=False)["input_ids"])
+                  for q, t in queries.items()}
+        score("static" if lam is None else f"lin{lam:g}", q_vecs, corpus, index, by_query)
     with open(out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")

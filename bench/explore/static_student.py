@@ -43,6 +43,34 @@ def static_table(tok, model):
     return torch.cat(rows, 1)
 
 
+def weighted_mean(table, idf, pieces):
+    """A text's vector: the idf-weighted mean of its pieces' vectors, unit length."""
+    ids = torch.tensor(pieces, dtype=torch.long)
+    w = idf[ids]
+    return normalize((table[ids] * w[:, None]).sum(0) / w.sum(), dim=0)
+
+
+def load_pool(pool_file):
+    """The pool's queries (id -> text) and its rows grouped by query id."""
+    pool = json.load(open(pool_file))
+    rows = [{"q": p["q"], "d": p["d"], "grade": p["grade"]} for p in pool]
+    by_query = {}
+    for r in rows:
+        by_query.setdefault(r["q"], []).append(r)
+    return {p["q"]: p["query"] for p in pool}, rows, by_query
+
+
+def score(name, q_vecs, corpus, index, by_query):
+    """Each row's cosine (`name`) and its cosine after feedback from the top 5 (`name_prf`)."""
+    for q, v in q_vecs.items():
+        top = (corpus @ v).topk(5).indices
+        expanded = normalize(v + corpus[top].mean(0), dim=0)
+        for r in by_query[q]:
+            d = corpus[index[r["d"]]]
+            r[name] = float(d @ v)
+            r[name + "_prf"] = float(d @ expanded)
+
+
 def main():
     pool_file, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(os.cpu_count() or 1)
@@ -62,35 +90,20 @@ def main():
         df[list(set(p))] += 1
     idf = torch.log((len(docs) + 1) / (df + 1)) + 1.0
 
-    def embed(table, pieces):
-        ids = torch.tensor(pieces, dtype=torch.long)
-        w = idf[ids]
-        return normalize((table[ids] * w[:, None]).sum(0) / w.sum(), dim=0)
-
-    pool = json.load(open(pool_file))
-    queries = {p["q"]: p["query"] for p in pool}
-    rows = [{"q": p["q"], "d": p["d"], "grade": p["grade"]} for p in pool]
+    queries, rows, by_query = load_pool(pool_file)
     index = {d: i for i, d in enumerate(doc_ids)}
-    by_query = {}
-    for r in rows:
-        by_query.setdefault(r["q"], []).append(r)
     for pooling, table in zip(("piece", "mean"), tables):
         for centered in (False, True):
             t0 = time.time()
-            corpus = torch.stack([embed(table, p) for p in doc_pieces])
-            q_vecs = {q: embed(table, tok(t, add_special_tokens=False)["input_ids"]) for q, t in queries.items()}
+            corpus = torch.stack([weighted_mean(table, idf, p) for p in doc_pieces])
+            q_vecs = {q: weighted_mean(table, idf, tok(t, add_special_tokens=False)["input_ids"])
+                      for q, t in queries.items()}
             if centered:
                 mean = corpus.mean(0)
                 corpus = normalize(corpus - mean, dim=1)
                 q_vecs = {q: normalize(v - mean, dim=0) for q, v in q_vecs.items()}
             name = f"{pooling}_{'centered' if centered else 'raw'}"
-            for q, v in q_vecs.items():
-                top = (corpus @ v).topk(5).indices
-                expanded = normalize(v + corpus[top].mean(0), dim=0)
-                for r in by_query[q]:
-                    d = corpus[index[r["d"]]]
-                    r[name] = float(d @ v)
-                    r[name + "_prf"] = float(d @ expanded)
+            score(name, q_vecs, corpus, index, by_query)
             print(f"{name}: corpus and {len(queries)} queries embedded, pool scored in {time.time() - t0:.1f} s")
     with open(out, "w") as f:
         for r in rows:
