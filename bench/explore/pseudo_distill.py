@@ -1,8 +1,9 @@
 """Issue 11 exploration: is the student short of distinct queries? Give it hundreds, with no LLM.
 
 Each of N documents sampled from the corpus gives one pseudo-query: a sentence of its body
-(6-20 words, one drawn at random, not the title). The query's candidates are its source document and 7 BM25
-negatives drawn across ranks 1-30 (stratified, as the main job draws them). The committee
+(6-20 words, one drawn at random, not the title). The query's candidates are its source
+document and 7 BM25 negatives, one from each seventh of ranks 1-30 (stratified, as the main job
+draws its own from ranks 1-100). The committee
 teacher grades every pair (`labelfleet score --model minilm --similarity-corpus`, the judge
 the workers run), and the student is trained on those distributions by
 `listwise_student.py ... pointwise` (the trainer's recipe). No human judgment is read.
