@@ -19,6 +19,8 @@ import sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from listwise_student import expected_grades
+
 HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
 MINILM = HOME / "models" / "all-minilm-l6-v2"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -72,13 +74,7 @@ def main():
                 opt.step()
                 sched.step()
             print(f"head lr {head_lr}: epoch {ep} loss {loss.item():.3f}", flush=True)
-        model.eval()
-        scores = []
-        with torch.inference_mode():
-            for i in range(0, len(pool), 64):
-                p = model(**batch(pool[i:i + 64])).logits.softmax(-1)
-                scores += (p * torch.arange(4)).sum(-1).tolist()
-        for r, s in zip(rows, scores):
+        for r, s in zip(rows, expected_grades(model, batch, pool)):
             r[f"lr{head_lr}"] = s
     with open(out, "w") as f:
         for r in rows:

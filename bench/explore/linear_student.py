@@ -23,27 +23,18 @@ import sys
 import time
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from static_student import load_pool, score, weighted_mean
 
 HOME = pathlib.Path(os.environ.get("LABELFLEET_HOME", pathlib.Path.home() / ".cache" / "labelfleet"))
 MINILM = HOME / "models" / "all-minilm-l6-v2"
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_quality import minilm_embedder  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "cranfield"
 normalize = torch.nn.functional.normalize
-
-
-def encode(tok, model, texts):
-    """sentence-transformers' all-MiniLM-L6-v2: mean pooling, unit length."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), 64):
-            b = tok(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = model(**b).last_hidden_state
-            m = b["attention_mask"][..., None].float()
-            out.append(normalize((h * m).sum(1) / m.sum(1), dim=1))
-    return torch.cat(out)
 
 
 def main():
@@ -51,15 +42,15 @@ def main():
     lambdas = [float(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "0.01,0.1,1").split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
     tok = AutoTokenizer.from_pretrained(MINILM)
-    model = AutoModel.from_pretrained(MINILM).eval()
     static = normalize(torch.load("static_table.pt")[0], dim=1)
 
     docs = [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
     texts = [d["body"] for d in docs] + [d["title"] for d in docs if (d.get("title") or "").strip()]
     texts += [s for d in docs for s in re.split(r"(?<=[.;])\s+", d["body"]) if len(s.split()) >= 5]
     t0 = time.time()
-    emb = torch.load("linear_targets.pt") if pathlib.Path("linear_targets.pt").exists() else encode(tok, model, texts)
-    torch.save(emb, "linear_targets.pt")
+    cached = pathlib.Path("linear_targets.pt")
+    emb = torch.load(cached) if cached.exists() else minilm_embedder()(texts)
+    torch.save(emb, cached)
     print(f"{len(texts)} texts embedded in {time.time() - t0:.1f} s", flush=True)
 
     pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]

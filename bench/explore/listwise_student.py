@@ -71,6 +71,17 @@ def ranking_loss(variant, s, t, lam, tau):
     return torch.zeros(())
 
 
+def expected_grades(model, encode, items):
+    """A cross-encoder's expected grade (0-3) of each item, in batches of 64."""
+    model.eval()
+    scores = []
+    with torch.inference_mode():
+        for i in range(0, len(items), 64):
+            p = model(**encode(items[i:i + 64])).logits.softmax(-1)
+            scores += (p * GRADES).sum(-1).tolist()
+    return scores
+
+
 def main():
     labels_file, pool_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
     epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 6
@@ -113,13 +124,7 @@ def main():
                 total[0] += pointwise.item()
                 total[1] += rank.item()
             print(f"{variant}: epoch {epoch} soft CE {total[0]:.2f} ranking {total[1]:.2f}", flush=True)
-        model.eval()
-        scores = []
-        with torch.inference_mode():
-            for i in range(0, len(pool), 64):
-                p = model(**encode(pool[i:i + 64])).logits.softmax(-1)
-                scores += (p * GRADES).sum(-1).tolist()
-        for r, s in zip(rows, scores):
+        for r, s in zip(rows, expected_grades(model, encode, pool)):
             r[variant] = s
         with open(out, "w") as f:
             for r in rows:
