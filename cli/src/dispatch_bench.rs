@@ -405,9 +405,7 @@ async fn measure_scale(
     store: &std::path::Path,
     pairs: u64,
 ) -> Result<ScaleRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = labelfleet_cluster::ports::free_loopback_port()?;
     let prefix = format!("/labelfleet-scale-{}-{pairs}", std::process::id());
     let dir = store.join(prefix.trim_start_matches('/'));
     let log = std::fs::File::create(store.join(format!("coordinator-{pairs}.log")))?;
@@ -580,9 +578,7 @@ fn bench_config(
     prefix: Option<&str>,
     election_ttl: Duration,
 ) -> Result<CoordinatorConfig> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = labelfleet_cluster::ports::free_loopback_port()?;
     let prefix = prefix.map_or_else(|| format!("/labelfleet-bench-{port}"), String::from);
     let dir = store.join(prefix.trim_start_matches('/'));
     Ok(CoordinatorConfig {

@@ -8,10 +8,7 @@ use std::process::{Child, Command, Stdio};
 mod common;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    labelfleet_cluster::ports::free_loopback_port().expect("a free loopback port")
 }
 
 /// Stops the cluster when the test ends, passed or not.

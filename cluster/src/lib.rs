@@ -10,7 +10,8 @@
 //! - [`committee`]: a committee teacher's rules and how its judges' distributions are pooled;
 //! - [`security`]: TLS, the role in each certificate and the servers' checks on callers;
 //!   [`certs`] makes the certificates, [`tokens`] holds clients' bearer tokens;
-//! - [`ids`] and [`limits`]: what an id may look like, and the servers' limits.
+//! - [`ids`] and [`limits`]: what an id may look like, and the servers' limits;
+//! - [`ports`]: loopback ports for servers a parent process starts and dials.
 
 pub mod blobs;
 pub mod certs;
@@ -22,6 +23,7 @@ pub mod layout;
 pub mod limits;
 pub mod meta;
 pub mod metrics;
+pub mod ports;
 pub mod security;
 pub mod tokens;
 

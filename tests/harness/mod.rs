@@ -12,7 +12,6 @@ use labelfleet_cluster::security::{TlsPaths, Transport};
 use labelfleet_proto::v1::{Job, JobState, ResultBatch};
 use prost::Message;
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,11 +32,10 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// A loopback port for a server this test starts: below the ephemeral range, so that no
+/// connection of the cluster's processes takes it before the server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    labelfleet_cluster::ports::free_loopback_port().expect("a free loopback port")
 }
 
 /// A child process with its log file; killed with SIGKILL when dropped.

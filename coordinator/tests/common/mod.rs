@@ -26,10 +26,7 @@ pub async fn start_with(
     store: &std::path::Path,
     base: CoordinatorConfig,
 ) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = labelfleet_cluster::ports::free_loopback_port().expect("a free port");
     let config = CoordinatorConfig {
         listen: format!("127.0.0.1:{port}").parse().expect("address"),
         store: store.to_string_lossy().into_owned(),

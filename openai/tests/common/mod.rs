@@ -64,10 +64,7 @@ fn find_gguf(dir: &std::path::Path) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    labelfleet_cluster::ports::free_loopback_port().expect("a free loopback port")
 }
 
 /// A running llama-server, killed on drop.
