@@ -11,7 +11,9 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The lowest port handed out: above the well-known and most registered service ports.
+/// The lowest port handed out: above the well-known and most registered service ports. On a
+/// machine whose ephemeral range starts below `LOWEST + 1000` the ports share that range, and
+/// the race is back: Linux's default (32768) and the usual tunings leave the gap.
 const LOWEST: u32 = 20_000;
 /// Linux's default start of the ephemeral range, used where it cannot be read.
 const DEFAULT_EPHEMERAL_START: u32 = 32_768;
