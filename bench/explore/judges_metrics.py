@@ -28,3 +28,15 @@ def ci(f,k):
 for k in keys:
     pa=pairacc(k,qs); lo,hi=ci(pairacc,k)
     print(f"{k:14s} pairacc {pa:.3f} [{lo:.3f},{hi:.3f}]  ndcg10 {ndcg(k,qs):.3f}")
+# optional third argument: a baseline column; each key's paired difference from it (pairwise
+# accuracy and NDCG@10, the same query resamples for both)
+if len(sys.argv) > 3:
+    base = sys.argv[3]
+    for k in keys:
+        for name, f in (("pairacc", pairacc), ("ndcg10", ndcg)):
+            random.seed(0); diffs = []
+            for _ in range(1000):
+                s = [random.choice(qs) for _ in qs]
+                diffs.append(f(k, s) - f(base, s))
+            diffs.sort()
+            print(f"{k:14s} - {base}: {name} {f(k, qs) - f(base, qs):+.3f} [{diffs[25]:+.3f},{diffs[974]:+.3f}]")

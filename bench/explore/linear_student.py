@@ -74,6 +74,10 @@ def main():
 
     queries, rows, by_query = load_pool(pool_file)
     index = {d["id"]: i for i, d in enumerate(docs)}
+    # the teacher's own vectors, for the reference (`full`) and the asymmetric student (`_fullq`):
+    # the encoder embeds each query (short, once per query), the linear table every document
+    full_q = dict(zip(queries, minilm_embedder()(list(queries.values()))))
+    score("full", full_q, emb[:len(docs)].float(), index, by_query)
     for lam in [None] + lambdas:
         table = static * scale
         if lam is not None:
@@ -85,7 +89,9 @@ def main():
         corpus = torch.stack([weighted_mean(table, idf, p) for p in pieces[:len(docs)]])
         q_vecs = {q: weighted_mean(table, idf, tok(t, add_special_tokens=False)["input_ids"])
                   for q, t in queries.items()}
-        score("static" if lam is None else f"lin{lam:g}", q_vecs, corpus, index, by_query)
+        name = "static" if lam is None else f"lin{lam:g}"
+        score(name, q_vecs, corpus, index, by_query)
+        score(name + "_fullq", full_q, corpus, index, by_query)
     with open(out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
