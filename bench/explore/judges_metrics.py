@@ -1,4 +1,7 @@
-"""Pairwise accuracy (query-bootstrap 95% interval) and NDCG@10 of score columns (issue 11 exploration)."""
+"""Pairwise accuracy (query-bootstrap 95% interval) and NDCG@10 of score columns (issue 11 exploration).
+
+usage: judges_metrics.py SCORED.jsonl col1,col2,... [BASELINE_COL]
+"""
 import json, sys, math, collections, random
 rows=[json.loads(l) for l in open(sys.argv[1])]
 keys=sys.argv[2].split(',')

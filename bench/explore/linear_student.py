@@ -9,7 +9,9 @@ form over the pieces the corpus uses:
 X the texts' idf-weighted piece frequencies (rows summing to 1), E the encoder's unit
 embeddings, T0 the static table scaled by a least-squares factor. Grading a pair is then a
 look-up, a sum and a dot product. Scored as the teacher is: cosine, and cosine after
-pseudo-relevance feedback over the corpus (k 5, alpha 1.0).
+pseudo-relevance feedback over the corpus (k 5, alpha 1.0). Also written: `full` (the encoder's
+own vectors on both sides, the teacher's order) and, for each table, `..._fullq` (an asymmetric
+student: the encoder embeds the queries, the table the documents and the feedback's corpus).
 
 usage: linear_student.py POOL.json OUT.jsonl [lambdas=0.01,0.1,1]   (needs static_table.pt of
 static_student.py in the working folder)
