@@ -1,0 +1,106 @@
+"""Issue 11 exploration: the asymmetric student (encoder queries, linear documents) with the
+fit weighted toward whole documents, on documents inside and outside the fit.
+
+The linear table of `linear_student.py` is refitted by weighted ridge (lambda 1e-3) with each
+body's row weighted w (titles and sentences 1):
+- `in_w{w}`: fitted on the whole corpus, as `linear_student.py` does, so the table can learn
+  the encoder's vector of the very documents it then grades;
+- `out_w{w}`: fitted on a random half of the corpus's documents (their bodies, titles and
+  sentences only); only the pool rows of the other half are written, so every scored document
+  is one the fit never saw.
+Queries are embedded by the encoder; feedback (k 5, alpha 1.0) reads the table's vectors of
+the whole corpus. `full` is the encoder on both sides (the teacher's order).
+
+usage: linear_heldout.py POOL.json IN.jsonl OUT.jsonl   (needs static_table.pt and
+linear_targets.pt of the two scripts above in the working folder)
+then:  judges_metrics.py IN.jsonl in_w1_prf,in_w25_prf full_prf; the same for OUT.jsonl
+"""
+import json
+import random
+import re
+import sys
+
+import torch
+from transformers import AutoTokenizer
+
+from linear_student import DATA, MINILM, minilm_embedder
+from static_student import load_pool, score, weighted_mean
+
+normalize = torch.nn.functional.normalize
+LAMBDA = 1e-3
+
+
+def corpus_texts(docs):
+    """Each text of the fit and the index of the document it comes from (bodies first)."""
+    texts, owner = [], []
+    for i, d in enumerate(docs):
+        texts.append(d["body"]); owner.append(i)
+    for i, d in enumerate(docs):
+        if (d.get("title") or "").strip():
+            texts.append(d["title"]); owner.append(i)
+    for i, d in enumerate(docs):
+        for s in re.split(r"(?<=[.;])\s+", d["body"]):
+            if len(s.split()) >= 5:
+                texts.append(s); owner.append(i)
+    return texts, owner
+
+
+def main():
+    pool_file, in_out, held_out = sys.argv[1], sys.argv[2], sys.argv[3]
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    static = normalize(torch.load("static_table.pt")[0], dim=1)
+    docs = [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
+    texts, owner = corpus_texts(docs)
+    emb = torch.load("linear_targets.pt").double()
+    assert len(emb) == len(texts), "linear_targets.pt is not of this corpus's texts"
+    pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]
+    df = torch.zeros(tok.vocab_size)
+    for p in pieces[:len(docs)]:
+        df[list(set(p))] += 1
+    idf = torch.log((len(docs) + 1) / (df + 1)) + 1.0
+    used = sorted({i for p in pieces for i in p})
+    col = {v: j for j, v in enumerate(used)}
+    x = torch.zeros(len(texts), len(used), dtype=torch.float64)
+    for r, p in enumerate(pieces):
+        for i in p:
+            x[r, col[i]] += idf[i]
+    x /= x.sum(1, keepdim=True)
+    prior = static[used].double()
+    scale = float(((x @ prior) * emb).sum() / ((x @ prior) ** 2).sum())
+    prior = prior * scale
+
+    queries, rows, by_query = load_pool(pool_file)
+    index = {d["id"]: i for i, d in enumerate(docs)}
+    full_q = dict(zip(queries, minilm_embedder()(list(queries.values()))))
+    score("full", full_q, emb[:len(docs)].float(), index, by_query)
+    random.seed(7)
+    half = set(random.sample(range(len(docs)), len(docs) // 2))
+    in_half = torch.tensor([o in half for o in owner], dtype=torch.float64)
+    body = torch.zeros(len(texts), dtype=torch.bool)
+    body[:len(docs)] = True
+    for fit, mask in (("in", torch.ones(len(texts), dtype=torch.float64)), ("out", in_half)):
+        for w in (1.0, 25.0):
+            rw = torch.where(body, w, 1.0).double() * mask
+            xw = x * rw.sqrt()[:, None]
+            rhs = xw.T @ ((emb - x @ prior) * rw.sqrt()[:, None])
+            delta = torch.linalg.solve(xw.T @ xw + LAMBDA * torch.eye(len(used), dtype=torch.float64), rhs)
+            table = (static * scale).clone()
+            table[used] = (prior + delta).float()
+            residual = ((x @ (prior + delta) - emb) ** 2).sum(1)[:len(docs)]
+            seen = mask[:len(docs)] > 0
+            unseen = f"{float(residual[~seen].mean()):.3f}" if (~seen).any() else "-"
+            print(f"{fit}_w{w:g}: bodies' mean squared residual {float(residual[seen].mean()):.3f} "
+                  f"in the fit, {unseen} outside it", flush=True)
+            corpus = torch.stack([weighted_mean(table, idf, p) for p in pieces[:len(docs)]])
+            score(f"{fit}_w{w:g}", full_q, corpus, index, by_query)
+    with open(in_out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(held_out, "w") as f:
+        for r in rows:
+            if index[r["d"]] not in half:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
