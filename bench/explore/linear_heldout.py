@@ -23,7 +23,7 @@ import sys
 import torch
 from transformers import AutoTokenizer
 
-from linear_student import DATA, MINILM, minilm_embedder
+from linear_student import DATA, MINILM, minilm_embedder, piece_matrix
 from static_student import load_pool, score, weighted_mean
 
 normalize = torch.nn.functional.normalize
@@ -53,18 +53,7 @@ def main():
     texts, owner = corpus_texts(docs)
     emb = torch.load("linear_targets.pt").double()
     assert len(emb) == len(texts), "linear_targets.pt is not of this corpus's texts"
-    pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]
-    df = torch.zeros(tok.vocab_size)
-    for p in pieces[:len(docs)]:
-        df[list(set(p))] += 1
-    idf = torch.log((len(docs) + 1) / (df + 1)) + 1.0
-    used = sorted({i for p in pieces for i in p})
-    col = {v: j for j, v in enumerate(used)}
-    x = torch.zeros(len(texts), len(used), dtype=torch.float64)
-    for r, p in enumerate(pieces):
-        for i in p:
-            x[r, col[i]] += idf[i]
-    x /= x.sum(1, keepdim=True)
+    pieces, idf, used, x = piece_matrix(tok, texts, len(docs))
     prior = static[used].double()
     scale = float(((x @ prior) * emb).sum() / ((x @ prior) ** 2).sum())
     prior = prior * scale

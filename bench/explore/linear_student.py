@@ -39,6 +39,23 @@ DATA = REPO.parent / "shared" / "data" / "cranfield"
 normalize = torch.nn.functional.normalize
 
 
+def piece_matrix(tok, texts, n_docs):
+    """Each text's word pieces; their idf over the first `n_docs` texts (the bodies); the pieces
+    the texts use; and each text's idf-weighted piece frequencies over those, rows summing to 1."""
+    pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]
+    df = torch.zeros(tok.vocab_size)
+    for p in pieces[:n_docs]:
+        df[list(set(p))] += 1
+    idf = torch.log((n_docs + 1) / (df + 1)) + 1.0
+    used = sorted({i for p in pieces for i in p})
+    col = {v: j for j, v in enumerate(used)}
+    x = torch.zeros(len(texts), len(used), dtype=torch.float64)
+    for r, p in enumerate(pieces):
+        for i in p:
+            x[r, col[i]] += idf[i]
+    return pieces, idf, used, x / x.sum(1, keepdim=True)
+
+
 def main():
     pool_file, out = sys.argv[1], sys.argv[2]
     lambdas = [float(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "0.01,0.1,1").split(",")]
@@ -55,18 +72,7 @@ def main():
     torch.save(emb, cached)
     print(f"{len(texts)} texts embedded in {time.time() - t0:.1f} s", flush=True)
 
-    pieces = [tok(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"] for t in texts]
-    df = torch.zeros(tok.vocab_size)
-    for p in pieces[:len(docs)]:
-        df[list(set(p))] += 1
-    idf = torch.log((len(docs) + 1) / (df + 1)) + 1.0
-    used = sorted({i for p in pieces for i in p})
-    col = {v: j for j, v in enumerate(used)}
-    x = torch.zeros(len(texts), len(used), dtype=torch.float64)
-    for r, p in enumerate(pieces):
-        for i in p:
-            x[r, col[i]] += idf[i]
-    x /= x.sum(1, keepdim=True)
+    pieces, idf, used, x = piece_matrix(tok, texts, len(docs))
     prior = static[used].double()
     scale = float(((x @ prior) * emb.double()).sum() / ((x @ prior) ** 2).sum())
     prior = prior * scale
