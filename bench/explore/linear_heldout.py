@@ -17,46 +17,28 @@ then:  judges_metrics.py IN.jsonl in_w1_prf,in_w25_prf full_prf; the same for OU
 """
 import json
 import random
-import re
 import sys
 
 import torch
 from transformers import AutoTokenizer
 
-from linear_student import DATA, MINILM, minilm_embedder, piece_matrix
+from linear_student import MINILM, corpus_docs, corpus_texts, minilm_embedder, piece_matrix, scaled_prior
 from static_student import load_pool, score, weighted_mean
 
 normalize = torch.nn.functional.normalize
 LAMBDA = 1e-3
 
 
-def corpus_texts(docs):
-    """Each text of the fit and the index of the document it comes from (bodies first)."""
-    texts, owner = [], []
-    for i, d in enumerate(docs):
-        texts.append(d["body"]); owner.append(i)
-    for i, d in enumerate(docs):
-        if (d.get("title") or "").strip():
-            texts.append(d["title"]); owner.append(i)
-    for i, d in enumerate(docs):
-        for s in re.split(r"(?<=[.;])\s+", d["body"]):
-            if len(s.split()) >= 5:
-                texts.append(s); owner.append(i)
-    return texts, owner
-
-
 def main():
     pool_file, in_out, held_out = sys.argv[1], sys.argv[2], sys.argv[3]
     tok = AutoTokenizer.from_pretrained(MINILM)
     static = normalize(torch.load("static_table.pt")[0], dim=1)
-    docs = [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
+    docs = corpus_docs()
     texts, owner = corpus_texts(docs)
     emb = torch.load("linear_targets.pt").double()
     assert len(emb) == len(texts), "linear_targets.pt is not of this corpus's texts"
     pieces, idf, used, x = piece_matrix(tok, texts, len(docs))
-    prior = static[used].double()
-    scale = float(((x @ prior) * emb).sum() / ((x @ prior) ** 2).sum())
-    prior = prior * scale
+    prior, scale = scaled_prior(static, used, x, emb)
 
     queries, rows, by_query = load_pool(pool_file)
     index = {d["id"]: i for i, d in enumerate(docs)}

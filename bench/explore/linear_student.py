@@ -39,6 +39,35 @@ DATA = REPO.parent / "shared" / "data" / "cranfield"
 normalize = torch.nn.functional.normalize
 
 
+def corpus_docs():
+    """The Cranfield documents that have a body, in corpus order."""
+    return [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
+
+
+def corpus_texts(docs):
+    """The texts of the fit (each body, then each title, then each body's sentences of 5 words
+    or more) and the index of the document each comes from."""
+    texts, owner = [], []
+    for i, d in enumerate(docs):
+        texts.append(d["body"]); owner.append(i)
+    for i, d in enumerate(docs):
+        if (d.get("title") or "").strip():
+            texts.append(d["title"]); owner.append(i)
+    for i, d in enumerate(docs):
+        for s in re.split(r"(?<=[.;])\s+", d["body"]):
+            if len(s.split()) >= 5:
+                texts.append(s); owner.append(i)
+    return texts, owner
+
+
+def scaled_prior(static, used, x, emb):
+    """The static vectors of the used pieces, scaled by the least-squares factor that best maps
+    the texts' weighted means onto their embeddings; and that factor."""
+    prior = static[used].double()
+    scale = float(((x @ prior) * emb.double()).sum() / ((x @ prior) ** 2).sum())
+    return prior * scale, scale
+
+
 def piece_matrix(tok, texts, n_docs):
     """Each text's word pieces; their idf over the first `n_docs` texts (the bodies); the pieces
     the texts use; and each text's idf-weighted piece frequencies over those, rows summing to 1."""
@@ -63,9 +92,8 @@ def main():
     tok = AutoTokenizer.from_pretrained(MINILM)
     static = normalize(torch.load("static_table.pt")[0], dim=1)
 
-    docs = [d for d in map(json.loads, (DATA / "corpus.jsonl").open()) if (d.get("body") or "").strip()]
-    texts = [d["body"] for d in docs] + [d["title"] for d in docs if (d.get("title") or "").strip()]
-    texts += [s for d in docs for s in re.split(r"(?<=[.;])\s+", d["body"]) if len(s.split()) >= 5]
+    docs = corpus_docs()
+    texts, _ = corpus_texts(docs)
     t0 = time.time()
     cached = pathlib.Path("linear_targets.pt")
     emb = torch.load(cached) if cached.exists() else minilm_embedder()(texts)
@@ -73,9 +101,7 @@ def main():
     print(f"{len(texts)} texts embedded in {time.time() - t0:.1f} s", flush=True)
 
     pieces, idf, used, x = piece_matrix(tok, texts, len(docs))
-    prior = static[used].double()
-    scale = float(((x @ prior) * emb.double()).sum() / ((x @ prior) ** 2).sum())
-    prior = prior * scale
+    prior, scale = scaled_prior(static, used, x, emb)
     residual = emb.double() - x @ prior
     gram = x.T @ x
     rhs = x.T @ residual
